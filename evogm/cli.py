@@ -1,0 +1,41 @@
+"""The `evogm` command line: parses arguments, calls the library, prints.
+
+Each subcommand lives in `evogm/commands/<name>.py` with `add_parser(subparsers)` (which sets
+`func`). A user mistake (EvogmError) is printed as one line and exits with status 2.
+
+    $ evogm --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from evogm.errors import EvogmError
+
+COMMANDS = ["merge"]  # modules of evogm.commands, in --help order
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evogm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"evogm.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EvogmError as exc:
+        print(f"evogm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"evogm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
