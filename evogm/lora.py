@@ -1,0 +1,147 @@
+"""PEFT LoRA adapters as exact task vectors, kept factored.
+
+For a module with factors A (r × d_in), B (d_out × r) and scaling s, PEFT's update of the module's
+weight is exactly s · B @ A (embeddings and fan-in-fan-out layers store it transposed). evogm keeps
+the factors and merges them as such; it never weights A and B separately.
+
+>>> import torch
+>>> f = LoraFactors(A=torch.ones(2, 3), B=torch.ones(4, 2), scaling=0.5)
+>>> f.delta().shape, float(f.delta()[0, 0])
+(torch.Size([4, 3]), 1.0)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from evogm.errors import EvogmError
+
+# base_model.model.<module>.lora_A[.<adapter>].weight  |  <module>.lora_embedding_B[.<adapter>]
+_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)\.lora_(?P<kind>A|B|embedding_A|embedding_B)(?:\.(?!weight$)[^.]+)?(?:\.weight)?$")
+
+
+class EvogmWarning(UserWarning):
+    """Something the user should know that does not stop the run."""
+
+
+@dataclass(frozen=True)
+class LoraFactors:
+    """One module's update s · B @ A, laid out like the module's weight (d_out × d_in)."""
+
+    A: torch.Tensor  # (r, d_in)
+    B: torch.Tensor  # (d_out, r)
+    scaling: float
+
+    @property
+    def rank(self) -> int:
+        return self.A.shape[0]
+
+    def delta(self) -> torch.Tensor:
+        return self.scaling * (self.B @ self.A)
+
+
+def read_adapter(folder: Path, model, *, name: str, base_path: str = "", allow_pickle: bool = False) -> dict[str, LoraFactors]:
+    """{base parameter name: LoraFactors} for every module the adapter changes, on the model's device."""
+    config = _adapter_config(folder, name)
+    _check_base_name(config, base_path, name)
+    tensors = _adapter_tensors(folder, name, allow_pickle)
+    pairs = _pair_factors(tensors, name)
+    params = dict(model.named_parameters())
+    factors = {}
+    for module, (a, b, embedding) in pairs.items():
+        param = params.get(f"{module}.weight")
+        if param is None:
+            raise EvogmError(f"adapter {name!r} targets {module}, which the base lacks",
+                             "the adapter was made for another architecture", "use an adapter trained on this base")
+        if embedding or config.get("fan_in_fan_out"):  # PEFT stores these transposed
+            a, b = b.T, a.T
+        if (b.shape[0], a.shape[1]) != tuple(param.shape):
+            raise EvogmError(f"adapter {name!r} module {module} makes a {b.shape[0]}×{a.shape[1]} update, the base weight is "
+                             f"{tuple(param.shape)}", "the adapter was made for another base", "use an adapter of this base")
+        scale = _scaling(config, module, a.shape[0])
+        cast = dict(device=param.device, dtype=param.dtype)
+        factors[f"{module}.weight"] = LoraFactors(A=a.to(**cast).contiguous(), B=b.to(**cast).contiguous(), scaling=scale)
+    return factors
+
+
+def _adapter_config(folder: Path, name: str) -> dict:
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EvogmError(f"cannot read {folder / 'adapter_config.json'}", str(exc), "re-save the adapter with PEFT") from None
+    if config.get("peft_type", "LORA") != "LORA":
+        raise EvogmError(f"expert {name!r} is a {config['peft_type']} adapter", "evogm merges LoRA adapters and full fine-tunes",
+                         "use a LoRA adapter")
+    if config.get("use_dora"):
+        raise EvogmError(f"adapter {name!r} is a DoRA adapter", "DoRA's update is not a linear task vector",
+                         "merge it into a full model first (merge_and_unload) and pass that folder")
+    for key in ("modules_to_save", "trainable_token_indices"):
+        if config.get(key):
+            raise EvogmError(f"adapter {name!r} sets {key}", "those weights are not low-rank task vectors",
+                             "merge it into a full model first (merge_and_unload) and pass that folder")
+    return config
+
+
+def _check_base_name(config: dict, base_path: str, name: str) -> None:
+    theirs = config.get("base_model_name_or_path")
+    if theirs and base_path and Path(theirs).name.lower() != Path(base_path).name.lower():
+        warnings.warn(f"adapter {name!r} names {theirs!r} as its base, not {Path(base_path).name!r}; "
+                      "its shapes fit, so evogm goes on", EvogmWarning, stacklevel=3)
+
+
+def _adapter_tensors(folder: Path, name: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    file = folder / "adapter_model.safetensors"
+    if file.exists():
+        return load_file(str(file))
+    pickled = folder / "adapter_model.bin"
+    if pickled.exists() and allow_pickle:
+        return torch.load(pickled, map_location="cpu", weights_only=True)
+    if pickled.exists():
+        raise EvogmError(f"adapter {name!r} has only pickled weights ({pickled.name})",
+                         "pickle files can run arbitrary code when loaded",
+                         "re-save it as safetensors, or pass --allow-pickle (allow_pickle: true) if you trust it")
+    raise EvogmError(f"no adapter_model.safetensors in {folder}", "a PEFT adapter folder needs its weights file",
+                     "point the expert at a folder saved with PEFT's save_pretrained")
+
+
+def _pair_factors(tensors: dict[str, torch.Tensor], name: str) -> dict[str, tuple[torch.Tensor, torch.Tensor, bool]]:
+    """{module: (A, B, is_embedding)} from the adapter's tensor names."""
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        match = _KEY.match(key)
+        if match:
+            found.setdefault(match["module"], {})[match["kind"]] = tensor
+        elif not key.endswith("base_layer.weight"):  # PEFT saves the base embedding alongside; not an update
+            raise EvogmError(f"adapter {name!r} holds {key}", "evogm merges plain LoRA factors (lora_A / lora_B) only",
+                             "merge the adapter into a full model first and pass that folder")
+    pairs = {}
+    for module, kinds in found.items():
+        a, b = kinds.get("A", kinds.get("embedding_A")), kinds.get("B", kinds.get("embedding_B"))
+        if a is None or b is None:
+            raise EvogmError(f"adapter {name!r} module {module} lacks its lora_A or lora_B", "the file is incomplete",
+                             "re-save the adapter with PEFT")
+        pairs[module] = (a, b, "embedding_A" in kinds)
+    return pairs
+
+
+def _scaling(config: dict, module: str, rank: int) -> float:
+    """PEFT's scaling for one module: alpha / r, or alpha / √r with rank-stabilized LoRA."""
+    alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", 8))
+    if config.get("use_rslora"):
+        return alpha / rank**0.5
+    return alpha / rank
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """PEFT's rule: a pattern key applies when the module name ends with it (regex, dot-separated)."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return value
+    return default

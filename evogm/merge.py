@@ -1,0 +1,223 @@
+"""Task-arithmetic merging in place: θ(λ) = θ₀ + Σᵢ λᵢ τᵢ written into a resident model.
+
+The Merger keeps θ₀ for every parameter some expert changes and rewrites those parameters from θ₀
+on every call, so switching candidates never drifts. LoRA experts stay factored: for one module,
+Σᵢ λᵢ sᵢ Bᵢ Aᵢ = B_cat · diag(λ ⊗ s) · A_cat, one matmul from stacked factors; full experts keep
+dense task vectors stacked per parameter, merged with one matrix-vector product.
+
+Coefficients have shape (experts,) or (experts, groups); groups split the transformer layers into
+contiguous blocks. Tensors outside the layers follow their position: those before the first layer
+(embeddings) use the first group, those after it (final norm, head) the last group.
+
+>>> merger = Merger(models.model, models.experts, groups=2)          # doctest: +SKIP
+>>> model = merger(np.array([[1.0, 0.5], [-0.3, 0.0]]))               # doctest: +SKIP
+
+Static merges (task arithmetic with a global scale, TIES, DARE) are pure functions over a stack of
+dense task vectors, applied per parameter by `Merger.static`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from evogm.models import Expert
+
+_LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
+
+
+# ----------------------------------------------------------------------------- static merges
+def task_arithmetic(deltas: torch.Tensor, weights: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """scale · Σᵢ wᵢ τᵢ.  deltas: (E, ...) stacked task vectors; weights: (E,)."""
+    return scale * torch.tensordot(weights.to(deltas.dtype), deltas, dims=1)
+
+
+def trim(deltas: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep each expert's top `density` fraction of entries by magnitude, zero the rest (TIES step 1)."""
+    flat = deltas.reshape(len(deltas), -1)
+    k = max(1, int(round(density * flat.shape[1])))
+    if k >= flat.shape[1]:
+        return deltas
+    threshold = flat.abs().kthvalue(flat.shape[1] - k + 1, dim=1, keepdim=True).values
+    return torch.where(flat.abs() >= threshold, flat, 0).reshape(deltas.shape)
+
+
+def disjoint_merge(weighted: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Elect each entry's sign by the weighted sum, then average the agreeing entries (TIES steps 2–3).
+
+    weighted: (E, ...) = wᵢ τᵢ; weights: (E,). Dividing by the agreeing experts' weights makes this the
+    disjoint mean when every weight is 1.
+    """
+    sign = torch.sign(weighted.sum(0))
+    agree = (torch.sign(weighted) == sign) & (weighted != 0)
+    w = weights.to(weighted.dtype).view(-1, *[1] * (weighted.dim() - 1))
+    divisor = (w * agree).sum(0)
+    divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
+    return (weighted * agree).sum(0) / divisor
+
+
+def ties(deltas: torch.Tensor, weights: torch.Tensor, density: float = 0.2, scale: float = 1.0) -> torch.Tensor:
+    """TIES-merging: trim, elect sign, disjoint mean; then a global scale."""
+    w = weights.to(deltas.dtype).view(-1, *[1] * (deltas.dim() - 1))
+    return scale * disjoint_merge(w * trim(deltas, density), weights)
+
+
+def dare(deltas: torch.Tensor, weights: torch.Tensor, density: float = 0.5, scale: float = 1.0,
+         consensus: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DARE: drop each entry with probability 1 − density, rescale survivors by 1/density, then sum
+    (or, with consensus=True, TIES' sign election and disjoint mean: DARE-TIES)."""
+    keep = torch.rand(deltas.shape, generator=generator, device=deltas.device) < density
+    sparse = deltas * keep / density
+    w = weights.to(deltas.dtype).view(-1, *[1] * (deltas.dim() - 1))
+    if consensus:
+        return scale * disjoint_merge(w * sparse, weights)
+    return scale * (w * sparse).sum(0)
+
+
+STATIC_METHODS = {"task_arithmetic": task_arithmetic, "ties": ties, "dare": dare}
+
+
+# ----------------------------------------------------------------------------- in-place merger
+@dataclass
+class _Slot:
+    """Everything needed to rewrite one parameter: θ₀ and its experts' stacked updates."""
+
+    name: str
+    param: torch.nn.Parameter
+    base: torch.Tensor  # θ₀, the parameter's shape
+    group: int
+    full_experts: torch.Tensor | None = None  # (k,) long: which experts the dense rows belong to
+    full: torch.Tensor | None = None  # (k, numel) stacked dense task vectors
+    lora_expert: torch.Tensor | None = None  # (R,) long: the expert of each stacked rank column
+    lora_scale: torch.Tensor | None = None  # (R,) each column's LoRA scaling s
+    A: torch.Tensor | None = None  # (R, d_in) stacked A factors
+    B: torch.Tensor | None = None  # (d_out, R) stacked B factors
+
+    def write(self, lam: torch.Tensor) -> None:
+        """param ← θ₀ + Σ_full λ τ + B · diag(λ s) · A.  lam: (E,) this parameter's group's coefficients."""
+        out = self.param.data
+        if self.full is not None:
+            torch.addmv(self.base.view(-1), self.full.T, lam[self.full_experts].to(out.dtype), out=out.view(-1))
+        else:
+            out.copy_(self.base)
+        if self.A is not None:  # λ·s in float32, so that a bfloat16 model does not round λ itself
+            out.addmm_((self.B * (lam[self.lora_expert] * self.lora_scale)).to(out.dtype), self.A)
+
+
+class Merger:
+    """Writes θ₀ + Σ λ τ into `model` in place; any real λ, no drift across calls.
+
+    θ₀ is what the model holds when the Merger is built: build it on the freshly loaded base (and
+    `reset()` before building another Merger on the same model).
+
+    >>> merger = Merger(model, experts)            # doctest: +SKIP
+    >>> merger(np.array([0.7, -0.2, 1.5]))          # doctest: +SKIP
+    """
+
+    def __init__(self, model: torch.nn.Module, experts: list[Expert], groups: int = 1):
+        if groups < 1:
+            raise ValueError(f"groups must be ≥ 1, got {groups}")
+        self.model, self.experts, self.groups = model, list(experts), groups
+        self.n_layers = model.config.num_hidden_layers
+        if groups > self.n_layers:
+            raise ValueError(f"groups={groups} exceeds the model's {self.n_layers} layers")
+        order = [name for name, _ in model.named_parameters()]
+        touched = set().union(*(e.params for e in experts)) if experts else set()
+        first_layer = next((i for i, n in enumerate(order) if _LAYER.search(n)), len(order))
+        params = dict(model.named_parameters())
+        self._slots = [self._slot(n, params[n], i < first_layer) for i, n in enumerate(order) if n in touched]
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.experts]
+
+    @property
+    def dim(self) -> int:
+        return len(self.experts) * self.groups
+
+    def group_of(self, name: str, before_layers: bool = False) -> int:
+        """Which coefficient group a parameter follows (see the module docstring)."""
+        match = _LAYER.search(name)
+        if match:
+            return int(match[1]) * self.groups // self.n_layers
+        return 0 if before_layers else self.groups - 1
+
+    def coefficients(self, coefficients) -> np.ndarray:
+        """Any accepted shape → (experts, groups). A flat vector is expert-major: index = e·groups + g."""
+        lam = np.asarray(coefficients, dtype=np.float64)
+        n = len(self.experts)
+        if lam.shape == (n,):
+            lam = np.repeat(lam[:, None], self.groups, axis=1)
+        elif lam.shape == (n * self.groups,):
+            lam = lam.reshape(n, self.groups)
+        if lam.shape != (n, self.groups):
+            raise ValueError(f"coefficients of shape {lam.shape} do not fit {n} experts × {self.groups} groups")
+        if not np.isfinite(lam).all():
+            raise ValueError("coefficients must be finite")
+        return lam
+
+    @torch.no_grad()
+    def __call__(self, coefficients) -> torch.nn.Module:
+        lam = self.coefficients(coefficients)
+        columns = torch.as_tensor(lam.T, device=self._device(), dtype=torch.float32)  # (groups, experts)
+        for slot in self._slots:
+            slot.write(columns[slot.group])
+        return self.model
+
+    @torch.no_grad()
+    def reset(self) -> torch.nn.Module:
+        """Back to the base model θ₀."""
+        for slot in self._slots:
+            slot.param.data.copy_(slot.base)
+        return self.model
+
+    @torch.no_grad()
+    def static(self, method: str, weights=None, seed: int = 0, **options) -> torch.nn.Module:
+        """Write a static merge (task_arithmetic, ties, dare) of the experts into the model.
+
+        weights: (experts,) per-expert weights (default 1 each); options go to the method
+        (scale, density, consensus). DARE's drops are seeded per parameter, so a seed gives one merge.
+        """
+        if method not in STATIC_METHODS:
+            from evogm.registry import unknown_name
+            raise unknown_name("merge method", method, STATIC_METHODS)
+        fn = STATIC_METHODS[method]
+        w = torch.ones(len(self.experts)) if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float32))
+        for index, slot in enumerate(self._slots):
+            deltas = self._dense_stack(slot)  # (E, *shape) float32, transient
+            extra = {}
+            if method == "dare":
+                extra["generator"] = torch.Generator(device=deltas.device).manual_seed(seed * 1_000_003 + index)
+            merged = fn(deltas, w.to(deltas.device), **options, **extra)
+            slot.param.data.copy_(slot.base.float() + merged)  # copy_ casts back to the model's dtype
+        return self.model
+
+    # -- construction ----------------------------------------------------------------------
+    def _slot(self, name: str, param: torch.nn.Parameter, before_layers: bool) -> _Slot:
+        slot = _Slot(name, param, param.detach().clone(), self.group_of(name, before_layers))
+        full = [(i, e.deltas[name]) for i, e in enumerate(self.experts) if name in e.deltas]
+        if full:
+            slot.full_experts = torch.tensor([i for i, _ in full], device=param.device)
+            slot.full = torch.stack([d.reshape(-1) for _, d in full]).to(param.dtype)
+        lora = [(i, e.factors[name]) for i, e in enumerate(self.experts) if name in e.factors]
+        if lora:
+            slot.lora_expert = torch.tensor([i for i, f in lora for _ in range(f.rank)], device=param.device)
+            slot.lora_scale = torch.tensor([f.scaling for _, f in lora for _ in range(f.rank)],
+                                           device=param.device, dtype=torch.float32)
+            slot.A = torch.cat([f.A for _, f in lora], dim=0)
+            slot.B = torch.cat([f.B for _, f in lora], dim=1)
+        return slot
+
+    def _dense_stack(self, slot: _Slot) -> torch.Tensor:
+        zeros = torch.zeros_like(slot.base, dtype=torch.float32)
+        return torch.stack([_or(e.dense(slot.name), zeros).float() for e in self.experts])
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _or(value, default):
+    return default if value is None else value

@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny real models built locally (nothing downloaded).
+
+`tiny_models` is a session-scoped folder with a 2-layer Qwen2 base, three PEFT LoRA adapters of
+different ranks, alphas, scalings and targets, and two full fine-tunes.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+LORA_CONFIGS = {
+    # name: LoraConfig keyword arguments; init_lora_weights=False gives random (non-zero) B factors
+    "lora_qv": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    "lora_mlp": dict(r=2, lora_alpha=16, use_rslora=True, target_modules=["up_proj", "down_proj", "o_proj"],
+                     rank_pattern={"layers.1.mlp.up_proj": 3}, alpha_pattern={"down_proj": 5}),
+    "lora_emb": dict(r=3, lora_alpha=6, target_modules=["embed_tokens", "k_proj", "lm_head"]),
+}
+
+
+def tiny_config(**overrides):
+    from transformers import Qwen2Config
+
+    from evogm.zoo.tokenizer import build_tokenizer
+
+    values = dict(vocab_size=len(build_tokenizer()), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    values.update(overrides)
+    return Qwen2Config(**values)
+
+
+def build_base(folder: Path, seed: int = 0, **overrides) -> Path:
+    from transformers import Qwen2ForCausalLM
+
+    from evogm.zoo.tokenizer import build_tokenizer
+
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(tiny_config(**overrides))
+    model.save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def build_lora(base: Path, folder: Path, seed: int, **lora) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = get_peft_model(model, LoraConfig(init_lora_weights=False, base_model_name_or_path=str(base), **lora))
+        peft_model.save_pretrained(folder)
+    return folder
+
+
+def build_full(base: Path, folder: Path, seed: int, only: str = "") -> Path:
+    """A 'fine-tune': the base with seeded noise on every parameter whose name contains `only`."""
+    from transformers import AutoModelForCausalLM
+
+    from evogm.zoo.tokenizer import build_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if only in name:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    model.save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """{"base": path, expert name: path, ...}: 3 LoRA adapters and 2 full fine-tunes of one base."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    base = build_base(root / "base")
+    paths = {"base": base}
+    for i, (name, lora) in enumerate(LORA_CONFIGS.items()):
+        paths[name] = build_lora(base, root / name, seed=10 + i, **lora)
+    paths["full_all"] = build_full(base, root / "full_all", seed=20)
+    paths["full_mlp"] = build_full(base, root / "full_mlp", seed=21, only="mlp")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def expert_paths(tiny_models) -> dict[str, Path]:
+    return {k: v for k, v in tiny_models.items() if k != "base"}

@@ -1,0 +1,163 @@
+"""The merge engine against an independent computation: PEFT's merge_and_unload and dense arithmetic."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from evogm import merge as M
+from evogm.merge import Merger
+from evogm.models import load_models
+
+
+def dense_task_vectors(tiny_models, names) -> tuple[dict, list[dict]]:
+    """θ₀ and, per expert, θᵢ − θ₀ computed the independent way (PEFT merges LoRA into dense weights)."""
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["base"]).state_dict()
+    vectors = []
+    for name in names:
+        model = AutoModelForCausalLM.from_pretrained(tiny_models["base"])
+        if "lora" in name:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = PeftModel.from_pretrained(model, tiny_models[name]).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(tiny_models[name])
+        vectors.append({k: v - base[k] for k, v in model.state_dict().items()})
+    return base, vectors
+
+
+def group_of(name: str, groups: int, layers: int = 2) -> int:
+    match = re.search(r"\.layers\.(\d+)\.", name)
+    if match:
+        return int(match[1]) * groups // layers
+    return 0 if "embed_tokens" in name else groups - 1
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_models, expert_paths):
+    return load_models(tiny_models["base"], expert_paths, dtype="float32", device="cpu")
+
+
+@pytest.fixture
+def make_merger(loaded):
+    """Mergers on the shared model; each is reset afterwards so the next one finds θ₀ there."""
+    made = []
+    yield lambda groups=1: made.append(Merger(loaded.model, loaded.experts, groups=groups)) or made[-1]
+    for merger in made:
+        merger.reset()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_models, expert_paths):
+    return dense_task_vectors(tiny_models, list(expert_paths))
+
+
+def expected_state(reference, lam: np.ndarray) -> dict:
+    base, vectors = reference
+    return {k: v + sum(float(lam[i, group_of(k, lam.shape[1])]) * tv[k] for i, tv in enumerate(vectors))
+            for k, v in base.items()}
+
+
+def assert_state(model, expected, atol=1e-5):
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], atol=atol, rtol=1e-5, msg=name)
+
+
+def test_lora_and_full_experts_load_in_their_forms(loaded):
+    kinds = {e.name: e.kind for e in loaded.experts}
+    assert kinds == {"lora_qv": "lora", "lora_mlp": "lora", "lora_emb": "lora", "full_all": "full", "full_mlp": "full"}
+    mlp = next(e for e in loaded.experts if e.name == "lora_mlp")
+    up1 = mlp.factors["model.layers.1.mlp.up_proj.weight"]
+    assert up1.rank == 3 and up1.scaling == pytest.approx(16 / 3**0.5)  # rank_pattern + rsLoRA
+    assert mlp.factors["model.layers.0.mlp.down_proj.weight"].scaling == pytest.approx(5 / 2**0.5)  # alpha_pattern
+    full_mlp = next(e for e in loaded.experts if e.name == "full_mlp")
+    assert full_mlp.params and all("mlp" in n for n in full_mlp.params)
+
+
+@pytest.mark.parametrize("lam", [
+    np.array([1.0, 0.0, 0.0, 0.0, 0.0]),
+    np.array([0.3, -0.7, 1.8, 0.5, -1.2]),
+    np.array([[0.2, 1.1], [-0.4, 0.9], [2.5, -1.0], [0.0, 0.6], [1.3, -0.3]]),
+])
+def test_merge_matches_peft_and_dense_arithmetic(loaded, make_merger, reference, lam):
+    merger = make_merger(1 if lam.ndim == 1 else lam.shape[1])
+    model = merger(lam)
+    assert_state(model, expected_state(reference, merger.coefficients(lam)))
+
+
+def test_flat_vector_is_expert_major(loaded, make_merger):
+    merger = make_merger(2)
+    lam = np.arange(10, dtype=float).reshape(5, 2)
+    np.testing.assert_array_equal(merger.coefficients(lam.reshape(-1)), lam)
+    assert merger.dim == 10
+    with pytest.raises(ValueError, match="do not fit"):
+        merger(np.ones(7))
+    with pytest.raises(ValueError, match="finite"):
+        merger(np.array([np.nan, 0, 0, 0, 0]))
+
+
+def test_thousands_of_switches_do_not_drift(loaded, make_merger, reference):
+    merger = make_merger()
+    rng = np.random.default_rng(0)
+    target = np.array([0.5, -0.25, 1.0, 0.75, -2.0])
+    merger(target)
+    fresh = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    for _ in range(2000):
+        merger(rng.uniform(-3, 3, size=5))
+    merger(target)
+    for name, value in loaded.model.state_dict().items():
+        assert torch.equal(value, fresh[name]), name
+    merger.reset()
+    assert_state(loaded.model, reference[0], atol=0)
+
+
+def test_task_arithmetic_static_equals_scaled_merge(loaded, make_merger, reference):
+    merger = make_merger()
+    weights = np.array([1.0, 0.5, -0.5, 1.0, 2.0])
+    merger.static("task_arithmetic", weights=weights, scale=0.3)
+    assert_state(loaded.model, expected_state(reference, 0.3 * weights[:, None]))
+
+
+def test_ties_is_trim_elect_disjoint_mean():
+    deltas = torch.tensor([[3.0, -1.0, 0.5, 2.0], [-2.0, 4.0, 0.1, 1.0], [1.0, -3.0, -0.2, -5.0]])
+    trimmed = M.trim(deltas, density=0.5)  # top 2 of 4 per expert by |τ|
+    assert torch.equal(trimmed, torch.tensor([[3.0, 0, 0, 2.0], [-2.0, 4.0, 0, 0], [0, -3.0, 0, -5.0]]))
+    merged = M.ties(deltas, torch.ones(3), density=0.5)
+    # column 0: sum 1 → +, agreeing {3} → 3;  column 1: sum 1 → +, {4} → 4;  column 3: sum −3 → −, {−5} → −5
+    assert torch.equal(merged, torch.tensor([3.0, 4.0, 0.0, -5.0]))
+
+
+def test_dare_is_seeded_and_unbiased():
+    deltas = torch.ones(2, 20000)
+    gen = lambda: torch.Generator().manual_seed(7)
+    a = M.dare(deltas, torch.ones(2), density=0.25, generator=gen())
+    b = M.dare(deltas, torch.ones(2), density=0.25, generator=gen())
+    assert torch.equal(a, b)
+    assert set(torch.unique(a).tolist()) <= {0.0, 4.0, 8.0}  # survivors rescaled by 1/density
+    assert a.mean().item() == pytest.approx(2.0, rel=0.05)
+
+
+def test_static_merges_are_undone_by_the_next_candidate(loaded, make_merger, reference):
+    merger = make_merger(2)
+    lam = np.array([[0.2, 1.1], [-0.4, 0.9], [2.5, -1.0], [0.0, 0.6], [1.3, -0.3]])
+    for method, options in [("ties", {"density": 0.3}), ("dare", {"density": 0.5, "consensus": True})]:
+        merger.static(method, **options)
+        merger(lam)
+        assert_state(loaded.model, expected_state(reference, lam))
+
+
+def test_dare_static_merge_depends_on_seed_only(loaded, make_merger):
+    merger = make_merger()
+    first = {k: v.clone() for k, v in merger.static("dare", seed=3).state_dict().items()}
+    merger(np.ones(5))
+    again = merger.static("dare", seed=3).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    other = merger.static("dare", seed=4).state_dict()
+    assert any(not torch.equal(first[k], other[k]) for k in first)
