@@ -1,0 +1,349 @@
+"""The run config: YAML + `a.b=c` overrides → frozen dataclasses, checked before anything loads.
+
+Unknown keys are errors that name the closest valid key; missing files name the path; optimizer
+options are checked against the optimizer constructor's signature. Paths in the file are relative
+to the file's folder, paths given as overrides relative to the working directory.
+
+>>> cfg = load_config("configs/zoo.yaml", ["search.budget=40", "seed=1"])  # doctest: +SKIP
+>>> cfg.search.budget, cfg.seed
+(40, 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evogm.errors import EvogmError
+from evogm.executors import EXECUTORS
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+MODES = ("multi_task", "single_task")
+BASELINES = ("uniform", "task_arithmetic", "ties", "dare")
+TASK_REQUIRED = ("name", "path", "type")
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+RESERVED = ("model", "plots")
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    base: str  # HF model folder
+    experts: dict[str, str]  # name → full fine-tune folder or PEFT LoRA adapter folder
+    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto (bfloat16 on a GPU, float32 on a CPU)
+    device: str = "auto"  # auto (cuda when there is one) | cpu | cuda | cuda:1 …
+    groups: int = 1  # coefficients per expert: 1, or a number of layer groups
+    allow_pickle: bool = False  # load pickled (.bin) checkpoints; off: safetensors only
+    trust_remote_code: bool = False  # run a model folder's own Python code (auto_map); off by default
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    optimizer: str = "evogm"  # a name in evogm.search.OPTIMIZERS
+    budget: int | None = None  # evaluations; None: the optimizer's own schedule decides
+    popsize: int | None = None  # None: 2 × number of experts (the paper's P = 2N)
+    split: str = "dev"  # the split the search scores; never "test"
+    options: dict[str, Any] = field(default_factory=dict)  # the optimizer constructor's keywords
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    kind: str = "local"  # a name in evogm.executors.EXECUTORS (local; ray: distributed)
+    options: dict[str, Any] = field(default_factory=dict)  # the executor constructor's keywords
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    methods: tuple[str, ...] = BASELINES  # static merges evaluated on dev and test at the end
+    scales: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # task arithmetic's grid
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # method → merger.static keywords
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    models: ModelsConfig
+    tasks: tuple[dict[str, Any], ...]  # each: name, path, type, and the task type's own keys
+    output: str  # the run directory
+    seed: int = 42
+    mode: str = "multi_task"  # multi_task | single_task (one full search per task)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t["name"] for t in self.tasks]
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML run config, apply `key.sub=value` overrides, check it, return it resolved."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvogmError(f"config file {path} not found", "no such file", "give the path of a YAML run config")
+    raw = read_yaml(path)
+    resolve_paths(raw, path.resolve().parent)
+    for item in overrides:
+        apply_override(raw, item)
+    resolve_paths(raw, Path.cwd())
+    return from_dict(raw)
+
+
+def from_dict(raw: dict) -> RunConfig:
+    """Build and check a RunConfig from a plain dict (paths already absolute)."""
+    cfg = build(RunConfig, raw, "")
+    check(cfg)
+    return cfg
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise EvogmError(f"config {path} is not valid YAML", str(exc).replace("\n", " "), "fix the syntax") from None
+    if not isinstance(data, dict):
+        raise EvogmError(f"config {path} must be a mapping of keys", f"it holds a {type(data).__name__}")
+    return data
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    """The plain-data form (tuples as lists), as saved in a run's config.yaml."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --- overrides and paths ------------------------------------------------------------------------
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """`search.budget=40` sets raw["search"]["budget"] = 40; the value is parsed as YAML;
+    a number indexes a list (`tasks.0.limit=50`)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise EvogmError(f"override {item!r} is not key=value", "", "write it like search.budget=40")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    *parents, last = key.split(".")
+    node = raw
+    for part in parents:
+        node = _child(node, part, key)
+    if isinstance(node, list):
+        node[_index(node, last, key)] = value
+    else:
+        node[last] = value
+
+
+def _child(node, part: str, key: str):
+    if isinstance(node, list):
+        return node[_index(node, part, key)]
+    if not isinstance(node, dict):
+        raise EvogmError(f"override {key}: {part!r} is inside a value, not a section", "", "check the key path")
+    return node.setdefault(part, {})
+
+
+def _index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise EvogmError(f"override {key}: {part!r} is not an index of a list of {len(node)}", "",
+                         f"use 0…{len(node) - 1}")
+    return int(part)
+
+
+def resolve_paths(raw: dict, root: Path) -> None:
+    """Make the input paths (models.base, models.experts.*, tasks[*].path) absolute against root."""
+    models = raw.get("models")
+    if isinstance(models, dict):
+        if isinstance(models.get("base"), str):
+            models["base"] = _absolute(models["base"], root)
+        if isinstance(models.get("experts"), dict):
+            models["experts"] = {k: _absolute(v, root) if isinstance(v, str) else v
+                                 for k, v in models["experts"].items()}
+    for task in raw.get("tasks") or []:
+        if isinstance(task, dict) and isinstance(task.get("path"), str):
+            task["path"] = _absolute(task["path"], root)
+
+
+def _absolute(path: str, root: Path) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (root / p).resolve())
+
+
+# --- building typed dataclasses -----------------------------------------------------------------
+
+
+def build(cls, data, where: str):
+    """A dataclass from a dict: unknown keys suggest the closest one, missing required keys name it."""
+    if not isinstance(data, dict):
+        raise EvogmError(f"{where.rstrip('.') or 'the config'} must be a mapping", f"got {data!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise EvogmError(f"unknown config key {where}{key}", suggest(str(key), names),
+                             f"valid keys here: {', '.join(names)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = convert(hints[f.name], data[f.name], where + f.name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise EvogmError(f"config key {where}{f.name} is missing", "it has no default", "add it to the config")
+    return cls(**kwargs)
+
+
+def convert(kind, value, where: str):
+    """Check one value against its annotation; nested dataclasses are built."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if dataclasses.is_dataclass(kind):
+        return build(kind, {} if value is None else value, where + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return convert(next(a for a in args if a is not type(None)), value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(where, "a mapping", value)
+        return {str(k): convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(where, "a list", value)
+        return tuple(convert(args[0], v, f"{where}.{i}") for i, v in enumerate(value))
+    return _scalar(kind, value, where)
+
+
+def _scalar(kind, value, where: str):
+    if kind is Any:
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise _type_error(where, _KIND_NAMES.get(kind, kind.__name__), value)
+    return value
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _type_error(where: str, expected: str, value) -> EvogmError:
+    return EvogmError(f"config key {where} must be {expected}", f"got {value!r}", "fix its value")
+
+
+def suggest(word: str, choices, what: str = "key") -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f"did you mean {close[0]!r}?" if close else f"no {what} like it"
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+
+def check(cfg: RunConfig) -> None:
+    """Everything that can be checked before loading a model: values, files, optimizer options."""
+    _check_choice("models.dtype", cfg.models.dtype, DTYPES)
+    _check_choice("mode", cfg.mode, MODES)
+    _check_choice("executor.kind", cfg.executor.kind, tuple(EXECUTORS))
+    for method in cfg.baselines.methods:
+        _check_choice("baselines.methods", method, BASELINES)
+    if cfg.models.groups < 1:
+        raise EvogmError("models.groups must be at least 1", f"got {cfg.models.groups}")
+    if not cfg.models.experts:
+        raise EvogmError("models.experts is empty", "a merge needs at least one expert", "add name: path entries")
+    if cfg.search.split == "test":
+        raise EvogmError("search.split is 'test'", "the test split is scored once, at the end, never in the search",
+                         "use search.split=dev")
+    _check_number("search.budget", cfg.search.budget)
+    _check_number("search.popsize", cfg.search.popsize)
+    _check_path("models.base", cfg.models.base)
+    for name, path in cfg.models.experts.items():
+        _check_path(f"models.experts.{name}", path)
+    _check_tasks(cfg.tasks)
+    check_optimizer(cfg.search.optimizer, cfg.search.options)
+
+
+def _check_choice(key: str, value: str, choices) -> None:
+    if value not in choices:
+        raise EvogmError(f"{key} is {value!r}", f"{suggest(value, choices, 'value')}",
+                         f"choose one of {', '.join(choices)}")
+
+
+def _check_number(key: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise EvogmError(f"{key} must be a positive number", f"got {value}")
+
+
+def _check_path(key: str, path: str) -> None:
+    if not Path(path).exists():
+        raise EvogmError(f"{key}: {path} not found", "no such file or folder",
+                         "fix the path (relative paths in a config file start at the file's folder)")
+
+
+def _check_tasks(tasks: tuple[dict, ...]) -> None:
+    if not tasks:
+        raise EvogmError("tasks is empty", "the search needs at least one task to score", "add a task")
+    seen = set()
+    for i, task in enumerate(tasks):
+        for key in TASK_REQUIRED:
+            if key not in task:
+                raise EvogmError(f"tasks.{i} has no {key!r}", f"every task needs {', '.join(TASK_REQUIRED)}")
+        if not isinstance(task["name"], str) or not TASK_NAME.match(task["name"]) or task["name"] in RESERVED:
+            raise EvogmError(f"task name {task['name']!r} cannot be used",
+                             "it keys the metrics (task/metric) and names the task's folder in single-task mode",
+                             "use letters, digits, '_', '-' or '.' (not 'model' or 'plots')")
+        if task["name"] in seen:
+            raise EvogmError(f"task name {task['name']!r} appears twice", "names key the metrics", "rename one")
+        seen.add(task["name"])
+        if task.get("split") == "test":
+            raise EvogmError(f"tasks.{i}.split is 'test'", "the test split is never used in the search")
+        _check_path(f"tasks.{i}.path", task["path"])
+
+
+def check_optimizer(name: str, options: dict) -> None:
+    """The optimizer exists and its constructor accepts every option (its signature is the schema)."""
+    from evogm.search import OPTIMIZERS
+
+    if name not in OPTIMIZERS:
+        raise EvogmError(f"search.optimizer {name!r} is unknown", suggest(name, OPTIMIZERS, "optimizer"),
+                         f"choose one of {', '.join(sorted(OPTIMIZERS))}")
+    params = inspect.signature(OPTIMIZERS[name]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [p for p in params if p not in ("self", "dim", "popsize", "seed")]
+    for key in options:
+        if key not in valid:
+            raise EvogmError(f"search.options.{key} is not an option of optimizer {name!r}",
+                             suggest(key, valid, "option"), f"its options: {', '.join(valid) or 'none'}")
+
+
+def optimizer_defaults(name: str) -> dict[str, Any]:
+    """The optimizer constructor's keyword defaults, popsize included (for the resolved config.yaml)."""
+    from evogm.search import OPTIMIZERS
+
+    params = inspect.signature(OPTIMIZERS[name]).parameters.values()
+    return {p.name: _plain(p.default) for p in params if p.name not in ("self", "dim", "seed")
+            and p.default is not inspect.Parameter.empty and _is_plain(p.default)}
+
+
+def _is_plain(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str)) or (
+        isinstance(value, (list, tuple)) and all(_is_plain(v) for v in value))

@@ -1,0 +1,70 @@
+"""Executors: parallelism is a map from candidate rows to Results.
+
+An executor is built from a zero-argument factory that makes the objective (so that a distributed
+executor can build one objective per worker, next to its own resident model) and reports each
+Result as soon as it exists through `on_result(row, result)` — the run logs it there, durably —
+whatever order the rows finish in. `map` returns the Results in row order.
+
+>>> from evogm.objective import Result
+>>> square = lambda x: Result(x=tuple(x), coefficients=tuple(x), loss=float((x ** 2).sum()))
+>>> import numpy as np
+>>> [r.loss for r in LocalExecutor(lambda: square).map(np.array([[1.0], [2.0]]))]
+[1.0, 4.0]
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+
+from evogm.errors import EvogmError
+from evogm.objective import Result
+
+OnResult = Callable[[int, Result], None]
+ObjectiveFactory = Callable[[], Callable[[np.ndarray], Result]]
+
+
+class Executor(Protocol):
+    def map(self, xs: np.ndarray, on_result: OnResult | None = None) -> list[Result]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """Evaluates rows one after another in this process, on the one resident model."""
+
+    def __init__(self, make_objective: ObjectiveFactory):
+        self._make_objective = make_objective
+        self._objective = None
+
+    @property
+    def objective(self):
+        if self._objective is None:
+            self._objective = self._make_objective()
+        return self._objective
+
+    def map(self, xs: np.ndarray, on_result: OnResult | None = None) -> list[Result]:
+        results = []
+        for row, x in enumerate(np.asarray(xs, dtype=np.float64)):
+            result = self.objective(x)
+            if on_result is not None:
+                on_result(row, result)
+            results.append(result)
+        return results
+
+    def close(self) -> None:
+        pass
+
+
+# kind → executor class; plain dict, so a new executor is one entry (RayExecutor: next to LocalExecutor,
+# importing ray inside its constructor so that the core never needs ray).
+EXECUTORS: dict[str, type] = {"local": LocalExecutor}
+
+
+def make_executor(kind: str, make_objective: ObjectiveFactory, **options) -> Executor:
+    """The executor of `kind`, built with its options (the config's executor.options)."""
+    try:
+        return EXECUTORS[kind](make_objective, **options)
+    except TypeError as exc:
+        raise EvogmError(f"executor.options do not fit executor {kind!r}", str(exc), "check executor.options") from None

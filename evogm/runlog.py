@@ -1,0 +1,120 @@
+"""The evaluation log: append-only JSONL, one record per evaluation, flushed and fsynced as it happens.
+
+A killed run loses at most the evaluation in flight: reading back drops a truncated last line (and
+cuts it from the file so that the next append starts on a clean line). Resume replays the records;
+reports read them back. Other run-directory files are written atomically (`write_atomic`).
+
+>>> log = RunLog("/tmp/evogm-doctest.jsonl", fresh=True)
+>>> log.append(record(0, 1, Result(x=(0.5,), coefficients=(0.5,), loss=-0.7, metrics={"add/accuracy": 0.7})))
+>>> [r["loss"] for r in log.records()], to_result(log.records()[0]).fitness
+([-0.7], 0.7)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from evogm.errors import EvogmError
+from evogm.objective import Result
+
+
+class RunLog:
+    """evaluations.jsonl of one run: `append(record)` is durable when it returns."""
+
+    def __init__(self, path: str | os.PathLike, *, fresh: bool = False):
+        self.path = Path(path)
+        if fresh and self.path.exists():
+            self.path.unlink()
+        self._file = None
+
+    def records(self) -> list[dict]:
+        """Every complete record in order; a partial last line (a kill mid-write) is dropped."""
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) != len(data):
+            self._truncate(len(complete))
+        return [self._parse(line, i) for i, line in enumerate(complete.splitlines(), 1) if line.strip()]
+
+    def append(self, rec: dict) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")
+        self._file.write(json.dumps(rec, allow_nan=False) + "\n")  # one write: a kill leaves a prefix
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _truncate(self, size: int) -> None:
+        with open(self.path, "r+b") as f:
+            f.truncate(size)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _parse(self, line: bytes, number: int) -> dict:
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvogmError(f"{self.path} line {number} is not a JSON record", str(exc),
+                             "the log was edited or corrupted; restore it or start over with --force") from None
+
+
+def record(gen: int, row: int, result: Result) -> dict:
+    """The log record of one evaluation: where it was asked (generation, row) and its Result."""
+    return {
+        "gen": gen,
+        "row": row,
+        "x": [float(v) for v in result.x],
+        "coefficients": [float(v) for v in result.coefficients],
+        "metrics": {k: _finite(v) for k, v in result.metrics.items()},
+        "loss": _finite(result.loss),  # null: failed (inf); JSON has no infinity
+        "seconds": round(float(result.seconds), 6),
+        "error": result.error,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def to_result(rec: dict) -> Result:
+    loss = rec["loss"]
+    return Result(
+        x=tuple(rec["x"]),
+        coefficients=tuple(rec["coefficients"]),
+        loss=math.inf if loss is None else float(loss),
+        metrics={k: (math.nan if v is None else v) for k, v in rec["metrics"].items()},
+        seconds=rec.get("seconds", 0.0),
+        error=rec.get("error"),
+    )
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a whole file so that readers (and a kill) see the old or the new content, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    write_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    return json.loads(Path(path).read_text())
