@@ -14,7 +14,7 @@ import sys
 
 from evogm.errors import EvogmError
 
-COMMANDS = ["merge"]  # modules of evogm.commands, in --help order
+COMMANDS = ["merge", "run", "demo"]  # modules of evogm.commands, in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +25,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """One-line warnings from evogm; no progress bars or info logs from transformers."""
+    import warnings
+
+    from evogm.lora import EvogmWarning
+
+    show = warnings.showwarning
+
+    def one_line(message, category, *args, **kwargs):
+        if issubclass(category, EvogmWarning):
+            print(f"evogm: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kwargs)
+
+    warnings.showwarning = one_line
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except EvogmError as exc:

@@ -93,7 +93,7 @@ def _check_base_name(config: dict, base_path: str, name: str) -> None:
     theirs = config.get("base_model_name_or_path")
     if theirs and base_path and Path(theirs).name.lower() != Path(base_path).name.lower():
         warnings.warn(f"adapter {name!r} names {theirs!r} as its base, not {Path(base_path).name!r}; "
-                      "its shapes fit, so evogm goes on", EvogmWarning, stacklevel=3)
+                      "evogm goes on if its shapes fit", EvogmWarning, stacklevel=3)
 
 
 def _adapter_tensors(folder: Path, name: str, allow_pickle: bool) -> dict[str, torch.Tensor]:

@@ -1,0 +1,94 @@
+"""`evogm merge`: one merge of the experts, exported as a model folder with its recipe.
+
+    evogm merge --base zoo/base --expert add=zoo/experts/add --expert sort=zoo/experts/sort \
+        --weights add=0.8 --weights sort=1.2 --out merged/
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from evogm.errors import EvogmError
+from evogm.merge import STATIC_METHODS
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("merge", help="merge experts with given weights and export the model",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--base", required=True, help="base model folder (Hugging Face format)")
+    p.add_argument("--expert", action="append", default=[], metavar="NAME=PATH", required=True,
+                   help="an expert: PEFT LoRA adapter folder or full fine-tune folder (repeat)")
+    p.add_argument("--weights", action="append", default=[], metavar="NAME=VALUE[,VALUE...]",
+                   help="λ of an expert (default 1); several comma-separated values = one per layer group")
+    p.add_argument("--method", default="task_arithmetic", choices=sorted(STATIC_METHODS))
+    p.add_argument("--scale", type=float, default=1.0, help="global scale of the merged update")
+    p.add_argument("--density", type=float, default=None, help="ties: fraction kept; dare: keep probability")
+    p.add_argument("--consensus", action="store_true", help="dare: TIES sign consensus (DARE-TIES)")
+    p.add_argument("--seed", type=int, default=0, help="dare: seed of the random drops")
+    p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--allow-pickle", action="store_true", help="accept pickled (.bin/.pt) weights")
+    p.add_argument("--trust-remote-code", action="store_true", help="run a model's own Python code")
+    p.set_defaults(func=run)
+
+
+def parse_pairs(pairs: list[str], what: str) -> dict[str, str]:
+    """["a=1", "b=2"] → {"a": "1", "b": "2"}, with a clear error for a malformed pair."""
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not value:
+            raise EvogmError(f"bad {what} {pair!r}", "expected NAME=VALUE", f"write it as {what.split()[-1]} NAME=VALUE")
+        out[name] = value
+    return out
+
+
+def parse_weights(pairs: list[str], names: list[str]) -> np.ndarray:
+    """(experts, groups) λ from NAME=V[,V...] pairs; unnamed experts get 1."""
+    from evogm.registry import unknown_name
+
+    given = parse_pairs(pairs, "--weights")
+    for name in given:
+        if name not in names:
+            raise unknown_name("expert", name, names)
+    try:
+        values = {n: [float(v) for v in given.get(n, "1").split(",")] for n in names}
+    except ValueError:
+        raise EvogmError(f"a weight in {pairs} is not a number", "weights are real numbers",
+                         "write e.g. --weights add=0.7 or --weights add=0.7,1.2 (one per layer group)") from None
+    groups = {len(v) for v in values.values() if len(v) > 1} or {1}
+    if len(groups) > 1:
+        raise EvogmError("experts were given different numbers of group weights", "every expert needs the same count",
+                         "give each expert one weight or the same number of comma-separated weights")
+    g = groups.pop()
+    return np.array([v * g if len(v) == 1 else v for v in values.values()])
+
+
+def run(args) -> int:
+    from evogm.export import check_output, export_merged, export_static
+    from evogm.merge import Merger
+    from evogm.models import load_models
+
+    experts = parse_pairs(args.expert, "--expert")
+    lam = parse_weights(args.weights, list(experts))
+    check_output(args.out, args.force)
+    models = load_models(args.base, experts, dtype=args.dtype, device=args.device,
+                         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    merger = Merger(models.model, models.experts, groups=lam.shape[1])
+    common = dict(base=args.base, experts=experts, force=args.force)
+    if args.method == "task_arithmetic" and args.scale == 1.0:
+        out = export_merged(merger, models.tokenizer, lam, args.out, **common)
+    else:
+        if lam.shape[1] > 1:
+            raise EvogmError(f"--method {args.method} takes one weight per expert", "group weights are for task arithmetic",
+                             "give one value per expert")
+        options = {"scale": args.scale}
+        if args.density is not None:
+            options["density"] = args.density
+        if args.method == "dare":
+            options |= {"seed": args.seed, "consensus": args.consensus}
+        out = export_static(merger, models.tokenizer, args.method, args.out, weights=lam[:, 0], **common, **options)
+    print(f"merged {len(experts)} experts ({args.method}) into {out}")
+    return 0

@@ -1,0 +1,132 @@
+"""Export a merge: a Hugging Face folder that transformers loads, `recipe.yaml`, and a mergekit config.
+
+The folder is written next to its destination and renamed into place, so an interrupted export
+never leaves a half-written model where a finished one is expected.
+
+>>> export_merged(merger, tokenizer, best_lambda, "runs/demo/model",
+...               base="zoo/base", experts={"add": "zoo/experts/add"})   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from evogm.errors import EvogmError
+
+MERGEKIT_METHODS = {"task_arithmetic": "task_arithmetic", "ties": "ties", "dare": "dare_linear"}
+
+
+def export_merged(merger, tokenizer, coefficients, out_dir, *, base: str, experts: dict[str, str],
+                  groups: int = 1, force: bool = True, extra: dict | None = None) -> Path:
+    """Merge `coefficients` (task arithmetic) into the resident model and export it."""
+    lam = merger.coefficients(coefficients)
+    merger(lam)
+    recipe = make_recipe("task_arithmetic", lam, base=base, experts=experts, kinds=_kinds(merger),
+                         layers=merger.n_layers, extra=extra)
+    return export_model(merger.model, tokenizer, out_dir, recipe, force=force)
+
+
+def export_static(merger, tokenizer, method: str, out_dir, *, base: str, experts: dict[str, str],
+                  weights=None, force: bool = True, **options) -> Path:
+    """Write a static merge (task_arithmetic, ties, dare) into the resident model and export it."""
+    merger.static(method, weights=weights, **options)
+    lam = np.ones((len(experts), 1)) if weights is None else np.asarray(weights, dtype=float)[:, None]
+    recipe = make_recipe(method, lam, base=base, experts=experts, kinds=_kinds(merger), options=options)
+    return export_model(merger.model, tokenizer, out_dir, recipe, force=force)
+
+
+def export_model(model, tokenizer, out_dir, recipe: dict, *, force: bool = True) -> Path:
+    """Save model (safetensors) + tokenizer + recipe.yaml + mergekit.yaml into out_dir, atomically."""
+    out = check_output(out_dir, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        _write_yaml(tmp / "recipe.yaml", recipe)
+        _write_yaml(tmp / "mergekit.yaml", mergekit_config(recipe))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def check_output(out_dir, force: bool) -> Path:
+    """Refuse to replace a non-empty folder unless forced (call it before any long work)."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise EvogmError(f"{out} already exists and is not empty", "evogm does not overwrite outputs silently",
+                         "choose another --out, or pass --force")
+    return out
+
+
+def make_recipe(method: str, lam: np.ndarray, *, base: str, experts: dict[str, str], kinds: dict[str, str],
+                layers: int | None = None, options: dict | None = None, extra: dict | None = None) -> dict:
+    """What was merged, as plain data: λ per expert (a list per group when there are several groups)."""
+    groups = lam.shape[1]
+    recipe = {
+        "method": method,
+        "base": str(base),
+        "groups": groups,
+        "group_rule": "layers split into contiguous blocks; embeddings follow the first group, "
+                      "final norm and head the last",
+        "experts": {name: {"path": str(path), "kind": kinds.get(name, "full"),
+                           "weight": float(lam[i, 0]) if groups == 1 else [float(v) for v in lam[i]]}
+                    for i, (name, path) in enumerate(experts.items())},
+    }
+    if groups > 1:
+        recipe["layers"] = layers
+    if options:
+        recipe["options"] = dict(options)
+    if extra:
+        recipe.update(extra)
+    return recipe
+
+
+def mergekit_config(recipe: dict) -> dict:
+    """The same merge as a mergekit YAML config (LoRA experts as `base+adapter` references).
+
+    Layer groups become per-layer weight filters (`layers.K.`); mergekit's own normalization is off,
+    since evogm's λ are raw task-arithmetic coefficients.
+    """
+    base = recipe["base"]
+    models = []
+    for name, spec in recipe["experts"].items():
+        reference = f"{base}+{spec['path']}" if spec["kind"] == "lora" else spec["path"]
+        models.append({"model": reference, "parameters": {"weight": _mergekit_weight(spec["weight"], recipe.get("layers"))}})
+    parameters = {"normalize": False}
+    options = recipe.get("options", {})
+    if "density" in options:
+        parameters["density"] = options["density"]
+    if "scale" in options:
+        parameters["lambda"] = options["scale"]
+    method = MERGEKIT_METHODS[recipe["method"]]
+    if recipe["method"] == "dare" and options.get("consensus"):
+        method = "dare_ties"
+    return {"merge_method": method, "base_model": base, "models": models, "parameters": parameters,
+            "dtype": "float32"}
+
+
+def _mergekit_weight(weight, layers: int | None):
+    """A scalar, or per-layer filters for grouped λ (embeddings the first group, the rest the last)."""
+    if not isinstance(weight, list):
+        return weight
+    groups, layers = len(weight), layers or len(weight)
+    filters = [{"filter": f"layers.{k}.", "value": weight[k * groups // layers]} for k in range(layers)]
+    return filters + [{"filter": "embed_tokens", "value": weight[0]}, {"value": weight[-1]}]
+
+
+def _kinds(merger) -> dict[str, str]:
+    return {e.name: e.kind for e in merger.experts}
+
+
+def _write_yaml(path: Path, data: dict) -> None:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))

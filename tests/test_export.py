@@ -1,0 +1,70 @@
+"""Export: the folder transformers loads gives the in-memory merge's logits; recipe and mergekit config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from evogm.cli import main
+from evogm.export import export_merged
+from evogm.merge import Merger
+from evogm.models import load_models
+
+
+def logits(model, tokenizer, text="Question: 12+7?\nAnswer:"):
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_exported_model_reproduces_the_merge(tiny_models, expert_paths, tmp_path):
+    models = load_models(tiny_models["base"], expert_paths, dtype="float32", device="cpu")
+    merger = Merger(models.model, models.experts, groups=2)
+    lam = np.array([[0.5, 1.0], [-0.2, 0.3], [1.2, 0.0], [0.4, 0.4], [0.0, -0.5]])
+    out = export_merged(merger, models.tokenizer, lam, tmp_path / "model", base=str(tiny_models["base"]),
+                        experts={k: str(v) for k, v in expert_paths.items()}, groups=2)
+    expected = logits(merger(lam), models.tokenizer)
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    torch.testing.assert_close(logits(loaded, tokenizer), expected, atol=1e-5, rtol=1e-5)
+    generated = loaded.generate(tokenizer("ab", return_tensors="pt").input_ids, max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] == len(tokenizer("ab").input_ids) + 3
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["experts"]["lora_mlp"] == {"path": str(expert_paths["lora_mlp"]), "kind": "lora", "weight": [-0.2, 0.3]}
+    mergekit = yaml.safe_load((out / "mergekit.yaml").read_text())
+    assert mergekit["merge_method"] == "task_arithmetic" and mergekit["parameters"]["normalize"] is False
+    refs = [m["model"] for m in mergekit["models"]]
+    assert refs[0] == f"{tiny_models['base']}+{expert_paths['lora_qv']}" and refs[3] == str(expert_paths["full_all"])
+    assert mergekit["models"][1]["parameters"]["weight"][1] == {"filter": "layers.1.", "value": 0.3}
+    merger.reset()
+
+
+def test_cli_merge_then_load(tiny_models, tmp_path):
+    out = tmp_path / "cli"
+    argv = ["merge", "--base", str(tiny_models["base"]), "--expert", f"qv={tiny_models['lora_qv']}",
+            "--expert", f"full={tiny_models['full_all']}", "--weights", "qv=0.7", "--weights", "full=-0.3", "--out", str(out)]
+    assert main(argv) == 0
+    models = load_models(tiny_models["base"], {"qv": tiny_models["lora_qv"], "full": tiny_models["full_all"]}, device="cpu")
+    expected = logits(Merger(models.model, models.experts)(np.array([0.7, -0.3])), models.tokenizer)
+    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(out), models.tokenizer), expected,
+                               atol=1e-5, rtol=1e-5)
+    assert main(argv) == 2  # exists: refused without --force
+    assert main(argv + ["--force", "--method", "ties", "--density", "0.5"]) == 0
+    assert yaml.safe_load((out / "mergekit.yaml").read_text())["parameters"]["density"] == 0.5
+
+
+@pytest.mark.parametrize("weights, message", [
+    (["qv=abc"], "not a number"),
+    (["nope=1"], "unknown expert 'nope'"),
+    (["qv"], "expected NAME=VALUE"),
+])
+def test_cli_merge_bad_weights(tiny_models, tmp_path, capsys, weights, message):
+    argv = ["merge", "--base", str(tiny_models["base"]), "--expert", f"qv={tiny_models['lora_qv']}", "--out", str(tmp_path / "x")]
+    for w in weights:
+        argv += ["--weights", w]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

@@ -1,0 +1,139 @@
+"""Loading: every user mistake gets one line that says what, why and how to fix it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import LORA_CONFIGS, build_base, build_lora
+from evogm.cli import main
+from evogm.errors import EvogmError
+from evogm.lora import EvogmWarning
+from evogm.models import load_models, resolve_dtype
+
+
+@pytest.fixture(scope="module")
+def other_base(tmp_path_factory):
+    """A base of another shape (hidden 48), and an adapter made for it."""
+    root = tmp_path_factory.mktemp("other")
+    base = build_base(root / "wide", hidden_size=48, intermediate_size=96)
+    return {"base": base, "lora": build_lora(base, root / "wide_lora", seed=3, **LORA_CONFIGS["lora_qv"])}
+
+
+def copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def expect_error(base, experts, match, **kwargs):
+    with pytest.raises(EvogmError, match=match) as info:
+        load_models(base, experts, device="cpu", **kwargs)
+    assert "fix:" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_folder(tiny_models, tmp_path):
+    expect_error(tmp_path / "nope", {}, "does not exist")
+    expect_error(tiny_models["base"], {"x": tmp_path / "nope"}, "expert 'x' folder .* does not exist")
+
+
+def test_missing_weights_file(tiny_models, tmp_path):
+    base = copy(tiny_models["base"], tmp_path / "base")
+    (base / "model.safetensors").unlink()
+    expect_error(base, {}, "no weights file")
+    adapter = copy(tiny_models["lora_qv"], tmp_path / "adapter")
+    (adapter / "adapter_model.safetensors").unlink()
+    expect_error(tiny_models["base"], {"a": adapter}, "no adapter_model.safetensors")
+
+
+def test_full_expert_of_another_architecture(tiny_models, other_base):
+    expect_error(tiny_models["base"], {"wide": other_base["base"]}, "hidden_size=48, the base hidden_size=32")
+
+
+def test_full_expert_with_other_shapes(tiny_models, tmp_path):
+    expert = copy(tiny_models["full_all"], tmp_path / "e")
+    config = json.loads((expert / "config.json").read_text())
+    config.pop("hidden_size")  # an expert whose config does not say; its tensors still differ
+    (expert / "config.json").write_text(json.dumps(config))
+    state = load_file(expert / "model.safetensors")
+    state["model.norm.weight"] = torch.ones(7)
+    save_file(state, expert / "model.safetensors", metadata={"format": "pt"})
+    expect_error(tiny_models["base"], {"e": expert}, r"model.norm.weight has shape \(7,\)")
+
+
+def test_adapter_targets_modules_the_base_lacks(tiny_models, tmp_path):
+    adapter = copy(tiny_models["lora_qv"], tmp_path / "a")
+    state = {k.replace("q_proj", "qkv_proj"): v for k, v in load_file(adapter / "adapter_model.safetensors").items()}
+    save_file(state, adapter / "adapter_model.safetensors")
+    expect_error(tiny_models["base"], {"a": adapter}, "targets model.layers.0.self_attn.qkv_proj, which the base lacks")
+
+
+def test_adapter_of_another_base_shape_is_an_error(tiny_models, other_base):
+    expect_error(tiny_models["base"], {"a": other_base["lora"]}, "made for another base")
+
+
+def test_adapter_naming_another_base_warns(tiny_models, tmp_path):
+    adapter = copy(tiny_models["lora_qv"], tmp_path / "a")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "Qwen/Qwen2.5-7B"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.warns(EvogmWarning, match="names 'Qwen/Qwen2.5-7B' as its base"):
+        models = load_models(tiny_models["base"], {"a": adapter}, device="cpu")
+    assert models.experts[0].factors
+
+
+def test_pickled_weights_are_refused_unless_allowed(tiny_models, tmp_path):
+    base = copy(tiny_models["base"], tmp_path / "base")
+    state = load_file(base / "model.safetensors")
+    (base / "model.safetensors").unlink()
+    torch.save(state, base / "pytorch_model.bin")
+    expect_error(base, {}, "only pickled weights")
+    expert = copy(base, tmp_path / "expert")
+    models = load_models(tiny_models["base"], {"e": expert}, device="cpu", allow_pickle=True)
+    assert models.experts[0].kind == "full" and not models.experts[0].deltas  # same weights: no task vector
+    assert load_models(base, {}, device="cpu", allow_pickle=True).model is not None
+
+
+def test_remote_code_is_never_run_unless_asked(tiny_models, tmp_path):
+    base = copy(tiny_models["base"], tmp_path / "base")
+    config = json.loads((base / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel"}
+    (base / "config.json").write_text(json.dumps(config))
+    expect_error(base, {}, "needs its own Python code")
+
+
+def test_dora_adapter_is_refused(tiny_models, tmp_path):
+    adapter = copy(tiny_models["lora_qv"], tmp_path / "a")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["use_dora"] = True
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    expect_error(tiny_models["base"], {"a": adapter}, "DoRA")
+
+
+def test_dtype_rules():
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    with pytest.raises(EvogmError, match="unknown dtype"):
+        resolve_dtype("float8")
+
+
+def test_bfloat16_load_merges_in_bfloat16(tiny_models, expert_paths):
+    import numpy as np
+
+    from evogm.merge import Merger
+
+    models = load_models(tiny_models["base"], expert_paths, dtype="bfloat16", device="cpu")
+    model = Merger(models.model, models.experts)(np.full(5, 0.5))
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert all(torch.isfinite(p.float()).all() for p in model.parameters())
+
+
+def test_cli_prints_one_line_and_exits_2(tiny_models, tmp_path, capsys):
+    code = main(["merge", "--base", str(tmp_path / "missing"), "--expert", f"a={tiny_models['lora_qv']}",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("evogm merge: error: base model folder") and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
