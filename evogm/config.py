@@ -30,7 +30,6 @@ from evogm.executors import EXECUTORS
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 MODES = ("multi_task", "single_task")
 BASELINES = ("uniform", "task_arithmetic", "ties", "dare")
-TASK_REQUIRED = ("name", "path", "type")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED = ("model", "plots")
 
@@ -51,7 +50,7 @@ class SearchConfig:
     optimizer: str = "evogm"  # a name in evogm.search.OPTIMIZERS
     budget: int | None = None  # evaluations; None: the optimizer's own schedule decides
     popsize: int | None = None  # None: 2 × number of experts (the paper's P = 2N)
-    split: str = "dev"  # the split the search scores; never "test"
+    split: str = "dev"  # the split the search scores: dev (test is scored once, at the end)
     options: dict[str, Any] = field(default_factory=dict)  # the optimizer constructor's keywords
 
 
@@ -71,7 +70,7 @@ class BaselinesConfig:
 @dataclass(frozen=True)
 class RunConfig:
     models: ModelsConfig
-    tasks: tuple[dict[str, Any], ...]  # each: name, path, type, and the task type's own keys
+    tasks: tuple[dict[str, Any], ...]  # each: name, path, type, and the task type's own keys (evogm.tasks)
     output: str  # the run directory
     seed: int = 42
     mode: str = "multi_task"  # multi_task | single_task (one full search per task)
@@ -102,9 +101,19 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig
 
 def from_dict(raw: dict) -> RunConfig:
     """Build and check a RunConfig from a plain dict (paths already absolute)."""
-    cfg = build(RunConfig, raw, "")
+    cfg = build(RunConfig, name_tasks(raw), "")
     check(cfg)
     return cfg
+
+
+def name_tasks(raw: dict) -> dict:
+    """A task without a name takes its file's (tasks/gsm8k.json → gsm8k), as evogm.tasks does."""
+    tasks = raw.get("tasks")
+    if isinstance(tasks, list):
+        raw = {**raw, "tasks": [{"name": Path(t["path"]).name.split(".")[0], **t}
+                                if isinstance(t, dict) and "name" not in t and isinstance(t.get("path"), str) else t
+                                for t in tasks]}
+    return raw
 
 
 def read_yaml(path: Path) -> dict:
@@ -272,6 +281,7 @@ def check(cfg: RunConfig) -> None:
     if cfg.search.split == "test":
         raise EvogmError("search.split is 'test'", "the test split is scored once, at the end, never in the search",
                          "use search.split=dev")
+    _check_choice("search.split", cfg.search.split, ("dev",))
     _check_number("search.budget", cfg.search.budget)
     _check_number("search.popsize", cfg.search.popsize)
     _check_path("models.base", cfg.models.base)
@@ -299,23 +309,27 @@ def _check_path(key: str, path: str) -> None:
 
 
 def _check_tasks(tasks: tuple[dict, ...]) -> None:
+    """Names usable as metric keys and folders, no test split, files present; then the task type's
+    own keys, checked by evogm.tasks.load_task (which reads the file, cheaply: no tokenizing)."""
+    from evogm.tasks import load_task
+
     if not tasks:
         raise EvogmError("tasks is empty", "the search needs at least one task to score", "add a task")
     seen = set()
     for i, task in enumerate(tasks):
-        for key in TASK_REQUIRED:
-            if key not in task:
-                raise EvogmError(f"tasks.{i} has no {key!r}", f"every task needs {', '.join(TASK_REQUIRED)}")
-        if not isinstance(task["name"], str) or not TASK_NAME.match(task["name"]) or task["name"] in RESERVED:
-            raise EvogmError(f"task name {task['name']!r} cannot be used",
+        name = task.get("name")
+        if not isinstance(name, str) or not TASK_NAME.match(name) or name in RESERVED:
+            raise EvogmError(f"tasks.{i}: task name {name!r} cannot be used",
                              "it keys the metrics (task/metric) and names the task's folder in single-task mode",
-                             "use letters, digits, '_', '-' or '.' (not 'model' or 'plots')")
-        if task["name"] in seen:
-            raise EvogmError(f"task name {task['name']!r} appears twice", "names key the metrics", "rename one")
-        seen.add(task["name"])
+                             "give it a name of letters, digits, '_', '-' or '.' (not 'model' or 'plots')")
+        if name in seen:
+            raise EvogmError(f"task name {name!r} appears twice", "names key the metrics", "rename one")
+        seen.add(name)
         if task.get("split") == "test":
             raise EvogmError(f"tasks.{i}.split is 'test'", "the test split is never used in the search")
-        _check_path(f"tasks.{i}.path", task["path"])
+        if task.get("path") is not None:
+            _check_path(f"tasks.{i}.path", str(task["path"]))
+        load_task(task)
 
 
 def check_optimizer(name: str, options: dict) -> None:

@@ -134,6 +134,7 @@ def test_the_test_split_is_refused_in_the_search(config_file: Path):
     ("baselines.methods=[ties, dara]", "did you mean 'dare'?"),
     ("search", "override 'search' is not key=value"),
     ("tasks.0.name=a/b", "task name 'a/b' cannot be used"),
+    ("tasks.1.limt=5", "task mc: unknown key 'limt': did you mean 'limit'?"),
 ])
 def test_bad_values_are_clear_errors(config_file: Path, override, expected):
     assert expected in error_of(config_file, [override])

@@ -1,0 +1,130 @@
+"""The final stage of a search: the test split, once; the static baselines; the export; final.json.
+
+Dev picks, test reports: the best candidate of the search and the initial best (the best of the
+first population) keep their logged dev scores and are scored on test once; the static baselines
+(uniform, task arithmetic, TIES, DARE) choose their global scale on dev and are scored on test once
+at that scale. Then the best merge is exported and final.json and the report are written.
+
+>>> finalize(cfg, Path("runs/zoo"), "multi_task", RunLog("runs/zoo/evaluations.jsonl").records(), Progress())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from evogm import report
+from evogm.config import RunConfig
+from evogm.errors import EvogmError
+from evogm.runlog import read_json, write_json
+from evogm.workspace import Workspace, workspace
+
+
+def finalize(cfg: RunConfig, run_dir: Path, target: str, records: list[dict], progress) -> None:
+    ws = workspace(cfg)
+    scoring = Scoring(ws, target)
+    experts = list(cfg.models.experts)
+    best = best_entry(records, experts)
+    write_json(run_dir / "best.json", best)
+    progress.stage("test: best and initial best")
+    candidates = {"best": searched(best, scoring, ws),
+                  "initial_best": searched(best_entry([r for r in records if r["gen"] == 0], experts), scoring, ws)}
+    for method in cfg.baselines.methods:
+        progress.stage(f"baseline: {method}")
+        candidates[method] = baseline(method, cfg, ws, scoring)
+    progress.stage("export")
+    export(cfg, ws, best["coefficients"], run_dir / "model")
+    write_json(run_dir / "final.json", {
+        "target": target, "tasks": scoring.primary, "experts": list(cfg.models.experts),
+        "groups": cfg.models.groups, "evaluations": len(records), "candidates": candidates})
+    report.write_report(run_dir)
+
+
+def best_entry(records: list[dict], experts: list[str]) -> dict:
+    """The best logged evaluation (first of equals), with its place in the log and λ per expert."""
+    ok = [(i, r) for i, r in enumerate(records) if r["loss"] is not None and not r.get("error")]
+    if not ok:
+        raise EvogmError("no evaluation succeeded", records[0].get("error") if records else "the log is empty",
+                         "see the error column of evaluations.jsonl")
+    i, rec = min(ok, key=lambda item: item[1]["loss"])
+    lam = np.asarray(rec["coefficients"]).reshape(len(experts), -1)
+    return {"evaluation": i + 1, "gen": rec["gen"], "row": rec["row"], "fitness": -rec["loss"], "loss": rec["loss"],
+            "metrics": rec["metrics"], "x": rec["x"], "coefficients": rec["coefficients"],
+            "experts": {name: lam[e].tolist() for e, name in enumerate(experts)},
+            "evaluations": len(records)}
+
+
+def searched(entry: dict, scoring: "Scoring", ws: Workspace) -> dict:
+    """A searched candidate: its logged dev score, and its test score (the merge written first)."""
+    ws.merger(np.asarray(entry["coefficients"]))
+    return {"evaluation": entry["evaluation"], "coefficients": entry["coefficients"],
+            "dev": {"score": entry["fitness"], "metrics": entry["metrics"]}, "test": scoring.resident("test")}
+
+
+def baseline(method: str, cfg: RunConfig, ws: Workspace, scoring: "Scoring") -> dict:
+    """A static merge at its best global scale on dev (uniform: 1/N, no choice), then test once."""
+    options = dict(cfg.baselines.options.get(method, {}))
+    if method == "uniform":
+        scales = [1.0 / len(ws.merger.experts)]
+    else:
+        scales = [options.pop("scale")] if "scale" in options else list(cfg.baselines.scales)
+
+    def apply(scale: float) -> None:
+        if method in ("uniform", "task_arithmetic"):  # exact and fast through the factored merger
+            ws.merger(np.full(ws.merger.dim, scale))
+        else:
+            ws.merger.static(method, seed=cfg.seed, scale=scale, **options)
+
+    sweep = []
+    for scale in scales:
+        apply(scale)
+        sweep.append(scoring.resident("dev"))
+    pick = int(np.argmax([s["score"] for s in sweep]))  # first of equals
+    apply(scales[pick])
+    entry = {"scale": scales[pick], "options": options, "dev": sweep[pick], "test": scoring.resident("test")}
+    if method in ("uniform", "task_arithmetic"):
+        entry["coefficients"] = [scales[pick]] * ws.merger.dim
+    if len(scales) > 1:
+        entry["sweep"] = {f"{s:g}": d["score"] for s, d in zip(scales, sweep)}
+    return entry
+
+
+def export(cfg: RunConfig, ws: Workspace, coefficients, out_dir: Path) -> None:
+    from evogm.export import export_merged
+
+    export_merged(ws.merger, ws.models.tokenizer, np.asarray(coefficients), out_dir,
+                  base=cfg.models.base, experts=dict(cfg.models.experts), groups=cfg.models.groups)
+
+
+def write_summary(cfg: RunConfig, run_dir: Path) -> None:
+    """Single-task mode: summary.json and the summary report across the per-task searches."""
+    finals = {name: read_json(run_dir / name / "final.json") for name in cfg.task_names}
+    write_json(run_dir / "summary.json", {name: {k: {s: f["candidates"][k][s]["score"] for s in ("dev", "test")}
+                                                 for k in f["candidates"]} for name, f in finals.items()})
+    report.write_summary_report(run_dir, finals)
+
+
+class Scoring:
+    """Scores the resident model as it stands (after a merge or a static merge) on dev or test."""
+
+    def __init__(self, ws: Workspace, target: str):
+        from evogm.objective import Objective
+
+        tasks, tokenizer = list(ws.tasks.values()), ws.models.tokenizer
+        self.model = ws.merger.model
+        self.objectives = {"dev": Objective(ws.merger, tokenizer, tasks, mode=target),
+                           "test": Objective.for_final_report(ws.merger, tokenizer, tasks, mode=target)}
+        self.primary = {t.name: f"{t.name}/{t.primary}" for t in self.objectives["dev"].scored}
+
+    def resident(self, split: str) -> dict:
+        """{"score": the search's fitness (weighted mean), "metrics": {"task/metric": value}}."""
+        objective = self.objectives[split]
+        try:
+            metrics = objective.score(self.model)
+            return {"score": objective.fitness(metrics), "metrics": metrics}
+        except EvogmError:
+            raise
+        except Exception as exc:  # noqa: BLE001 — the search is logged; say what failed and how to go on
+            raise EvogmError(f"the final evaluation on {split} failed", f"{type(exc).__name__}: {exc}",
+                             "fix the cause, then `evogm run --resume RUN_DIR` (the search is not repeated)") from exc

@@ -1,0 +1,195 @@
+"""The report of a run directory: report.md with its tables, and PNG plots under plots/.
+
+Everything is read back from the run's files (config.yaml, evaluations.jsonl, best.json,
+final.json), so a report can be redrawn at any time. Plots use matplotlib's Figure API with the
+Agg canvas: no pyplot, no global backend switch, no display needed.
+
+>>> write_report("runs/zoo")              # doctest: +SKIP
+PosixPath('runs/zoo/report.md')
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from evogm.runlog import RunLog, read_json, write_atomic
+
+LABELS = {"best": "best (search)", "initial_best": "initial best", "uniform": "uniform",
+          "task_arithmetic": "task arithmetic", "ties": "TIES", "dare": "DARE"}
+
+
+def write_report(run_dir) -> Path:
+    """Draw the plots and write report.md for one search (multi-task run or single-task sub-run)."""
+    run_dir = Path(run_dir)
+    config = yaml.safe_load((run_dir.parent / "config.yaml" if not (run_dir / "config.yaml").exists()
+                             else run_dir / "config.yaml").read_text())
+    final, records = read_json(run_dir / "final.json"), RunLog(run_dir / "evaluations.jsonl").records()
+    plots = {"best_so_far": plot_best_so_far(records, run_dir / "plots" / "best_so_far.png"),
+             "coefficients": plot_coefficients(final, run_dir / "plots" / "coefficients.png"),
+             "tasks": plot_tasks(final, run_dir / "plots" / "tasks.png")}
+    text = "\n".join([header(run_dir, config, final, records), results_table(final),
+                      coefficients_table(final), plots_section(plots)])
+    write_atomic(run_dir / "report.md", text)
+    return run_dir / "report.md"
+
+
+def write_summary_report(run_dir, finals: dict[str, dict]) -> Path:
+    """The single-task summary: one row per task, every candidate's test score, links to sub-reports."""
+    run_dir = Path(run_dir)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    names = _candidate_names(next(iter(finals.values())))
+    rows = [["task", *(f"{LABELS.get(n, n)} test" for n in names), "best dev", "report"]]
+    for task, final in finals.items():
+        c = final["candidates"]
+        rows.append([task, *(_fmt(c[n]["test"]["score"]) for n in names), _fmt(c["best"]["dev"]["score"]),
+                     f"[{task}/report.md]({task}/report.md)"])
+    plot = plot_summary(finals, names, run_dir / "plots" / "summary.png")
+    text = "\n".join([
+        f"# evogm single-task run: {run_dir.name}\n",
+        f"One full search per task: optimizer `{config['search']['optimizer']}`, "
+        f"{config['search']['budget']} evaluations each, seed {config['seed']}.\n",
+        "## Test score per task\n", markdown_table(rows), "", f"![summary]({plot})\n"])
+    write_atomic(run_dir / "report.md", text)
+    return run_dir / "report.md"
+
+
+# --- text ---------------------------------------------------------------------------------------
+
+
+def header(run_dir: Path, config: dict, final: dict, records: list[dict]) -> str:
+    failed = sum(r["loss"] is None or bool(r.get("error")) for r in records)
+    seconds = [r["seconds"] for r in records]
+    best = final["candidates"]["best"]
+    return "\n".join([
+        f"# evogm run: {run_dir.name}\n",
+        f"- target: {final['target']} (tasks: {', '.join(final['tasks'])})",
+        f"- optimizer: `{config['search']['optimizer']}`, seed {config['seed']}, budget {config['search']['budget']}",
+        f"- evaluations: {len(records)} ({failed} failed), {np.mean(seconds) if seconds else 0:.2f} s each on average",
+        f"- experts: {', '.join(final['experts'])}; {final['groups']} coefficient group(s) each",
+        f"- best: evaluation {best['evaluation']} — dev {_fmt(best['dev']['score'])}, "
+        f"test {_fmt(best['test']['score'])}; exported to [model/](model/)\n"])
+
+
+def results_table(final: dict) -> str:
+    """Rows: candidates; columns: the mean score and each task's primary metric, dev and test."""
+    tasks, c = final["tasks"], final["candidates"]
+    head = ["candidate", "dev", "test", *(f"{t} {s}" for t in tasks for s in ("dev", "test"))]
+    rows = [head]
+    for name in _candidate_names(final):
+        e = c[name]
+        per_task = [_fmt(e[s]["metrics"].get(tasks[t])) for t in tasks for s in ("dev", "test")]
+        rows.append([_label(name, e), _fmt(e["dev"]["score"]), _fmt(e["test"]["score"]), *per_task])
+    metric = ", ".join(f"{t}: `{m}`" for t, m in tasks.items())
+    return "\n".join(["## Results (dev picks, test reports)\n", markdown_table(rows), "",
+                      f"Scores are the tasks' weighted mean; per task the primary metric ({metric}).\n"])
+
+
+def coefficients_table(final: dict) -> str:
+    lam = np.asarray(final["candidates"]["best"]["coefficients"]).reshape(len(final["experts"]), -1)
+    rows = [["expert", *(f"group {g}" for g in range(lam.shape[1]))]]
+    rows += [[name, *(f"{v:+.3f}" for v in lam[i])] for i, name in enumerate(final["experts"])]
+    return "\n".join(["## Best coefficients λ (θ = θ₀ + Σ λ τ)\n", markdown_table(rows), ""])
+
+
+def plots_section(plots: dict[str, str]) -> str:
+    return "\n".join(["## Plots\n", *(f"![{name}]({path})\n" for name, path in plots.items())])
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(map(str, rows[0])) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows[1:]])
+
+
+def _candidate_names(final: dict) -> list[str]:
+    return list(final["candidates"])
+
+
+def _label(name: str, entry: dict) -> str:
+    label = LABELS.get(name, name)
+    return f"{label} (scale {entry['scale']:g})" if entry.get("scale") is not None and name != "uniform" else label
+
+
+def _fmt(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+
+def plot_best_so_far(records: list[dict], path: Path) -> str:
+    fitness = np.array([-r["loss"] if r["loss"] is not None else np.nan for r in records])
+    best = np.fmax.accumulate(np.where(np.isnan(fitness), -np.inf, fitness)) if len(fitness) else fitness
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    ax.plot(np.arange(1, len(fitness) + 1), fitness, ".", alpha=0.4, label="evaluation")
+    ax.plot(np.arange(1, len(best) + 1), best, "-", label="best so far")
+    ax.set(xlabel="evaluations", ylabel="dev score", title="search progress")
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_coefficients(final: dict, path: Path) -> str:
+    experts = final["experts"]
+    lam = np.asarray(final["candidates"]["best"]["coefficients"]).reshape(len(experts), -1)
+    fig = Figure(figsize=(max(5, 0.6 * len(experts) * lam.shape[1] + 2), 3.5))
+    ax = fig.subplots()
+    width = 0.8 / lam.shape[1]
+    for g in range(lam.shape[1]):
+        ax.bar(np.arange(len(experts)) + g * width, lam[:, g], width, label=f"group {g}")
+    ax.set_xticks(np.arange(len(experts)) + 0.4 - width / 2, experts, rotation=30, ha="right")
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set(ylabel="λ", title="best coefficients per expert")
+    if lam.shape[1] > 1:
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_tasks(final: dict, path: Path) -> str:
+    tasks, c = final["tasks"], final["candidates"]
+    names = _candidate_names(final)
+    fig = Figure(figsize=(max(6, 1.2 * len(tasks) * 2 + 2), 3.8))
+    axes = fig.subplots(1, 2, sharey=True)
+    width = 0.8 / len(names)
+    for ax, split in zip(axes, ("dev", "test")):
+        for i, name in enumerate(names):
+            values = [c[name][split]["metrics"].get(m, np.nan) for m in tasks.values()]
+            ax.bar(np.arange(len(tasks)) + i * width, _nan(values), width, label=LABELS.get(name, name))
+        ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, list(tasks))
+        ax.set_title(split)
+    axes[0].set_ylabel("primary metric")
+    axes[1].legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_summary(finals: dict[str, dict], names: list[str], path: Path) -> str:
+    fig = Figure(figsize=(max(6, 1.2 * len(finals) + 2), 3.8))
+    ax = fig.subplots()
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ax.bar(np.arange(len(finals)) + i * width, _nan([f["candidates"][name]["test"]["score"] for f in finals.values()]),
+               width, label=LABELS.get(name, name))
+    ax.set_xticks(np.arange(len(finals)) + 0.4 - width / 2, list(finals))
+    ax.set(ylabel="test score", title="single-task searches")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _nan(values) -> list[float]:
+    return [np.nan if v is None else float(v) for v in values]
+
+
+def _save(fig: Figure, path: Path) -> str:
+    """Write a PNG atomically; return its path relative to the report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.tight_layout()
+    FigureCanvasAgg(fig).print_png(str(tmp))
+    os.replace(tmp, path)
+    return f"{path.parent.name}/{path.name}"

@@ -1,0 +1,65 @@
+"""What one process holds for a run: the resident model with its experts, the merger, the tasks.
+
+Built once per process and reused by every search of the run (single-task mode runs one search per
+task on the same resident model). Objectives are made by a picklable factory (the config as plain
+data, the target, the split), so that a distributed executor can build one next to each worker's
+own resident model.
+
+>>> ws = workspace(cfg)                                       # doctest: +SKIP
+>>> objective = objective_factory(cfg, "multi_task", "dev")()   # doctest: +SKIP
+>>> objective(np.full(ws.merger.dim, 0.5)).fitness              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass
+
+from evogm.config import RunConfig, from_dict, to_dict
+
+MULTI_TASK = "multi_task"
+
+
+@dataclass
+class Workspace:
+    models: object  # evogm.models.Models: .model, .tokenizer, .experts, .names
+    merger: object  # evogm.merge.Merger
+    tasks: dict  # name → evogm.tasks.Task, in config order
+
+
+_CACHE: dict[str, Workspace] = {}
+
+
+def workspace(cfg: RunConfig) -> Workspace:
+    """The process's workspace for these models and tasks (loaded on first use, then reused)."""
+    key = json.dumps({"models": dataclasses.asdict(cfg.models), "tasks": cfg.tasks}, sort_keys=True, default=str)
+    if key not in _CACHE:
+        _CACHE.clear()  # one resident model per process: free the old one first
+        _CACHE[key] = build_workspace(cfg)
+    return _CACHE[key]
+
+
+def build_workspace(cfg: RunConfig) -> Workspace:
+    from evogm.merge import Merger
+    from evogm.models import load_models
+    from evogm.tasks import load_task
+
+    m = cfg.models
+    models = load_models(m.base, m.experts, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle,
+                         trust_remote_code=m.trust_remote_code)
+    tasks = {spec["name"]: load_task(spec) for spec in cfg.tasks}
+    return Workspace(models, Merger(models.model, models.experts, groups=m.groups), tasks)
+
+
+def objective_factory(cfg: RunConfig, target: str, split: str):
+    """A zero-argument, picklable maker of the objective an executor calls on its worker."""
+    return functools.partial(make_objective, to_dict(cfg), target, split)
+
+
+def make_objective(cfg_data: dict, target: str, split: str):
+    from evogm.objective import Objective
+
+    ws = workspace(from_dict(cfg_data))
+    return Objective(ws.merger, ws.models.tokenizer, list(ws.tasks.values()), split=split, mode=target)

@@ -1,0 +1,113 @@
+"""Resume: a run killed at any point ends exactly where an uninterrupted run of the same seed ends,
+without evaluating any logged row again."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evogm.errors import EvogmError
+from evogm.executors import LocalExecutor
+from evogm.objective import Result
+from evogm.run import search
+from evogm.runlog import RunLog, record, to_result
+from evogm.search import OPTIMIZERS
+
+
+# --- the log ------------------------------------------------------------------------------------
+
+
+def result(x, loss, error=None) -> Result:
+    return Result(x=tuple(x), coefficients=tuple(x), loss=loss, metrics={"t/acc": -loss if math.isfinite(loss) else 0.0},
+                  seconds=0.1, error=error)
+
+
+def test_log_round_trips_floats_exactly_and_failures_as_inf(tmp_path: Path):
+    log = RunLog(tmp_path / "e.jsonl")
+    x = np.random.default_rng(0).normal(size=4)
+    log.append(record(0, 0, result(x, -0.123456789012345)))
+    log.append(record(0, 1, result(x, math.inf, error="CUDA out of memory")))
+    a, b = (to_result(r) for r in log.records())
+    assert a.x == tuple(x) and a.loss == -0.123456789012345 and a.ok
+    assert b.loss == math.inf and not b.ok and b.error == "CUDA out of memory"
+
+
+def test_a_truncated_last_line_is_dropped_and_cut_from_the_file(tmp_path: Path):
+    path = tmp_path / "e.jsonl"
+    log = RunLog(path)
+    for row in range(3):
+        log.append(record(0, row, result([row], -row)))
+    log.close()
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) - 7])  # a kill in the middle of writing the third record
+    log = RunLog(path)
+    assert [r["row"] for r in log.records()] == [0, 1]
+    log.append(record(0, 2, result([2], -2)))  # the next append starts on a clean line
+    assert [r["row"] for r in RunLog(path).records()] == [0, 1, 2]
+
+
+def test_a_corrupt_line_inside_the_log_is_an_error(tmp_path: Path):
+    path = tmp_path / "e.jsonl"
+    path.write_text('{"gen": 0}\nnot json\n{"gen": 1}\n')
+    with pytest.raises(EvogmError, match="line 2 is not a JSON record"):
+        RunLog(path).records()
+
+
+# --- the loop: replay after a kill at any evaluation --------------------------------------------
+
+
+class Quadratic:
+    """A real objective on numbers (no model): loss = |x − 0.3|²; counts its evaluations."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x: np.ndarray) -> Result:
+        self.calls += 1
+        return result(x, float(np.sum((x - 0.3) ** 2)))
+
+
+def small_evogm(seed=3):
+    return OPTIMIZERS["evogm"](3, popsize=6, seed=seed, iterations=2, steps=5, hidden_sizes=(8, 8))
+
+
+def run_loop(log_path: Path, budget: int) -> Quadratic:
+    objective = Quadratic()
+    log = RunLog(log_path)
+    search(small_evogm(), LocalExecutor(lambda: objective), log, budget)
+    log.close()
+    return objective
+
+
+def test_resume_from_any_cut_point_repeats_nothing_and_ends_identically(tmp_path: Path):
+    budget = 40  # 2 rounds of 6 + 2·6 = 18, then 4 more in the last round; the last ask is cut short
+    whole = tmp_path / "whole.jsonl"
+    assert run_loop(whole, budget).calls == budget
+    lines = whole.read_text().splitlines(keepends=True)
+    assert len(lines) == budget
+    for cut in (0, 1, 5, 6, 13, 18, 19, 39):
+        killed = tmp_path / f"killed{cut}.jsonl"
+        killed.write_text("".join(lines[:cut]) + lines[cut][:20])  # a partial record after the kill
+        objective = run_loop(killed, budget)
+        assert objective.calls == budget - cut, f"cut {cut}: logged rows were evaluated again"
+        resumed = [(r["gen"], r["row"], r["x"], r["loss"]) for r in RunLog(killed).records()]
+        expected = [(r["gen"], r["row"], r["x"], r["loss"]) for r in RunLog(whole).records()]
+        assert resumed == expected, f"cut {cut}"
+
+
+def test_a_log_from_another_seed_is_refused(tmp_path: Path):
+    path = tmp_path / "e.jsonl"
+    run_loop(path, 6)
+    log = RunLog(path)
+    with pytest.raises(EvogmError, match="differs from what the optimizer asks now"):
+        search(small_evogm(seed=4), LocalExecutor(Quadratic), log, 12)
