@@ -196,7 +196,7 @@ def resolve_paths(raw: dict, root: Path) -> None:
 
 
 def _absolute(path: str, root: Path) -> str:
-    p = Path(path).expanduser()
+    p = Path(os.path.expandvars(path)).expanduser()
     return str(p if p.is_absolute() else (root / p).resolve())
 
 

@@ -129,18 +129,23 @@ def run_one(cfg: RunConfig, run_dir: Path, target: str, progress: Progress) -> N
     if finished(run_dir):
         return  # a single-task sub-run finished before a kill
     log = RunLog(run_dir / LOG)
+    if len(log.records()) < cfg.search.budget:  # else only the final stage was cut short: no replay needed
+        run_search(cfg, run_dir, target, log, progress)
+    final.finalize(cfg, run_dir, target, log.records(), progress)
+    progress.finish()
+
+
+def run_search(cfg: RunConfig, run_dir: Path, target: str, log: RunLog, progress: Progress) -> None:
     executor = make_executor(cfg.executor.kind, objective_factory(cfg, target, cfg.search.split),
                              **cfg.executor.options)
+    experts = list(cfg.models.experts)
     try:
-        title = "search" if target == "multi_task" else f"search {target}"
-        experts = list(cfg.models.experts)
-        search(make_optimizer(cfg), executor, log, cfg.search.budget, progress=progress, title=title,
+        search(make_optimizer(cfg), executor, log, cfg.search.budget, progress=progress,
+               title="search" if target == "multi_task" else f"search {target}",
                on_generation=lambda: write_json(run_dir / BEST, final.best_entry(log.records(), experts)))
     finally:
         log.close()
         executor.close()
-    final.finalize(cfg, run_dir, target, log.records(), progress)
-    progress.finish()
 
 
 def search(optimizer, executor, log: RunLog, budget: int, *, progress: Progress | None = None,

@@ -148,3 +148,21 @@ def test_the_cli_prints_one_line_and_exits_2(config_file: Path, capsys):
     assert cli(["run", str(config_file), "serach.budget=3"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("evogm run: error: unknown config key serach") and "\n" not in err
+
+
+def test_the_shipped_paper_config_is_valid(tmp_path: Path):
+    """configs/qwen2.5-1.5b-tulu.yaml with its /path/to placeholders pointed at stand-in files:
+    every key, task option and optimizer option it sets is accepted."""
+    text = (Path(__file__).parent.parent / "configs" / "qwen2.5-1.5b-tulu.yaml").read_text()
+    path = tmp_path / "paper.yaml"
+    path.write_text(text.replace("/path/to", str(tmp_path)))
+    raw = yaml.safe_load(path.read_text())
+    for folder in [raw["models"]["base"], *raw["models"]["experts"].values()]:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    item = {"question": "q", "choices": {"A": "a", "B": "b"}, "answer": "A"}
+    for task in raw["tasks"]:
+        Path(task["path"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(task["path"]).write_text(json.dumps({"dev": [item], "test": [item]}))
+    cfg = load_config(path)
+    assert len(cfg.models.experts) == 10 and len(cfg.tasks) == 8 and cfg.models.dtype == "bfloat16"
+    assert (cfg.search.optimizer, cfg.search.budget, cfg.search.popsize) == ("evogm", 160, 20)
