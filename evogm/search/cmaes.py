@@ -1,0 +1,72 @@
+"""CMA-ES through pycma (the ``cma`` package), the field's reference implementation.
+
+>>> import numpy as np
+>>> opt = CMAES(5, popsize=8, seed=0, sigma0=0.3)
+>>> xs = opt.ask(); xs.shape, bool(np.all(np.abs(xs) <= 1))
+((8, 5), True)
+>>> opt.tell(xs, np.sum(xs**2, axis=1))
+
+pycma handles the box with its own ``BoundTransform`` (asked solutions lie in the box). Its
+sampling normally reads numpy's *global* random state (and ``seed`` reseeds it); here pycma's
+``randn`` option is given this optimizer's own generator, so runs are reproducible and nothing else
+in the process can change them. Failed evaluations are told as one value worse than every finite
+loss of the generation (CMA-ES only uses ranks).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import cma
+import numpy as np
+
+from evogm.search.base import Bounds, check_bounds, check_choice, check_positive, failed_as_worst
+from evogm.search.rounds import Rounds, round_share
+
+
+class CMAESRound:
+    """One pycma ``CMAEvolutionStrategy`` over [lo, hi]^k, starting at ``x0`` with step ``sigma0``."""
+
+    def __init__(self, dim: int, *, popsize: int, seed: int, sigma0: float, x0: str, bounds: Bounds):
+        rng = np.random.default_rng(seed)
+        start = np.full(dim, 1.0 / dim) if x0 == "uniform" else np.full(dim, (bounds[0] + bounds[1]) / 2)
+        options = {
+            "popsize": popsize,
+            "bounds": list(bounds),
+            "randn": lambda *shape: rng.standard_normal(shape),  # (λ, N) samples from our generator
+            "seed": np.nan,  # no global reseeding
+            "verbose": -9,
+            "verb_log": 0,
+            "verb_disp": 0,
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pycma warns about small dimensions, not our business
+            self.es = cma.CMAEvolutionStrategy(start, sigma0, options)
+
+    def ask(self) -> np.ndarray:
+        return np.array(self.es.ask())
+
+    def tell(self, xs: np.ndarray, losses: np.ndarray) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "flat fitness" when every candidate failed
+            self.es.tell(list(xs), failed_as_worst(losses).tolist())
+
+
+class CMAES(Rounds):
+    """CMA-ES (Sakana-style evolutionary merge search) over the coefficients.
+
+    ``x0="uniform"`` starts at the average merge (1/k each; in later rounds, the average of the
+    elites), ``x0="center"`` at the middle of the box. ``sigma0`` is pycma's initial step size in
+    the same units as the box (about a quarter of its width is the usual advice). ``budget`` is the
+    planned number of evaluations; with ``rounds > 1`` each round gets an equal share.
+    """
+
+    def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, budget: int = 160, rounds: int = 1,
+                 top_k: int | None = None, sigma0: float = 0.5, x0: str = "uniform",
+                 bounds: Bounds = (-1.0, 1.0)):
+        check_positive(popsize=popsize)
+        check_choice("x0", x0, ("uniform", "center"))
+        bounds = check_bounds(bounds)
+        start_round = lambda k, s: CMAESRound(k, popsize=popsize, seed=s, sigma0=sigma0, x0=x0, bounds=bounds)
+        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k,
+                         round_budget=round_share(budget, rounds, popsize), start_round=start_round)

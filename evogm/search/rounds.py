@@ -1,0 +1,137 @@
+"""Rounds and the basis shift, written once for every optimizer.
+
+A ``Strategy`` searches one round in round coordinates λ (rows of length k, inside the box).
+``Rounds`` turns it into an ``Optimizer``: every asked row leaves as ``λ @ B`` in original-expert
+coordinates, where the basis B (k × dim) starts as the identity. After every round but the last
+the round's top-K rows become the next round's experts, ``B ← Λ_top @ B``, and a fresh strategy
+(its own seed, a K-dimensional box) starts the next round. Because merging is linear, this is the
+same as materializing the elites as new experts, with no new weights.
+
+>>> import numpy as np
+>>> from evogm.search.random_search import RandomRound
+>>> opt = Rounds(3, seed=0, rounds=2, top_k=2, round_budget=4,
+...              start_round=lambda k, seed: RandomRound(k, popsize=4, seed=seed, bounds=(-1, 1)))
+>>> xs = opt.ask(); opt.tell(xs, np.arange(4.0))     # round 1 ends after 4 evaluations
+>>> opt.round, opt.basis.shape                      # round 2 searches the span of 2 elites
+(1, (2, 3))
+>>> np.allclose(opt.basis, xs[:2])                  # the elites, best first
+True
+
+Bookkeeping lives here too, so strategies only see whole generations and clean losses:
+- ``ask()`` returns the rows of the current generation that still await losses. Asking again
+  without telling returns the same rows (so a resumed runner can replay); a new generation is
+  drawn only once every row of the previous one has its loss.
+- ``tell(xs, losses)`` accepts any prefix of those rows (a runner may truncate the last ask to its
+  budget); the strategy is told when the generation is complete. Non-finite losses become inf.
+- A round ends at the first generation boundary at or after ``round_budget`` evaluations. In the
+  last round the strategy simply goes on, so asking past ``budget`` keeps working.
+- Elites are the best finite rows of the round (failed rows are never experts). If the round had
+  fewer than K finite rows the next round has fewer experts; with none, the basis stays as it was.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from evogm.search.base import Strategy, check_positive, child_seed, failed_as_inf, ranking
+
+StartRound = Callable[[int, int], Strategy]  # (round dimension k, round seed) -> a fresh strategy
+
+
+class Rounds:
+    """The ask/tell optimizer every entry of OPTIMIZERS is: a strategy run for ``rounds`` rounds."""
+
+    def __init__(self, dim: int, *, seed: int, rounds: int, top_k: int | None, round_budget: int,
+                 start_round: StartRound):
+        check_positive(dim=dim, rounds=rounds, top_k=top_k, round_budget=round_budget)
+        self.dim, self.rounds, self.round_budget = dim, rounds, round_budget
+        self.top_k = top_k or dim  # K = N by default (the paper)
+        self.seed = seed
+        self._start_round = start_round
+        self.round = 0
+        self.basis = np.eye(dim)  # (k, dim): round coordinates -> original-expert coordinates
+        self.best_x: np.ndarray | None = None  # best row seen in any round, original coordinates
+        self.best_loss = np.inf
+        self._begin_round()
+
+    @property
+    def budget(self) -> int:
+        """Evaluations the schedule plans: ``rounds · round_budget``."""
+        return self.rounds * self.round_budget
+
+    @property
+    def round_rows(self) -> np.ndarray:
+        """The rows awaiting losses, in round coordinates, shape (n, k); ``ask() == round_rows @ basis``."""
+        if self._generation is None:
+            return np.empty((0, len(self.basis)))
+        return self._generation[len(self._told):]
+
+    def ask(self) -> np.ndarray:
+        if self._generation is None:
+            self._generation = np.asarray(self._strategy.ask(), dtype=np.float64)
+        return self.round_rows @ self.basis
+
+    def tell(self, xs, losses) -> None:
+        losses = failed_as_inf(losses)
+        if len(losses) == 0:
+            return
+        self._check_rows(np.atleast_2d(np.asarray(xs, dtype=np.float64)), len(losses))
+        self._remember(self.round_rows[: len(losses)], losses)
+        self._told.extend(losses)
+        if len(self._told) == len(self._generation):
+            self._finish_generation()
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    def _begin_round(self) -> None:
+        k = len(self.basis)
+        self._strategy = self._start_round(k, child_seed(self.seed, self.round))
+        self._history_rows, self._history_losses = np.empty((0, k)), np.empty(0)
+        self._generation, self._told = None, []
+
+    def _finish_generation(self) -> None:
+        rows, losses = self._generation, np.array(self._told)
+        self._strategy.tell(rows, losses)
+        self._history_rows = np.vstack([self._history_rows, rows])
+        self._history_losses = np.concatenate([self._history_losses, losses])
+        self._generation, self._told = None, []
+        if len(self._history_losses) >= self.round_budget and self.round < self.rounds - 1:
+            self._shift_basis()
+
+    def _shift_basis(self) -> None:
+        """The round's top-K become the next round's experts: B ← Λ_top @ B."""
+        finite = np.flatnonzero(np.isfinite(self._history_losses))
+        top = finite[ranking(self._history_losses[finite])][: self.top_k]
+        if len(top):
+            self.basis = self._history_rows[top] @ self.basis
+        self.round += 1
+        self._begin_round()
+
+    def _remember(self, rows: np.ndarray, losses: np.ndarray) -> None:
+        if len(losses) and losses.min() < self.best_loss:
+            i = int(np.argmin(losses))
+            self.best_x, self.best_loss = rows[i] @ self.basis, float(losses[i])
+
+    def _check_rows(self, xs: np.ndarray, n: int) -> None:
+        """tell() must get a prefix of what ask() returned, in order (a runner bug otherwise)."""
+        if len(xs) != n:
+            raise ValueError(f"tell() got {len(xs)} rows but {n} losses")
+        if n > len(self.round_rows):
+            raise ValueError(f"tell() got {n} rows but only {len(self.round_rows)} were asked and not yet told")
+        expected = self.round_rows[: len(xs)] @ self.basis
+        if xs.shape != expected.shape or not np.allclose(xs, expected, rtol=1e-7, atol=1e-9):
+            raise ValueError("tell() got rows that differ from the ones ask() returned (same rows, same order)")
+
+
+def round_share(budget: int, rounds: int, popsize: int) -> int:
+    """Evaluations per round for a total ``budget``: whole generations, rounded up (rounds > 1).
+
+    >>> round_share(160, 1, 20), round_share(160, 2, 20), round_share(150, 2, 20)
+    (160, 80, 80)
+    """
+    check_positive(budget=budget, rounds=rounds, popsize=popsize)
+    if rounds == 1:
+        return budget
+    return -(-budget // (rounds * popsize)) * popsize
