@@ -1,0 +1,115 @@
+"""Tasks: what a merged model is scored on. A spec (a dict from the config) becomes a Task.
+
+A Task has `.name`, `.weight`, `.primary` (the metric the search optimizes) and
+`evaluate(model, tokenizer, split) -> {metric: value}`, every metric higher-is-better. A task
+tokenizes a split once per tokenizer, so scoring many candidates only runs forward passes.
+
+>>> import json, tempfile, pathlib
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "capitals.json"
+>>> item = {"question": "Capital of France?", "choices": {"A": "Rome", "B": "Paris"}, "answer": "B"}
+>>> _ = path.write_text(json.dumps({"dev": [item], "test": [item]}))
+>>> task = load_task({"path": str(path), "limit": 100})
+>>> task.name, type(task).__name__, task.primary
+('capitals', 'MultipleChoiceTask', 'accuracy')
+>>> load_task({"path": str(path), "max_tokens": 5})  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+evogm.errors.EvogmError: task capitals: unknown key 'max_tokens': did you mean 'max_new_tokens'?; fix: ...
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import replace
+from pathlib import Path
+from typing import Protocol
+
+from evogm.errors import EvogmError
+from evogm.tasks.abstain import AbstainTask
+from evogm.tasks.data import SPLITS, infer_type, read_task_file
+from evogm.tasks.exact_match import ExactMatchTask
+from evogm.tasks.multiple_choice import MultipleChoiceTask
+from evogm.tasks.python_fn import PythonTask
+
+__all__ = ["Task", "TASK_TYPES", "SPLITS", "load_task", "load_tasks"]
+
+
+class Task(Protocol):
+    name: str
+    weight: float
+    primary: str
+
+    def evaluate(self, model, tokenizer, split: str) -> dict[str, float]: ...
+
+
+TASK_TYPES: dict[str, type] = {
+    "multiple_choice": MultipleChoiceTask,
+    "exact_match": ExactMatchTask,
+    "abstain": AbstainTask,
+    "python": PythonTask,
+}
+_SELECTION_KEYS = ("name", "path", "type", "limit", "seed")  # read here, not by the task classes
+_OPTIONS_OF = {AbstainTask: MultipleChoiceTask}  # abstain takes multiple choice's options
+
+
+def load_task(spec: dict | str | Path) -> Task:
+    """A Task from a spec dict (or a bare path: name from the file, type from the items)."""
+    spec = {"path": str(spec)} if isinstance(spec, (str, Path)) else dict(spec)
+    kind = spec.get("type")
+    if kind is not None and kind not in TASK_TYPES:
+        raise EvogmError(f"unknown task type {kind!r}", _suggest(kind, TASK_TYPES) or f"known: {sorted(TASK_TYPES)}", "")
+    if kind == "python":
+        return _build(PythonTask, _name(spec), spec, ())
+    if not spec.get("path"):
+        raise EvogmError(f"task {spec.get('name', '?')} has no path", "every task but type: python reads a data file", "add path: FILE.json")
+    data = read_task_file(spec["path"])
+    data = replace(data, limit=_positive(spec, "limit"), seed=spec.get("seed"))
+    cls = TASK_TYPES[kind or infer_type(next(iter(data.splits.values()), []))]
+    return _build(cls, _name(spec), spec, (data,))
+
+
+def load_tasks(specs: list) -> list[Task]:
+    tasks = [load_task(spec) for spec in specs]
+    names = [task.name for task in tasks]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise EvogmError(f"task names repeat: {duplicates}", "metrics are keyed by task name", "give each task its own name")
+    return tasks
+
+
+def _build(cls: type, name: str, spec: dict, positional: tuple) -> Task:
+    options = {k: v for k, v in spec.items() if k not in _SELECTION_KEYS}
+    valid = _option_names(cls)
+    for key in options:
+        if key not in valid:
+            raise EvogmError(f"task {name}: unknown key {key!r}", _suggest(key, (*valid, *_SELECTION_KEYS)), f"valid keys: {sorted((*valid, *_SELECTION_KEYS))}")
+    try:
+        return cls(name, *positional, **options)
+    except (TypeError, ValueError) as exc:
+        raise EvogmError(f"task {name}: bad option value", f"{type(exc).__name__}: {exc}", "check the values' types") from exc
+
+
+def _option_names(cls: type) -> tuple[str, ...]:
+    parameters = inspect.signature(_OPTIONS_OF.get(cls, cls).__init__).parameters.values()
+    return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def _suggest(word: str, known) -> str:
+    close = difflib.get_close_matches(str(word), list(known), n=1)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def _name(spec: dict) -> str:
+    if spec.get("name"):
+        return str(spec["name"])
+    if spec.get("path"):
+        return Path(spec["path"]).name.split(".")[0]
+    raise EvogmError("a task needs a name", "a python task has no file to take it from", "add name: ...")
+
+
+def _positive(spec: dict, key: str) -> int | None:
+    value = spec.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise EvogmError(f"task {spec.get('name', spec.get('path'))}: {key} must be a positive integer", f"got {value!r}", f"write {key}: 200")
+    return value

@@ -1,0 +1,55 @@
+"""Exact match: greedy generation, answer extraction, normalization.
+
+Items: `{"question": str, "answer": str}`. The prompt is the bare question (the paper's), or a
+template. `extract` picks the rule (see `text.match`): `whole` (default), `contains` (the paper's
+exact match), `tail` (the paper's GSM8K rule: the answer within the last `tail_words` words) or
+`last_number`.
+
+>>> # task = load_task({"path": "gsm8k.json", "extract": "tail", "max_new_tokens": 200})
+>>> # task.evaluate(model, tokenizer, "dev")     # {'accuracy': 0.41}
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from evogm.errors import EvogmError
+from evogm.tasks.batching import EncodingCache
+from evogm.tasks.data import TaskData, require_fields
+from evogm.tasks.prompts import EXACT_MATCH, fewshot_prefix, render
+from evogm.tasks.scoring import encode_prompts, generate_texts
+from evogm.tasks.text import EXTRACT_MODES, match
+
+
+class ExactMatchTask:
+    """Accuracy of generated answers."""
+
+    primary = "accuracy"
+
+    def __init__(self, name: str, data: TaskData, *, weight: float = 1.0, template: str = EXACT_MATCH,
+                 fewshot: str | list[dict] | None = None, batch_size: int = 200, max_new_tokens: int = 32,
+                 stop: list[str] | None = None, extract: str = "whole", normalize: bool = True, tail_words: int = 10):
+        if extract not in EXTRACT_MODES:
+            raise EvogmError(f"task {name}: unknown extract {extract!r}", f"expected one of {EXTRACT_MODES}", "pick one of them")
+        self.name, self.data, self.weight = name, data, float(weight)
+        self.template, self.batch_size, self.max_new_tokens = template, int(batch_size), int(max_new_tokens)
+        self.stop, self.extract, self.normalize, self.tail_words = tuple(stop or ()), extract, bool(normalize), int(tail_words)
+        self.prefix = fewshot_prefix(fewshot if fewshot is not None else data.extras.get("icl_prompt"), template)
+        for split in data.splits:
+            require_fields(data.items(split), ("question", "answer"), f"{data.path} [{split}]")
+        self._cache = EncodingCache()
+
+    def prompts(self, split: str) -> list[str]:
+        return [self.prefix + render(self.template, item) for item in self.data.items(split)]
+
+    def evaluate(self, model, tokenizer, split: str) -> dict[str, float]:
+        outputs = self.generate(model, tokenizer, split)
+        correct = [self.is_correct(out, item) for out, item in zip(outputs, self.data.items(split))]
+        return {"accuracy": float(np.mean(correct)) if correct else 0.0}
+
+    def generate(self, model, tokenizer, split: str) -> list[str]:
+        batches = self._cache.get(tokenizer, split, lambda tok, s: encode_prompts(tok, self.prompts(s), self.batch_size))
+        return generate_texts(model, tokenizer, batches, max_new_tokens=self.max_new_tokens, stop=self.stop, where=f"task {self.name}")
+
+    def is_correct(self, output: str, item: dict) -> bool:
+        return match(output, str(item["answer"]), extract=self.extract, normalized=self.normalize, tail_words=self.tail_words)

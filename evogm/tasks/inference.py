@@ -1,0 +1,109 @@
+"""Forward passes over left-padded batches: next-token logits and KV-cached greedy generation.
+
+Written on the model's own forward (no `generate`): one prefill, then one token per step with the
+cache, stopping as soon as every row has produced a stop token. Non-finite logits raise
+FloatingPointError, which the objective records as a failed evaluation.
+
+>>> # ids = greedy_generate(model, batch, max_new_tokens=8, stop_ids={eos}, pad_id=0)  # (b, ≤8)
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import lru_cache
+from typing import Callable
+
+import torch
+
+from evogm.tasks.batching import Batch
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@lru_cache(maxsize=None)
+def _keeps_last_logits(model_type: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_type.forward).parameters
+
+
+def _prefill_kwargs(model) -> dict:
+    # Only the last position's logits are needed: (b, 1, V) instead of (b, L, V), which for a 150k
+    # vocabulary is most of the prefill's memory.
+    return {"logits_to_keep": 1} if _keeps_last_logits(type(model)) else {}
+
+
+def check_finite(logits: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(logits).all():
+        raise FloatingPointError(f"non-finite logits in {where}")
+
+
+@torch.inference_mode()
+def last_logits(model, batch: Batch, where: str = "forward pass") -> torch.Tensor:
+    """Next-token logits after each prompt: (b, V) float32."""
+    batch = batch.to(model_device(model))
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids, use_cache=False, **_prefill_kwargs(model))
+    logits = out.logits[:, -1].float()
+    check_finite(logits, where)
+    return logits
+
+
+def choice_logprobs(logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each candidate token: (b, V) logits, (b, K) ids with −1 for none → (b, K)."""
+    logprobs = torch.log_softmax(logits, dim=-1)
+    picked = logprobs.gather(1, candidates.clamp(min=0).to(logits.device))
+    return picked.masked_fill(candidates.to(logits.device) < 0, float("-inf"))
+
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    """EOS ids from the generation config and the tokenizer."""
+    ids: set[int] = set()
+    config = getattr(model, "generation_config", None)
+    for source in (getattr(config, "eos_token_id", None), tokenizer.eos_token_id):
+        if source is not None:
+            ids.update([source] if isinstance(source, int) else source)
+    return ids
+
+
+@torch.inference_mode()
+def greedy_generate(
+    model,
+    batch: Batch,
+    *,
+    max_new_tokens: int,
+    stop_ids: set[int],
+    pad_id: int,
+    text_done: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    where: str = "generation",
+) -> torch.Tensor:
+    """Greedy continuation of each prompt: (b, T ≤ max_new_tokens) ids, `pad_id` after a row stops.
+
+    A row stops at a token in `stop_ids` (kept in the output) or when `text_done(tokens_so_far)`
+    says so; the loop ends when every row has stopped.
+    """
+    batch = batch.to(model_device(model))
+    mask, positions = batch.attention_mask, batch.position_ids
+    stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=mask.device)
+    out = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions,
+                use_cache=True, **_prefill_kwargs(model))
+    done = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
+    bad = torch.zeros_like(done)
+    tokens: list[torch.Tensor] = []
+    for step in range(max_new_tokens):
+        logits = out.logits[:, -1]
+        bad |= ~torch.isfinite(logits).all(-1) & ~done
+        token = logits.argmax(-1).masked_fill(done, pad_id)  # (b,)
+        tokens.append(token)
+        done |= torch.isin(token, stops)
+        if text_done is not None:
+            done |= text_done(torch.stack(tokens, 1))
+        if bool(done.all()) or step + 1 == max_new_tokens:
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
+                    past_key_values=out.past_key_values, use_cache=True)
+    if bool(bad.any()):
+        raise FloatingPointError(f"non-finite logits in {where}")
+    return torch.stack(tokens, 1) if tokens else batch.input_ids.new_zeros(mask.shape[0], 0)

@@ -1,0 +1,93 @@
+"""Multiple choice: the paper's prompt, scored by the letters' log-likelihood or by generation + parsing.
+
+Items: `{"question": str, "choices": {"A": str, ...} or [str, ...], "answer": "B" or 1}`.
+`scoring: loglik` (default) reads the next-token log-probabilities of " A", " B", … after the
+prompt in one forward pass; `scoring: generate` decodes greedily and parses the letter as the
+paper's reference implementation does.
+
+>>> # task = load_task({"path": "mmlu.json", "scoring": "generate", "limit": 50})
+>>> # task.evaluate(model, tokenizer, "dev")     # {'accuracy': 0.62}
+"""
+
+from __future__ import annotations
+
+import string
+
+import numpy as np
+
+from evogm.errors import EvogmError
+from evogm.tasks.batching import EncodingCache
+from evogm.tasks.data import TaskData, require_fields
+from evogm.tasks.prompts import MULTIPLE_CHOICE, answer_separator, fewshot_prefix, render
+from evogm.tasks.scoring import encode_prompts, generate_texts, option_inputs, option_logprobs
+from evogm.tasks.text import parse_choice
+
+SCORINGS = ("loglik", "generate")
+
+
+def as_choice_item(item: dict, where: str) -> dict:
+    """Choices as an ordered {letter: text} dict and the answer as a letter."""
+    choices = item["choices"]
+    if isinstance(choices, list):
+        choices = dict(zip(string.ascii_uppercase, map(str, choices)))
+    if not isinstance(choices, dict) or not choices:
+        raise EvogmError(f"{where}: choices must be a non-empty dict or list", f"got {choices!r}", 'write "choices": {"A": "...", "B": "..."}')
+    answer = item["answer"]
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
+        answer = list(choices)[answer]
+    if answer not in choices:
+        raise EvogmError(f"{where}: answer {answer!r} is not one of the choices {list(choices)}", "", "give the answer as a choice letter")
+    return {**item, "choices": choices, "answer": answer}
+
+
+class MultipleChoiceTask:
+    """Accuracy on multiple-choice questions."""
+
+    primary = "accuracy"
+
+    def __init__(self, name: str, data: TaskData, *, weight: float = 1.0, scoring: str = "loglik",
+                 template: str = MULTIPLE_CHOICE, fewshot: str | list[dict] | None = None,
+                 batch_size: int = 200, max_new_tokens: int = 10, stop: list[str] | None = None):
+        if scoring not in SCORINGS:
+            raise EvogmError(f"task {name}: unknown scoring {scoring!r}", f"expected one of {SCORINGS}", "use scoring: loglik or generate")
+        self.name, self.data, self.weight, self.scoring = name, data, float(weight), scoring
+        self.template, self.batch_size, self.max_new_tokens = template, int(batch_size), int(max_new_tokens)
+        self.stop = tuple(stop or ())
+        self.prefix = fewshot_prefix(fewshot if fewshot is not None else data.extras.get("icl_prompt"), template)
+        self._items = {split: self._checked(split) for split in data.splits}
+        self._cache = EncodingCache()
+
+    def _checked(self, split: str) -> list[dict]:
+        items = self.data.items(split)
+        require_fields(items, ("question", "choices", "answer"), f"{self.data.path} [{split}]")
+        return [as_choice_item(item, f"{self.data.path} [{split}] item {i}") for i, item in enumerate(items)]
+
+    def items(self, split: str) -> list[dict]:
+        return self._items[split] if split in self._items else self.data.items(split)  # the latter raises
+
+    def prompts(self, split: str) -> list[str]:
+        return [self.prefix + render(self.template, item) for item in self.items(split)]
+
+    def evaluate(self, model, tokenizer, split: str) -> dict[str, float]:
+        letters, _ = self.predict(model, tokenizer, split)
+        correct = [letter == item["answer"] for letter, item in zip(letters, self.items(split))]
+        return {"accuracy": float(np.mean(correct)) if correct else 0.0}
+
+    def predict(self, model, tokenizer, split: str) -> tuple[list[str], list[str]]:
+        """(chosen letter, the model's answer text) per item; the text is the letter under loglik."""
+        if self.scoring == "loglik":
+            letters = self._choose_by_loglik(model, tokenizer, split)
+            return letters, letters
+        batches = self._cache.get(tokenizer, split, lambda tok, s: encode_prompts(tok, self.prompts(s), self.batch_size))
+        texts = generate_texts(model, tokenizer, batches, max_new_tokens=self.max_new_tokens, stop=self.stop, where=f"task {self.name}")
+        return [parse_choice(t, list(x["choices"]), x["choices"]) for t, x in zip(texts, self.items(split))], texts
+
+    def _choose_by_loglik(self, model, tokenizer, split: str) -> list[str]:
+        inputs = self._cache.get(tokenizer, split, self._option_inputs)
+        scores = option_logprobs(model, inputs, where=f"task {self.name}")  # (n, K)
+        return [list(item["choices"])[k] for k, item in zip(scores.argmax(axis=1), self.items(split))]
+
+    def _option_inputs(self, tokenizer, split: str):
+        prompts = self.prompts(split)
+        options = [[answer_separator(p) + letter for letter in item["choices"]] for p, item in zip(prompts, self.items(split))]
+        return option_inputs(tokenizer, prompts, options, self.batch_size)

@@ -1,0 +1,71 @@
+"""A user's own fitness: `function: package.module:fn`, called with the merged model and tokenizer.
+
+The function returns a dict of higher-is-better metrics; `primary` names the one the search
+optimizes (default: the first key). It is called with `split=` when its signature takes one, so
+it can keep its own dev and test data apart. `args` are passed on as keyword arguments.
+
+>>> # mypkg/fitness.py:  def score(model, tokenizer, split="dev"): return {"reward": 0.8}
+>>> # task = load_task({"name": "reward", "type": "python", "function": "mypkg.fitness:score"})
+>>> # task.evaluate(model, tokenizer, "dev")     # {'reward': 0.8}
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from typing import Callable
+
+from evogm.errors import EvogmError
+
+
+def import_function(reference: str) -> Callable:
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise EvogmError(f"bad function reference {reference!r}", "expected package.module:function", "write e.g. mypkg.fitness:score")
+    try:
+        function = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise EvogmError(f"cannot import {reference}", f"{type(exc).__name__}: {exc}", "check the module is importable (on PYTHONPATH)") from exc
+    if not callable(function):
+        raise EvogmError(f"{reference} is not callable", f"it is a {type(function).__name__}", "point at a function")
+    return function
+
+
+def _takes_split(function: Callable) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "split" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+class PythonTask:
+    """Metrics computed by a user function of (model, tokenizer)."""
+
+    def __init__(self, name: str, *, function: str, weight: float = 1.0, primary: str | None = None, args: dict | None = None):
+        self.name, self.weight, self.reference = name, float(weight), function
+        self.function, self.args = import_function(function), dict(args or {})
+        self._declared_primary = primary
+        self._passes_split = _takes_split(self.function)
+
+    @property
+    def primary(self) -> str | None:
+        return self._declared_primary
+
+    def evaluate(self, model, tokenizer, split: str) -> dict[str, float]:
+        extra = {"split": split} if self._passes_split else {}
+        metrics = self.function(model, tokenizer, **extra, **self.args)
+        return self._checked(metrics)
+
+    def _checked(self, metrics: object) -> dict[str, float]:
+        if not isinstance(metrics, dict) or not metrics:
+            raise TypeError(f"{self.reference} returned {type(metrics).__name__}, not a non-empty dict of metrics")
+        out = {str(key): float(value) for key, value in metrics.items()}
+        if self._declared_primary is None:
+            self._declared_primary = next(iter(out))
+        if self._declared_primary not in out:
+            raise KeyError(f"{self.reference} returned {sorted(out)} without its primary metric {self._declared_primary!r}")
+        if not math.isfinite(out[self._declared_primary]):
+            raise FloatingPointError(f"{self.reference} returned {self._declared_primary}={out[self._declared_primary]}")
+        return out
