@@ -101,7 +101,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig
 
 def from_dict(raw: dict) -> RunConfig:
     """Build and check a RunConfig from a plain dict (paths already absolute)."""
-    cfg = build(RunConfig, name_tasks(raw), "")
+    cfg = build(RunConfig, executor_options(name_tasks(raw)), "")
     check(cfg)
     return cfg
 
@@ -114,6 +114,17 @@ def name_tasks(raw: dict) -> dict:
                                 if isinstance(t, dict) and "name" not in t and isinstance(t.get("path"), str) else t
                                 for t in tasks]}
     return raw
+
+
+def executor_options(raw: dict) -> dict:
+    """`executor: {kind: ray, workers: 2}` reads as executor.options.workers = 2: an executor's own
+    keys may sit next to its kind (the executor's constructor checks them)."""
+    section = raw.get("executor")
+    if not isinstance(section, dict) or not set(section) - {"kind", "options"}:
+        return raw
+    own = {k: v for k, v in section.items() if k not in ("kind", "options")}
+    kind = {"kind": section["kind"]} if "kind" in section else {}
+    return {**raw, "executor": {**kind, "options": {**(section.get("options") or {}), **own}}}
 
 
 def read_yaml(path: Path) -> dict:
