@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -111,3 +110,44 @@ def test_a_log_from_another_seed_is_refused(tmp_path: Path):
     log = RunLog(path)
     with pytest.raises(EvogmError, match="differs from what the optimizer asks now"):
         search(small_evogm(seed=4), LocalExecutor(Quadratic), log, 12)
+
+
+# --- a real run, killed with SIGKILL --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def zoo(request) -> Path:
+    try:
+        return Path(request.getfixturevalue("zoo_tiny"))
+    except pytest.FixtureLookupError:
+        pytest.skip("the zoo_tiny fixture (tests/conftest.py) is not there yet")
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(zoo: Path, tmp_path: Path):
+    from evogm.cli import main as cli
+
+    budget = 16
+    args = ["run", str(zoo / "run.yaml"), f"search.budget={budget}", "search.popsize=4", "search.options.iterations=1",
+            "search.options.steps=5", "search.options.hidden_sizes=[16, 16]", "baselines.methods=[uniform]"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert cli([*args, f"output={whole}", "--quiet"]) == 0
+
+    process = subprocess.Popen([sys.executable, "-m", "evogm.cli", *args, f"output={killed}", "--quiet"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = killed / "evaluations.jsonl"
+    deadline = time.monotonic() + 300
+    while (not log.exists() or log.read_text().count("\n") < 6) and time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    logged = log.read_text().count("\n")
+    assert 6 <= logged < budget and not (killed / "final.json").exists()
+
+    assert cli(["run", "--resume", str(killed), "--quiet"]) == 0
+    keep = ("gen", "row", "x", "coefficients", "metrics", "loss", "error")
+    assert [{k: r[k] for k in keep} for r in RunLog(killed / "evaluations.jsonl").records()] == \
+           [{k: r[k] for k in keep} for r in RunLog(whole / "evaluations.jsonl").records()]
+    assert json.loads((killed / "best.json").read_text()) == json.loads((whole / "best.json").read_text())
+    a, b = (json.loads((d / "final.json").read_text())["candidates"] for d in (killed, whole))
+    assert a == b

@@ -1,0 +1,131 @@
+"""`evogm run` end to end on the tiny zoo: a small-budget run in multi-task and single-task mode,
+every output present and consistent with the log, the exported model scoring what the log says."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from evogm.cli import main as cli
+from evogm.run import prepare_run_dir
+from evogm.config import load_config
+
+# A short EvoGM (2 rounds of 4 + 1·4 evaluations) and a 2-point scale grid: seconds, not minutes.
+FAST = ["search.budget=16", "search.popsize=4", "search.options.iterations=1", "search.options.steps=5",
+        "search.options.hidden_sizes=[16, 16]", "baselines.scales=[0.5, 1.0]"]
+CANDIDATES = ["best", "initial_best", "uniform", "task_arithmetic", "ties", "dare"]
+
+
+@pytest.fixture(scope="session")
+def zoo(request) -> Path:
+    try:
+        return Path(request.getfixturevalue("zoo_tiny"))
+    except pytest.FixtureLookupError:
+        pytest.skip("the zoo_tiny fixture (tests/conftest.py) is not there yet")
+
+
+@pytest.fixture(scope="module")
+def multi(zoo, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "multi"
+    assert cli(["run", str(zoo / "run.yaml"), *FAST, f"output={out}", "--quiet"]) == 0
+    return out
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
+
+
+def test_the_run_directory_holds_every_output(multi: Path):
+    for name in ("config.yaml", "evaluations.jsonl", "best.json", "final.json", "report.md",
+                 "model/recipe.yaml", "model/config.json", "plots/best_so_far.png", "plots/coefficients.png",
+                 "plots/tasks.png"):
+        assert (multi / name).is_file(), name
+    assert (multi / "plots" / "tasks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = yaml.safe_load((multi / "config.yaml").read_text())
+    assert saved["search"]["budget"] == 16 and saved["search"]["options"]["steps"] == 5
+    assert saved["search"]["options"]["winner_portion"] == 0.3  # defaults made explicit
+    assert load_config(multi / "config.yaml").search.budget == 16  # and it loads back
+
+
+def test_the_log_has_every_evaluation_and_best_json_agrees(multi: Path):
+    log = records(multi)
+    assert len(log) == 16
+    assert all(set(r) >= {"gen", "row", "x", "coefficients", "metrics", "loss", "seconds", "error"} for r in log)
+    ok = [r for r in log if r["loss"] is not None]
+    assert ok and all(r["error"] is None for r in ok)
+    best = json.loads((multi / "best.json").read_text())
+    top = min(ok, key=lambda r: r["loss"])
+    assert (best["x"], best["loss"], best["metrics"]) == (top["x"], top["loss"], top["metrics"])
+    assert log[best["evaluation"] - 1]["x"] == best["x"]
+
+
+def test_final_json_reports_dev_and_test_per_task_for_every_candidate(multi: Path):
+    final = json.loads((multi / "final.json").read_text())
+    best = json.loads((multi / "best.json").read_text())
+    assert list(final["candidates"]) == CANDIDATES
+    tasks = final["tasks"]  # task → its primary metric key
+    for name, entry in final["candidates"].items():
+        for split in ("dev", "test"):
+            assert set(tasks.values()) <= set(entry[split]["metrics"]), (name, split)
+            assert math.isfinite(entry[split]["score"])
+    assert final["candidates"]["best"]["dev"]["score"] == best["fitness"]
+    # the initial best is the best of the first population, and the search cannot end below it on dev
+    first = [r for r in records(multi) if r["gen"] == 0 and r["loss"] is not None]
+    assert final["candidates"]["initial_best"]["dev"]["score"] == -min(r["loss"] for r in first)
+    assert final["candidates"]["best"]["dev"]["score"] >= final["candidates"]["initial_best"]["dev"]["score"]
+    ta = final["candidates"]["task_arithmetic"]
+    assert ta["scale"] in (0.5, 1.0) and ta["dev"]["score"] == max(ta["sweep"].values())
+
+
+def test_the_report_has_the_tables_and_plots(multi: Path):
+    report = (multi / "report.md").read_text()
+    for text in ("## Results", "| best (search)", "| initial best", "| TIES", "## Best coefficients",
+                 "plots/best_so_far.png", "plots/coefficients.png", "plots/tasks.png"):
+        assert text in report, text
+
+
+def test_the_exported_recipe_holds_the_best_coefficients(multi: Path):
+    recipe = yaml.safe_load((multi / "model" / "recipe.yaml").read_text())
+    best = json.loads((multi / "best.json").read_text())
+    text = json.dumps(recipe)
+    assert all(name in text for name in best["experts"])
+    flat = np.array([v for v in best["coefficients"]])
+    assert np.isfinite(flat).all()
+
+
+def test_a_finished_run_is_never_overwritten_without_force(multi: Path, capsys):
+    assert cli(["run", str(multi / "config.yaml"), f"output={multi}", "--quiet"]) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+    assert cli(["run", "--resume", str(multi), "--quiet"]) == 0  # resuming a finished run changes nothing
+    assert len(records(multi)) == 16
+
+
+def test_force_clears_only_the_run_files(tmp_path: Path, multi: Path):
+    out = tmp_path / "copy"
+    out.mkdir()
+    (out / "evaluations.jsonl").write_text("")
+    (out / "notes.txt").write_text("mine")
+    cfg = load_config(multi / "config.yaml")
+    with pytest.raises(Exception, match="already holds an unfinished run"):
+        prepare_run_dir(out, cfg, resume=False, force=False)
+    prepare_run_dir(out, cfg, resume=False, force=True)
+    assert not (out / "evaluations.jsonl").exists() and (out / "notes.txt").exists() and (out / "config.yaml").exists()
+
+
+def test_single_task_mode_runs_one_search_per_task(zoo: Path, tmp_path: Path):
+    out = tmp_path / "single"
+    budget = ["search.budget=8", "search.options.rounds=1", "baselines.methods=[uniform]"]
+    assert cli(["run", str(zoo / "run.yaml"), *FAST, *budget, "mode=single_task", f"output={out}", "--quiet"]) == 0
+    names = load_config(out / "config.yaml").task_names
+    summary = (out / "report.md").read_text()
+    for name in names:
+        final = json.loads((out / name / "final.json").read_text())
+        assert final["target"] == name and list(final["tasks"]) == [name]
+        assert len(records(out / name)) == 8 and (out / name / "model" / "recipe.yaml").is_file()
+        assert f"[{name}/report.md]" in summary
+    assert set(json.loads((out / "summary.json").read_text())) == set(names)
