@@ -129,3 +129,20 @@ def test_single_task_mode_runs_one_search_per_task(zoo: Path, tmp_path: Path):
         assert len(records(out / name)) == 8 and (out / name / "model" / "recipe.yaml").is_file()
         assert f"[{name}/report.md]" in summary
     assert set(json.loads((out / "summary.json").read_text())) == set(names)
+
+
+def test_the_exported_model_reproduces_the_best_dev_score_through_evogm_eval(multi: Path, tmp_path: Path, capsys):
+    """`evogm eval` on the exported folder, with the run's own task specs: a copy of the run's config
+    whose base is the exported model (its experts weighted 0, so the model is scored as exported)."""
+    saved = yaml.safe_load((multi / "config.yaml").read_text())
+    saved["models"]["base"] = str(multi / "model")
+    config = tmp_path / "exported.yaml"
+    config.write_text(yaml.safe_dump(saved))
+    capsys.readouterr()
+    assert cli(["eval", str(config), "--json", "--dtype", "float32", "--device", "cpu"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    best = json.loads((multi / "best.json").read_text())
+    assert scored["score"] == pytest.approx(best["fitness"], abs=1e-6)
+    for key, value in best["metrics"].items():
+        task, metric = key.split("/", 1)
+        assert scored["tasks"][task]["metrics"][metric] == pytest.approx(value, abs=1e-6), key
