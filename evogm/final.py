@@ -28,8 +28,8 @@ def finalize(cfg: RunConfig, run_dir: Path, target: str, records: list[dict], pr
     best = best_entry(records, experts)
     write_json(run_dir / "best.json", best)
     progress.stage("test: best and initial best")
-    candidates = {"best": searched(best, scoring, ws),
-                  "initial_best": searched(best_entry([r for r in records if r["gen"] == 0], experts), scoring, ws)}
+    candidates = {"best": searched(best, scoring),
+                  "initial_best": searched(best_entry([r for r in records if r["gen"] == 0], experts), scoring)}
     for method in cfg.baselines.methods:
         progress.stage(f"baseline: {method}")
         candidates[method] = baseline(method, cfg, ws, scoring)
@@ -55,11 +55,11 @@ def best_entry(records: list[dict], experts: list[str]) -> dict:
             "evaluations": len(records)}
 
 
-def searched(entry: dict, scoring: "Scoring", ws: Workspace) -> dict:
-    """A searched candidate: its logged dev score, and its test score (the merge written first)."""
-    ws.merger(np.asarray(entry["coefficients"]))
+def searched(entry: dict, scoring: "Scoring") -> dict:
+    """A searched candidate: its logged dev score, and its test score."""
     return {"evaluation": entry["evaluation"], "coefficients": entry["coefficients"],
-            "dev": {"score": entry["fitness"], "metrics": entry["metrics"]}, "test": scoring.resident("test")}
+            "dev": {"score": entry["fitness"], "metrics": entry["metrics"]},
+            "test": scoring.merged(entry["coefficients"], "test")}
 
 
 def baseline(method: str, cfg: RunConfig, ws: Workspace, scoring: "Scoring") -> dict:
@@ -69,21 +69,18 @@ def baseline(method: str, cfg: RunConfig, ws: Workspace, scoring: "Scoring") -> 
         scales = [1.0 / len(ws.merger.experts)]
     else:
         scales = [options.pop("scale")] if "scale" in options else list(cfg.baselines.scales)
+    linear = method in ("uniform", "task_arithmetic")  # λ = scale · 1: exact and fast through the merger
 
-    def apply(scale: float) -> None:
-        if method in ("uniform", "task_arithmetic"):  # exact and fast through the factored merger
-            ws.merger(np.full(ws.merger.dim, scale))
-        else:
-            ws.merger.static(method, seed=cfg.seed, scale=scale, **options)
+    def score(scale: float, split: str) -> dict:
+        if linear:
+            return scoring.merged([scale] * ws.merger.dim, split)
+        ws.merger.static(method, seed=cfg.seed, scale=scale, **options)
+        return scoring.resident(split)
 
-    sweep = []
-    for scale in scales:
-        apply(scale)
-        sweep.append(scoring.resident("dev"))
+    sweep = [score(scale, "dev") for scale in scales]
     pick = int(np.argmax([s["score"] for s in sweep]))  # first of equals
-    apply(scales[pick])
-    entry = {"scale": scales[pick], "options": options, "dev": sweep[pick], "test": scoring.resident("test")}
-    if method in ("uniform", "task_arithmetic"):
+    entry = {"scale": scales[pick], "options": options, "dev": sweep[pick], "test": score(scales[pick], "test")}
+    if linear:
         entry["coefficients"] = [scales[pick]] * ws.merger.dim
     if len(scales) > 1:
         entry["sweep"] = {f"{s:g}": d["score"] for s, d in zip(scales, sweep)}
@@ -116,6 +113,16 @@ class Scoring:
         self.objectives = {"dev": Objective(ws.merger, tokenizer, tasks, mode=target),
                            "test": Objective.for_final_report(ws.merger, tokenizer, tasks, mode=target)}
         self.primary = {t.name: f"{t.name}/{t.primary}" for t in self.objectives["dev"].scored}
+        self._merger, self._memo = ws.merger, {}
+
+    def merged(self, coefficients, split: str) -> dict:
+        """The score of a task-arithmetic merge; a merge scored before (the best may be the initial
+        best, the uniform vector is in the first population) is not scored again."""
+        key = (tuple(float(c) for c in coefficients), split)
+        if key not in self._memo:
+            self._merger(np.asarray(coefficients, dtype=np.float64))
+            self._memo[key] = self.resident(split)
+        return self._memo[key]
 
     def resident(self, split: str) -> dict:
         """{"score": the search's fitness (weighted mean), "metrics": {"task/metric": value}}."""
