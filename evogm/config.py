@@ -88,15 +88,36 @@ class RunConfig:
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML run config, apply `key.sub=value` overrides, check it, return it resolved."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvogmError(f"config file {path} not found", "no such file", "give the path of a YAML run config")
-    raw = read_yaml(path)
-    resolve_paths(raw, path.resolve().parent)
+    raw = read_raw(Path(path))
     for item in overrides:
         apply_override(raw, item)
     resolve_paths(raw, Path.cwd())
     return from_dict(raw)
+
+
+def read_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file as a dict with absolute input paths. `include: OTHER.yaml` reads OTHER first
+    (its paths relative to its own folder) and lays this file's keys over it (mappings merge)."""
+    if not path.is_file():
+        raise EvogmError(f"config file {path} not found", "no such file", "give the path of a YAML run config")
+    if path.resolve() in seen:
+        raise EvogmError(f"config {path} includes itself", " → ".join(map(str, seen)), "remove the cycle")
+    raw = read_yaml(path)
+    resolve_paths(raw, path.resolve().parent)
+    include = raw.pop("include", None)
+    if include is None:
+        return raw
+    if not isinstance(include, str):
+        raise EvogmError(f"include in {path} must be a path", f"got {include!r}")
+    return deep_merge(read_raw(Path(_absolute(include, path.resolve().parent)), (*seen, path.resolve())), raw)
+
+
+def deep_merge(under: dict, over: dict) -> dict:
+    out = dict(under)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = deep_merge(out[key], value) if both else value
+    return out
 
 
 def from_dict(raw: dict) -> RunConfig:

@@ -166,3 +166,15 @@ def test_the_shipped_paper_config_is_valid(tmp_path: Path):
     cfg = load_config(path)
     assert len(cfg.models.experts) == 10 and len(cfg.tasks) == 8 and cfg.models.dtype == "bfloat16"
     assert (cfg.search.optimizer, cfg.search.budget, cfg.search.popsize) == ("evogm", 160, 20)
+
+
+def test_include_lays_a_file_over_another(config_file: Path):
+    """configs/zoo.yaml includes the packaged zoo's run.yaml: paths stay relative to their own file."""
+    top = config_file.parent.parent / "experiments" / "short.yaml"
+    top.parent.mkdir()
+    top.write_text("include: ../configs/run.yaml\nsearch: {budget: 40}\nmodels: {groups: 2}\n")
+    cfg = load_config(top)
+    assert (cfg.search.budget, cfg.search.optimizer, cfg.models.groups, cfg.seed) == (40, "evogm", 2, 7)
+    assert cfg.models.base == str(config_file.parent.parent / "base")
+    top.write_text("include: short.yaml\n")
+    assert "includes itself" in error_of(top)
