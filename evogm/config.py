@@ -12,12 +12,9 @@ to the file's folder, paths given as overrides relative to the working directory
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ import yaml
 
 from evogm.errors import EvogmError
 from evogm.executors import EXECUTORS
+from evogm.schema import build, suggest
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 MODES = ("multi_task", "single_task")
@@ -230,70 +228,6 @@ def resolve_paths(raw: dict, root: Path) -> None:
 def _absolute(path: str, root: Path) -> str:
     p = Path(os.path.expandvars(path)).expanduser()
     return str(p if p.is_absolute() else (root / p).resolve())
-
-
-# --- building typed dataclasses -----------------------------------------------------------------
-
-
-def build(cls, data, where: str):
-    """A dataclass from a dict: unknown keys suggest the closest one, missing required keys name it."""
-    if not isinstance(data, dict):
-        raise EvogmError(f"{where.rstrip('.') or 'the config'} must be a mapping", f"got {data!r}")
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            raise EvogmError(f"unknown config key {where}{key}", suggest(str(key), names),
-                             f"valid keys here: {', '.join(names)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            kwargs[f.name] = convert(hints[f.name], data[f.name], where + f.name)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise EvogmError(f"config key {where}{f.name} is missing", "it has no default", "add it to the config")
-    return cls(**kwargs)
-
-
-def convert(kind, value, where: str):
-    """Check one value against its annotation; nested dataclasses are built."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if dataclasses.is_dataclass(kind):
-        return build(kind, {} if value is None else value, where + ".")
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        return convert(next(a for a in args if a is not type(None)), value, where)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _type_error(where, "a mapping", value)
-        return {str(k): convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(where, "a list", value)
-        return tuple(convert(args[0], v, f"{where}.{i}") for i, v in enumerate(value))
-    return _scalar(kind, value, where)
-
-
-def _scalar(kind, value, where: str):
-    if kind is Any:
-        return value
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise _type_error(where, _KIND_NAMES.get(kind, kind.__name__), value)
-    return value
-
-
-_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _type_error(where: str, expected: str, value) -> EvogmError:
-    return EvogmError(f"config key {where} must be {expected}", f"got {value!r}", "fix its value")
-
-
-def suggest(word: str, choices, what: str = "key") -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
-    return f"did you mean {close[0]!r}?" if close else f"no {what} like it"
 
 
 # --- checks -------------------------------------------------------------------------------------
