@@ -1,0 +1,58 @@
+"""The zoo's base model: a tiny Qwen2 causal LM pretrained on the task formats, not the skills.
+
+The base reads the two prompt formats (multiple choice, exact match) on format-only items
+(pick the option equal to a word, repeat a word), so it answers every task in the right shape
+but has no skill: the experts add those.
+
+>>> model = new_model(seed=0, hidden=32, layers=1)
+>>> sum(p.numel() for p in model.parameters()) < 50_000
+True
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from evogm.zoo import skills, training
+from evogm.zoo.tokenizer import build_tokenizer
+
+
+def new_model(seed: int, hidden: int = 128, layers: int = 4, heads: int = 4) -> Qwen2ForCausalLM:
+    """A freshly initialized Qwen2 (about 1M parameters at the defaults), float32, eval mode."""
+    tokenizer = build_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=3 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config).eval()
+
+
+def format_documents(n: int, seed: int, world: skills.World) -> list[training.Document]:
+    """n format-only documents, half multiple choice, half exact match."""
+    rng = random.Random(f"format-{seed}")
+    names = skills.FORMAT_ONLY
+    return [skills.render(skills.SKILLS[names[i % len(names)]].make(rng, world)) for i in range(n)]
+
+
+def pretrain(seed: int, *, steps: int, batch: int, block: int, lr: float, hidden: int, layers: int, log=print):
+    """Build and pretrain the base; returns (model, tokenizer)."""
+    tokenizer = build_tokenizer()
+    model = new_model(seed, hidden=hidden, layers=layers)
+    n_docs = steps * batch * block // 60  # enough documents that blocks rarely repeat
+    ids, mask = training.pack(format_documents(n_docs, seed, skills.World.create(seed)), tokenizer, answer_only=False)
+    ids, mask = training.blocks(ids, mask, block)
+    training.train(model, ids, mask, steps=steps, lr=lr, batch=batch, seed=seed, log=log)
+    return model, tokenizer
