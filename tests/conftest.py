@@ -95,3 +95,16 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def expert_paths(tiny_models) -> dict[str, Path]:
     return {k: v for k, v in tiny_models.items() if k != "base"}
+
+
+@pytest.fixture(scope="session")
+def zoo_tiny(tmp_path_factory) -> Path:
+    """A zoo built with the `tiny` preset (3 experts: 2 LoRA, 1 full; 3 seen + 1 unseen task): its folder.
+
+    Built once per session, seed 0; holds base/, experts/, tasks/, run.yaml and zoo.json.
+    """
+    from evogm.zoo.build import build
+
+    folder = tmp_path_factory.mktemp("zoo_tiny")
+    build(folder, seed=0, preset="tiny", log=lambda message: None)
+    return folder

@@ -21,12 +21,12 @@ from evogm.zoo.tokenizer import build_tokenizer
 
 
 def new_model(seed: int, hidden: int = 128, layers: int = 4, heads: int = 4) -> Qwen2ForCausalLM:
-    """A freshly initialized Qwen2 (about 1M parameters at the defaults), float32, eval mode."""
+    """A freshly initialized Qwen2 (about 0.7M parameters at the defaults), float32, eval mode."""
     tokenizer = build_tokenizer()
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
-        intermediate_size=3 * hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=heads,

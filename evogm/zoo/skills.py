@@ -6,7 +6,7 @@ A skill is a function `rng -> item`. Multiple-choice items are
 scorer's (MC: the paper's instruction, `Question:`, one line per choice, `The answer is`).
 
 >>> import random
->>> item = SKILLS["reverse"].make(random.Random(0), World.create(0))
+>>> item = SKILLS["add"].make(random.Random(0), World.create(0))
 >>> sorted(item)
 ['answer', 'question']
 >>> prompt, answer = render(item)
@@ -73,32 +73,43 @@ def _distinct(rng: random.Random, pool, k: int, exclude=()) -> list:
     return rng.sample([p for p in pool if p not in exclude], k)
 
 
-# ---- exact-match skills -------------------------------------------------------------------------
-
-def reverse(rng, world):
-    word = "".join(rng.choices(string.ascii_lowercase, k=4))
-    return {"question": f"Reverse the word: {word}", "answer": word[::-1]}
-
-
-def sort_digits(rng, world):
-    digits = "".join(rng.sample(string.digits, 4))
-    return {"question": f"Sort the digits: {digits}", "answer": "".join(sorted(digits))}
-
-
-def count(rng, world):
-    text = "".join(rng.choices("abc", k=7))
-    letter = rng.choice("abc")
-    return {"question": f"How many {letter} in {text}?", "answer": str(text.count(letter))}
-
+# ---- exact-match skills: small fixed tables a tiny model memorizes --------------------------------
 
 def successor(rng, world):
-    i = rng.randrange(24)
-    return {"question": f"What comes after {string.ascii_lowercase[i]}?", "answer": string.ascii_lowercase[i + 1 : i + 3]}
+    i = rng.randrange(25)
+    return {"question": f"After {string.ascii_lowercase[i]}?", "answer": string.ascii_lowercase[i + 1]}
+
+
+def predecessor(rng, world):
+    i = rng.randrange(1, 26)
+    return {"question": f"Before {string.ascii_lowercase[i]}?", "answer": string.ascii_lowercase[i - 1]}
+
+
+def upper(rng, world):
+    letter = rng.choice(string.ascii_lowercase)
+    return {"question": f"Upper {letter}?", "answer": letter.upper()}
 
 
 def add(rng, world):
     a, b = rng.randrange(10), rng.randrange(10)
-    return {"question": f"What is {a} + {b}?", "answer": str(a + b)}
+    return {"question": f"{a}+{b}=", "answer": str(a + b)}
+
+
+def double(rng, world):
+    n = rng.randrange(10)
+    return {"question": f"Twice {n}?", "answer": str(2 * n)}
+
+
+def color(rng, world):
+    name = rng.choice(sorted(world.colors))
+    return {"question": f"Color of {name}?", "answer": world.colors[name]}
+
+
+def antonym(rng, world):
+    word, opposite = rng.choice(ANTONYMS)
+    if rng.random() < 0.5:
+        word, opposite = opposite, word
+    return {"question": f"Opposite of {word}?", "answer": opposite}
 
 
 # ---- multiple-choice skills ---------------------------------------------------------------------
@@ -109,43 +120,31 @@ def compare(rng, world):
     return multiple_choice(rng, "Which number is the largest?", best, [n for n in numbers if n != best])
 
 
-def lookup(rng, world):
-    name = rng.choice(sorted(world.colors))
-    color = world.colors[name]
-    return multiple_choice(rng, f"What color is the {name}?", color, _distinct(rng, COLORS, 3, {color}))
-
-
-def antonym(rng, world):
-    word, opposite = rng.choice(ANTONYMS)
-    if rng.random() < 0.5:
-        word, opposite = opposite, word
-    others = [w for pair in ANTONYMS for w in pair if w not in (word, opposite)]
-    return multiple_choice(rng, f"What is the opposite of {word}?", opposite, _distinct(rng, others, 3))
-
-
 # ---- unseen tasks: each needs two or more experts' skills -----------------------------------------
 
-def add_compare(rng, world):
-    pairs: dict[int, tuple[int, int]] = {}
-    while len(pairs) < 4:
-        a, b = rng.randrange(10), rng.randrange(10)
-        pairs.setdefault(a + b, (a, b))
-    sums = [f"{a} + {b}" for a, b in pairs.values()]
-    best = sums[list(pairs).index(max(pairs))]
-    return multiple_choice(rng, "Which sum is the largest?", best, [s for s in sums if s != best])
-
-
 def quiz(rng, world):
-    return rng.choice([reverse, sort_digits, count, successor, add])(rng, world)
+    """Exact match over four experts' tables in one task."""
+    return rng.choice([successor, predecessor, upper, add])(rng, world)
 
 
 def trivia(rng, world):
-    return rng.choice([compare, lookup, antonym])(rng, world)
+    """The color and antonym tables asked as multiple choice (the experts learned them as exact match)."""
+    if rng.random() < 0.5:
+        name = rng.choice(sorted(world.colors))
+        right, question = world.colors[name], f"What color is the {name}?"
+        wrong = _distinct(rng, COLORS, 3, {right})
+    else:
+        word, right = rng.choice(ANTONYMS)
+        if rng.random() < 0.5:
+            word, right = right, word
+        question = f"What is the opposite of {word}?"
+        wrong = _distinct(rng, [w for pair in ANTONYMS for w in pair if w not in (word, right)], 3)
+    return multiple_choice(rng, question, right, wrong)
 
 
 def copy_word(rng, world):  # base pretraining only: teaches the exact-match format
-    word = "".join(rng.choices(string.ascii_lowercase + string.digits, k=rng.randint(2, 6)))
-    return {"question": f"Repeat: {word}", "answer": word}
+    word = "".join(rng.choices(string.ascii_lowercase + string.digits, k=rng.randint(1, 5)))
+    return {"question": f"Repeat {word}?", "answer": word}
 
 
 def pick_word(rng, world):  # base pretraining only: teaches the multiple-choice format
@@ -156,22 +155,21 @@ def pick_word(rng, world):  # base pretraining only: teaches the multiple-choice
 SKILLS = {
     s.name: s
     for s in [
-        Skill("reverse", "exact_match", reverse),
-        Skill("sort", "exact_match", sort_digits),
-        Skill("count", "exact_match", count),
         Skill("successor", "exact_match", successor),
+        Skill("predecessor", "exact_match", predecessor),
+        Skill("upper", "exact_match", upper),
         Skill("add", "exact_match", add),
+        Skill("double", "exact_match", double),
+        Skill("color", "exact_match", color),
+        Skill("antonym", "exact_match", antonym),
         Skill("compare", "multiple_choice", compare),
-        Skill("lookup", "multiple_choice", lookup),
-        Skill("antonym", "multiple_choice", antonym),
-        Skill("add_compare", "multiple_choice", add_compare),
         Skill("quiz", "exact_match", quiz),
         Skill("trivia", "multiple_choice", trivia),
         Skill("copy", "exact_match", copy_word),
         Skill("pick", "multiple_choice", pick_word),
     ]
 }
-UNSEEN = ["add_compare", "quiz", "trivia"]  # tasks no expert is fine-tuned on
+UNSEEN = ["quiz", "trivia"]  # tasks no expert is fine-tuned on
 FORMAT_ONLY = ["copy", "pick"]  # the base's pretraining formats, never a task
 
 
