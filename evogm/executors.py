@@ -20,6 +20,7 @@ import numpy as np
 
 from evogm.errors import EvogmError
 from evogm.objective import Result
+from evogm.ray_executor import RayExecutor  # imports ray only when one is built
 
 OnResult = Callable[[int, Result], None]
 ObjectiveFactory = Callable[[], Callable[[np.ndarray], Result]]
@@ -59,7 +60,7 @@ class LocalExecutor:
 
 # kind → executor class; plain dict, so a new executor is one entry (RayExecutor: next to LocalExecutor,
 # importing ray inside its constructor so that the core never needs ray).
-EXECUTORS: dict[str, type] = {"local": LocalExecutor}
+EXECUTORS: dict[str, type] = {"local": LocalExecutor, "ray": RayExecutor}
 
 
 def make_executor(kind: str, make_objective: ObjectiveFactory, **options) -> Executor:

@@ -1,0 +1,239 @@
+"""RayExecutor: candidates evaluated in parallel by Ray actors, one resident model per worker.
+
+Each worker is a Ray actor that builds the objective once, from the factory's paths, on its own
+device (base model, expert task vectors or LoRA factors, tokenized tasks), then evaluates every
+candidate it is sent by merging in place. Only a candidate's coefficients go out and only its
+Result comes back: no model weights travel through Ray's object store.
+
+Dispatch: a free worker gets the next waiting candidate at once (one call in flight per worker);
+each Result is reported through `on_result` as it arrives; `map` returns them in row order, so a
+search on Ray gives the same losses and the same best as the local executor. A worker that dies
+(killed, out of memory) is replaced, and its candidate tried once more on whichever worker is free
+next; a candidate whose worker died twice is recorded as a failed Result and the search goes on.
+
+`address=None` starts a local Ray instance; `"auto"` (or `"HOST:PORT"`) joins a running cluster.
+Ray is imported here only, on first use: the core never needs it (`pip install evogm[ray]`).
+
+>>> from evogm.workspace import objective_factory
+>>> executor = RayExecutor(objective_factory(cfg, "multi_task", "dev"), workers=2)   # doctest: +SKIP
+>>> results = executor.map(xs, on_result=lambda row, r: print(row, r.loss))          # doctest: +SKIP
+>>> executor.close()                                                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter, deque
+from typing import Callable
+
+import numpy as np
+
+from evogm.errors import EvogmError
+from evogm.objective import Result
+
+RETRIES = 1  # a candidate whose worker died is tried once more, elsewhere; a second death records it as failed
+QUIET = {"RAY_USAGE_STATS_ENABLED": "0"}  # no usage reporting: nothing leaves the machine
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """The actor: one objective (resident model) per process, built once, called per candidate."""
+
+    def __init__(self, make_objective: Callable, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)  # workers sharing a node must not fight over its cores
+        self._make_objective, self._objective = make_objective, None
+
+    def start(self) -> int:
+        """Build the objective (load models, tokenize tasks); its errors reach the driver as they are."""
+        self._objective = self._make_objective()
+        return os.getpid()
+
+    def evaluate(self, x: np.ndarray) -> Result:
+        return self._objective(x)
+
+
+class RayExecutor:
+    """Evaluates candidates on `workers` Ray actors, each with `cpus_per_worker` CPUs (its torch
+    threads) and `gpus_per_worker` GPUs (None: 1 when the cluster has GPUs, else 0).
+    `workers=None`: as many as the cluster's CPUs (or GPUs) hold."""
+
+    def __init__(self, make_objective: Callable, *, address: str | None = None, workers: int | None = None,
+                 gpus_per_worker: float | None = None, cpus_per_worker: float = 1):
+        self._ray = ray = import_ray()
+        connect(ray, address)
+        self.gpus_per_worker = default_gpus(ray, gpus_per_worker)
+        self.cpus_per_worker = cpus_per_worker
+        self.workers = worker_count(ray, workers, cpus_per_worker, self.gpus_per_worker)
+        threads = max(1, int(cpus_per_worker))
+        actor = ray.remote(Worker).options(num_cpus=cpus_per_worker, num_gpus=self.gpus_per_worker)
+        self._new_actor = lambda: actor.remote(make_objective, threads)
+        self.restarts = 0  # workers replaced after dying
+        self.pids: dict[int, int] = {}  # slot → process id of its live worker (once started)
+        self._actors: dict[int, object] = {}
+        self._calls: dict[object, tuple[int, int | None]] = {}  # in flight: ref → (slot, row; None: a start)
+        self._start_deaths: Counter = Counter()
+        self._idle: deque[int] = deque()
+        for slot in range(self.workers):
+            self._launch(slot)
+
+    def map(self, xs: np.ndarray, on_result: Callable[[int, Result], None] | None = None) -> list[Result]:
+        """Every row evaluated once (a row whose worker died: twice at most); Results in row order."""
+        xs = np.asarray(xs, dtype=np.float64)
+        waiting, deaths, results = deque(range(len(xs))), Counter(), {}
+        while waiting or any(row is not None for _, row in self._calls.values()):
+            self._dispatch(xs, waiting)
+            row, outcome = self._next()
+            if row is None:
+                continue  # a worker started (or was replaced): it is idle now
+            if isinstance(outcome, WorkerDied):
+                deaths[row] += 1
+                if deaths[row] <= RETRIES:
+                    waiting.appendleft(row)  # first in line for the next free worker
+                    continue
+                outcome = failed(xs[row], f"its Ray worker died on each of {RETRIES + 1} tries: {outcome}")
+            elif isinstance(outcome, Exception):
+                outcome = failed(xs[row], first_line(outcome))
+            results[row] = outcome
+            if on_result is not None:
+                on_result(row, outcome)
+        return [results[row] for row in range(len(xs))]
+
+    def ready(self) -> dict[int, int]:
+        """Wait until every worker has built its objective; {slot: process id}. (`map` need not wait:
+        it sends candidates to workers as they become ready.)"""
+        while any(row is None for _, row in self._calls.values()):
+            self._next()
+        return dict(self.pids)
+
+    def close(self) -> None:
+        """Stop the workers (their models are freed); Ray itself stays up for the next executor."""
+        for actor in self._actors.values():
+            self._kill(actor)
+        self._actors.clear()
+        self._calls.clear()
+        self._idle.clear()
+
+    # --- dispatch ---------------------------------------------------------------------------------
+
+    def _dispatch(self, xs: np.ndarray, waiting: deque) -> None:
+        while waiting and self._idle:
+            slot, row = self._idle.popleft(), waiting.popleft()
+            self._calls[self._actors[slot].evaluate.remote(xs[row])] = (slot, row)
+
+    def _next(self) -> tuple[int | None, object]:
+        """Wait for the first call to finish: (row, its Result or what went wrong); row None: a start."""
+        ray = self._ray
+        [ref], _ = ray.wait(list(self._calls), num_returns=1)
+        slot, row = self._calls.pop(ref)
+        try:
+            value = ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError) as exc:
+            self._replace(slot, row, exc)
+            return row, WorkerDied(first_line(exc))
+        except ray.exceptions.RayTaskError as exc:  # raised outside the objective (which makes its own errors data)
+            if row is None:  # the models or the tasks cannot load: the error a local run would raise
+                raise (exc.cause or exc) from None
+            value = exc
+        if row is None:
+            self.pids[slot] = value
+            self._start_deaths[slot] = 0
+        self._idle.append(slot)
+        return row, value
+
+    # --- workers ------------------------------------------------------------------------------------
+
+    def _launch(self, slot: int) -> None:
+        self._actors[slot] = actor = self._new_actor()
+        self._calls[actor.start.remote()] = (slot, None)
+
+    def _replace(self, slot: int, row: int | None, exc: Exception) -> None:
+        """A dead worker's slot gets a fresh worker; one that dies while starting twice stops the run."""
+        self._kill(self._actors[slot])
+        self.pids.pop(slot, None)
+        if row is None:
+            self._start_deaths[slot] += 1
+            if self._start_deaths[slot] > RETRIES:
+                raise EvogmError("a Ray worker died twice while starting", first_line(exc),
+                                 "check that every node has evogm installed and the memory for the base and the "
+                                 "experts (or lower executor.workers); worker logs: /tmp/ray/session_latest/logs")
+        self.restarts += 1
+        self._launch(slot)
+
+    def _kill(self, actor) -> None:
+        try:
+            self._ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001 — already gone
+            pass
+
+
+# --- Ray itself -------------------------------------------------------------------------------------
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise EvogmError("executor.kind is 'ray' but Ray is not installed", "Ray is an optional extra of evogm",
+                         "pip install 'evogm[ray]' (or pip install 'ray>=2.40'), or use executor.kind=local") from None
+    return ray
+
+
+def connect(ray, address: str | None) -> None:
+    """Join the cluster at `address` ("auto", "HOST:PORT"), or start a local instance (None)."""
+    if ray.is_initialized():
+        return  # this process already talks to a Ray instance: reuse it
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
+    try:
+        if address is None:
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise EvogmError(f"no Ray cluster at executor.address={address!r}", first_line(exc),
+                         "start one (`ray start --head` on one node, `ray start --address=HEAD:6379` on the "
+                         "others), or set executor.address: null to start a local Ray instance") from None
+
+
+def default_gpus(ray, gpus_per_worker: float | None) -> float:
+    if gpus_per_worker is not None:
+        return gpus_per_worker
+    return 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+
+
+def worker_count(ray, workers: int | None, cpus: float, gpus: float) -> int:
+    """The number of workers, checked against the cluster's total CPUs and GPUs (else nothing would start)."""
+    total = ray.cluster_resources()
+    have_cpu, have_gpu = total.get("CPU", 0), total.get("GPU", 0)
+    fit = int(min(have_cpu // cpus if cpus else math.inf, have_gpu // gpus if gpus else math.inf))
+    n = fit if workers is None else workers
+    if n < 1 or n > fit:
+        raise EvogmError(f"{n} Ray workers of {cpus:g} CPUs and {gpus:g} GPUs do not fit",
+                         f"the Ray cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs (room for {fit})",
+                         "lower executor.workers, cpus_per_worker or gpus_per_worker, or add nodes")
+    free = ray.available_resources()
+    if n * cpus > free.get("CPU", 0) or n * gpus > free.get("GPU", 0):
+        log.warning("the Ray cluster has %g CPUs and %g GPUs free for %d workers of %g CPUs and %g GPUs: "
+                    "the others start when other Ray jobs free theirs", free.get("CPU", 0), free.get("GPU", 0),
+                    n, cpus, gpus)
+    return n
+
+
+class WorkerDied(Exception):
+    """A call's worker died (killed, out of memory, its node lost) before it answered."""
+
+
+def failed(x: np.ndarray, error: str) -> Result:
+    """A candidate that could not be evaluated: recorded as a failure, and the search goes on."""
+    x = tuple(np.asarray(x, dtype=np.float64).ravel().tolist())
+    return Result(x, x, math.inf, error=error)
+
+
+def first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -1,0 +1,160 @@
+"""The Ray executor on a real local Ray instance (2 CPUs, 2 workers of one thread): the same Results as
+the local executor, a killed worker replaced with its candidate retried, a candidate that kills its
+worker twice recorded as failed, and a run on Ray resuming a local run's log to the same end.
+Skipped where Ray is not installed (the error without Ray is checked either way)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evogm.config import from_dict
+from evogm.errors import EvogmError
+from evogm.executors import LocalExecutor, make_executor
+from evogm.objective import Result
+from evogm.ray_executor import RayExecutor, import_ray
+from evogm.workspace import objective_factory
+
+EXPERTS = ("lora_qv", "lora_mlp", "full_mlp")
+WORDS = ["red", "blue", "green", "black", "white", "pink", "gray", "brown", "cold", "hot", "big", "small"]
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One local Ray instance for the module (starting one takes seconds), shut down after it."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test file
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def run_config(tiny_models, tmp_path_factory) -> dict:
+    """A run over three tiny experts (2 LoRA, 1 full) and one 12-item multiple-choice task, as plain data."""
+    root = tmp_path_factory.mktemp("ray_task")
+    items = [{"question": f"Which is {w}?", "choices": dict(zip("ABCD", np.roll(WORDS, i)[:4].tolist())),
+              "answer": "A"} for i, w in enumerate(WORDS)]
+    (root / "pick.json").write_text(json.dumps({"dev": items, "test": items[:6]}))
+    return {"models": {"base": str(tiny_models["base"]), "experts": {e: str(tiny_models[e]) for e in EXPERTS}},
+            "tasks": [{"name": "pick", "path": str(root / "pick.json"), "type": "multiple_choice"}],
+            "output": str(root / "run"), "seed": 3,
+            "search": {"optimizer": "evogm", "budget": 12, "popsize": 4,
+                       "options": {"rounds": 2, "iterations": 1, "steps": 5, "hidden_sizes": [16, 16]}},
+            "baselines": {"methods": ["uniform"]}}
+
+
+@pytest.fixture(scope="module")
+def candidates() -> np.ndarray:
+    return np.random.default_rng(0).normal(0.5, 0.6, size=(8, len(EXPERTS)))
+
+
+@pytest.fixture(scope="module")
+def local_results(run_config, candidates) -> list[Result]:
+    factory = objective_factory(from_dict(run_config), "multi_task", "dev")
+    return LocalExecutor(factory).map(candidates)
+
+
+@pytest.fixture(scope="class")
+def executor(ray_instance, run_config):
+    """Two workers holding the instance's two CPUs: closed after its class, so later workers can start."""
+    executor = RayExecutor(objective_factory(from_dict(run_config), "multi_task", "dev"), workers=2, cpus_per_worker=1)
+    yield executor
+    executor.close()
+
+
+def same(a: list[Result], b: list[Result]) -> None:
+    assert [r.x for r in a] == [r.x for r in b]
+    assert [r.loss for r in a] == [r.loss for r in b] and all(r.ok for r in a)
+    assert [r.metrics for r in a] == [r.metrics for r in b]
+
+
+class TestOnTinyModels:
+    """Two workers on tiny real models (two LoRA experts, one full), against the local executor."""
+
+    def test_results_are_the_local_executors_in_row_order(self, executor, candidates, local_results):
+        assert len(set(executor.ready().values())) == 2  # two worker processes, each with its resident model
+        arrived = []
+        results = executor.map(candidates, on_result=lambda row, r: arrived.append((row, r)))
+        same(results, local_results)
+        assert sorted(row for row, _ in arrived) == list(range(len(candidates)))  # each reported once, as it came
+        assert all(results[row] is r for row, r in arrived) and executor.restarts == 0
+
+    def test_a_killed_worker_is_replaced_and_every_candidate_evaluated(self, executor, candidates, local_results):
+        killed = []
+
+        def kill_once(row: int, result: Result) -> None:  # mid-run: the other candidates are in flight or waiting
+            if not killed:
+                killed.append(next(iter(executor.pids.values())))
+                os.kill(killed[0], signal.SIGKILL)
+
+        results = executor.map(candidates, on_result=kill_once)
+        same(results, local_results)
+        assert executor.restarts == 1 and killed[0] not in executor.pids.values()
+        same(executor.map(candidates[:2]), local_results[:2])  # the replacement works on
+
+
+class Crasher:
+    """A real objective on numbers whose worker process dies on a poisoned candidate (x₀ > 100),
+    as one does when a merge runs out of memory."""
+
+    def __call__(self, x: np.ndarray) -> Result:
+        if x[0] > 100:
+            os._exit(1)
+        return Result(tuple(x), tuple(x), float(np.sum((x - 0.3) ** 2)))
+
+
+def test_a_candidate_that_kills_its_worker_twice_is_recorded_failed(ray_instance):
+    xs = np.array([[0.1, 0.2], [0.3, 0.4], [101.0, 0.0], [0.5, 0.6], [0.7, 0.8]])
+    executor = RayExecutor(Crasher, workers=2)
+    try:
+        results = executor.map(xs)
+        assert executor.restarts == 2
+        assert not results[2].ok and results[2].loss == math.inf and "died" in results[2].error
+        assert results[2].x == tuple(xs[2])
+        assert [r.loss for i, r in enumerate(results) if i != 2] == [float(np.sum((x - 0.3) ** 2)) for x in np.delete(xs, 2, 0)]
+        assert executor.map(xs[:2])[1].ok  # and the search goes on
+    finally:
+        executor.close()
+
+
+def test_a_run_on_ray_resumes_a_local_runs_log_and_ends_the_same(ray_instance, run_config, tmp_path: Path):
+    from evogm.run import run
+
+    local = tmp_path / "local"
+    run(from_dict({**run_config, "output": str(local)}))
+    on_ray = tmp_path / "ray"
+    on_ray.mkdir()
+    lines = (local / "evaluations.jsonl").read_text().splitlines(keepends=True)
+    (on_ray / "evaluations.jsonl").write_text("".join(lines[:5]))  # killed after 5 of 12 evaluations
+    shutil.copy(local / "config.yaml", on_ray / "config.yaml")
+    ray_cfg = from_dict({**run_config, "output": str(on_ray), "executor": {"kind": "ray", "workers": 2, "address": None}})
+    assert ray_cfg.executor.options == {"workers": 2, "address": None}  # flat keys are the executor's options
+    run(ray_cfg, run_dir=on_ray, resume=True)
+
+    def by_row(run_dir):
+        recs = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
+        return sorted((r["gen"], r["row"], r["x"], r["loss"]) for r in recs)
+
+    assert by_row(on_ray) == by_row(local)
+    best = [json.loads((d / "best.json").read_text()) for d in (local, on_ray)]
+    assert best[0]["loss"] == best[1]["loss"]
+
+
+def test_errors_say_how_to_fix(monkeypatch, ray_instance):
+    with pytest.raises(EvogmError, match="do not fit"):
+        RayExecutor(Crasher, workers=3)  # 3 workers of one CPU on a 2-CPU instance would never all start
+    with pytest.raises(EvogmError, match="executor.options do not fit"):
+        make_executor("ray", Crasher, worker=2)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where Ray is not installed
+    with pytest.raises(EvogmError, match=r"pip install 'evogm\[ray\]'"):
+        import_ray()
