@@ -9,8 +9,8 @@ from test_tasks_fixtures import (SHORT_MC, char_tokenizer, confident, em_items, 
 
 from evogm.errors import EvogmError
 from evogm.tasks import TASK_TYPES, load_task, load_tasks
-from evogm.tasks.batching import encode, left_pad
-from evogm.tasks.inference import greedy_generate, last_logits
+from evogm.tasks.batching import encode, left_pad, scatter
+from evogm.tasks.inference import SharedPrefix, greedy_generate, last_logits
 from evogm.tasks.scoring import generate_texts
 
 
@@ -119,6 +119,21 @@ def test_greedy_generation_matches_transformers_generate(tokenizer):
     reference = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=12,
                                min_new_tokens=12, do_sample=False, pad_token_id=0)[:, batch.input_ids.shape[1]:]
     assert torch.equal(ours, reference)
+
+
+def test_a_shared_prefix_is_read_once_and_changes_nothing(tokenizer):
+    model = tiny_model(len(tokenizer), seed=2)
+    sequences = encode(tokenizer, [f"Choose the best option.\nQ: {q}" for q in ("a", "bcd", "efgh", "ij")])
+    shared, plain = left_pad(sequences, 3, 0), left_pad(sequences, 3, 0, min_prefix=10**9)
+    assert plain.prefix.numel() == 0 and shared.prefix.tolist() == sequences[0][: len("Choose the best option.\nQ: ")]
+    read = SharedPrefix.read(model, shared.prefix)
+    reference = torch.stack(scatter(plain, [list(last_logits(model, b)) for b in plain]))
+    expected = scatter(plain, [list(greedy_generate(model, b, max_new_tokens=5, stop_ids=set(), pad_id=0)) for b in plain])
+    for prefix in (read, SharedPrefix(read.ids, None, model.config)):  # cached keys/values, or prepended tokens
+        logits = torch.stack(scatter(shared, [list(last_logits(model, b, prefix)) for b in shared]))
+        torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)
+        generated = scatter(shared, [list(greedy_generate(model, b, prefix=prefix, max_new_tokens=5, stop_ids=set(), pad_id=0)) for b in shared])
+        assert all(torch.equal(a, b) for a, b in zip(generated, expected))
 
 
 def test_generation_stops_at_eos_and_at_stop_strings(tokenizer, confident):

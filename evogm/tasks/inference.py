@@ -1,10 +1,12 @@
 """Forward passes over left-padded batches: next-token logits and KV-cached greedy generation.
 
 Written on the model's own forward (no `generate`): one prefill, then one token per step with the
-cache, stopping as soon as every row has produced a stop token. Non-finite logits raise
-FloatingPointError, which the objective records as a failed evaluation.
+cache, stopping as soon as every row has produced a stop token. A prefix that every prompt shares
+is run once per evaluation (`SharedPrefix`) and its keys and values are reused by every batch.
+Non-finite logits raise FloatingPointError, which the objective records as a failed evaluation.
 
->>> # ids = greedy_generate(model, batch, max_new_tokens=8, stop_ids={eos}, pad_id=0)  # (b, ≤8)
+>>> # prefix = SharedPrefix.read(model, batches.prefix)
+>>> # ids = greedy_generate(model, batches[0], prefix=prefix, max_new_tokens=8, stop_ids={eos}, pad_id=0)  # (b, ≤8)
 """
 
 from __future__ import annotations
@@ -33,17 +35,72 @@ def _prefill_kwargs(model) -> dict:
     return {"logits_to_keep": 1} if _keeps_last_logits(type(model)) else {}
 
 
+class SharedPrefix:
+    """The keys and values of the token prefix all prompts share, read once for the current weights.
+
+    Batches then run only their own tokens on top of it: the attention mask is the prefix's ones
+    followed by the batch's own (left-padded) mask. Models whose cache is not a plain DynamicCache
+    get the prefix prepended to every row instead (same result, no saving).
+    """
+
+    def __init__(self, ids: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]] | None, config):
+        self.ids, self.layers, self.config = ids, layers, config  # layers: per layer (1, heads, P, head_dim) keys, values
+
+    @classmethod
+    @torch.inference_mode()
+    def read(cls, model, ids: torch.Tensor) -> "SharedPrefix | None":
+        if ids.numel() == 0:
+            return None
+        ids = ids.to(model_device(model))
+        out = model(input_ids=ids[None], use_cache=True, **_prefill_kwargs(model))
+        return cls(ids, _plain_layers(out.past_key_values), model.config)
+
+    def __len__(self) -> int:
+        return self.ids.numel()
+
+    def inputs(self, batch: Batch) -> dict:
+        """Keyword arguments of the batch's forward on top of the prefix."""
+        b = batch.input_ids.shape[0]
+        mask = torch.cat([batch.attention_mask.new_ones(b, len(self)), batch.attention_mask], dim=1)
+        if self.layers is None:
+            ids = torch.cat([self.ids.expand(b, -1), batch.input_ids], dim=1)
+            positions = torch.cat([torch.arange(len(self), device=ids.device).expand(b, -1), batch.position_ids], dim=1)
+            return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        from transformers import DynamicCache
+
+        # expand() is a view: the cache's first update concatenates, so the prefix is copied once per batch
+        cache = DynamicCache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in self.layers], config=self.config)
+        return {"input_ids": batch.input_ids, "attention_mask": mask, "position_ids": batch.position_ids, "past_key_values": cache}
+
+
+def _plain_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Per-layer (keys, values) of a plain DynamicCache; None for any other cache (sliding, hybrid…)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if type(cache) is not DynamicCache or not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    return [(layer.keys, layer.values) for layer in layers]
+
+
+def _batch_inputs(batch: Batch, prefix: SharedPrefix | None) -> dict:
+    if prefix is None:
+        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
+    return prefix.inputs(batch)
+
+
 def check_finite(logits: torch.Tensor, where: str) -> None:
     if not torch.isfinite(logits).all():
         raise FloatingPointError(f"non-finite logits in {where}")
 
 
 @torch.inference_mode()
-def last_logits(model, batch: Batch, where: str = "forward pass") -> torch.Tensor:
+def last_logits(model, batch: Batch, prefix: SharedPrefix | None = None, where: str = "forward pass") -> torch.Tensor:
     """Next-token logits after each prompt: (b, V) float32."""
     batch = batch.to(model_device(model))
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, use_cache=False, **_prefill_kwargs(model))
+    out = model(**_batch_inputs(batch, prefix), use_cache=prefix is not None and prefix.layers is not None,
+                **_prefill_kwargs(model))
     logits = out.logits[:, -1].float()
     check_finite(logits, where)
     return logits
@@ -71,6 +128,7 @@ def greedy_generate(
     model,
     batch: Batch,
     *,
+    prefix: SharedPrefix | None = None,
     max_new_tokens: int,
     stop_ids: set[int],
     pad_id: int,
@@ -83,10 +141,10 @@ def greedy_generate(
     says so; the loop ends when every row has stopped.
     """
     batch = batch.to(model_device(model))
-    mask, positions = batch.attention_mask, batch.position_ids
+    inputs = _batch_inputs(batch, prefix)
+    mask, positions = inputs["attention_mask"], inputs["position_ids"]
     stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=mask.device)
-    out = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions,
-                use_cache=True, **_prefill_kwargs(model))
+    out = model(**inputs, use_cache=True, **_prefill_kwargs(model))
     done = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
     bad = torch.zeros_like(done)
     tokens: list[torch.Tensor] = []

@@ -21,22 +21,23 @@ import numpy as np
 import torch
 
 from evogm.errors import EvogmError
-from evogm.tasks.batching import Batch, encode, left_pad, pad_id, scatter
-from evogm.tasks.inference import choice_logprobs, greedy_generate, last_logits, stop_token_ids
+from evogm.tasks.batching import Batches, encode, left_pad, pad_id, scatter
+from evogm.tasks.inference import SharedPrefix, choice_logprobs, greedy_generate, last_logits, stop_token_ids
 
 
-def encode_prompts(tokenizer, prompts: list[str], batch_size: int) -> list[Batch]:
+def encode_prompts(tokenizer, prompts: list[str], batch_size: int) -> Batches:
     return left_pad(encode(tokenizer, prompts), batch_size, pad_id(tokenizer))
 
 
-def generate_texts(model, tokenizer, batches: list[Batch], *, max_new_tokens: int,
+def generate_texts(model, tokenizer, batches: Batches, *, max_new_tokens: int,
                    stop: tuple[str, ...] = (), where: str = "generation") -> list[str]:
     """Greedy outputs in item order, cut at EOS and at the first stop string, stripped."""
     stop_ids = stop_token_ids(model, tokenizer)
     done = _stop_string_check(tokenizer, stop) if stop else None
+    prefix = SharedPrefix.read(model, batches.prefix)
     outputs = []
     for batch in batches:
-        ids = greedy_generate(model, batch, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+        ids = greedy_generate(model, batch, prefix=prefix, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
                               pad_id=pad_id(tokenizer), text_done=done, where=where)
         outputs.append([_cut(text, stop) for text in _decode(tokenizer, ids, stop_ids)])
     return scatter(batches, outputs)
@@ -71,7 +72,7 @@ def _stop_string_check(tokenizer, stop: tuple[str, ...]) -> Callable[[torch.Tens
 class OptionInputs:
     """Prompts extended by their options' common prefix, and each option's distinguishing token."""
 
-    batches: list[Batch]
+    batches: Batches
     candidates: list[torch.Tensor]  # per batch: (b, K) token ids, −1 where an item has fewer options
     width: int  # K
 
@@ -110,7 +111,7 @@ def split_options(texts: tuple[str, ...], ids: list[list[int]]) -> tuple[list[in
 
 def option_logprobs(model, inputs: OptionInputs, where: str = "log-likelihood scoring") -> np.ndarray:
     """(n, K) log-probability of each option's distinguishing token, −inf where an item has no such option."""
-    out = []
+    prefix, out = SharedPrefix.read(model, inputs.batches.prefix), []
     for batch, candidates in zip(inputs.batches, inputs.candidates):
-        out.append(list(choice_logprobs(last_logits(model, batch, where), candidates).cpu().numpy()))
+        out.append(list(choice_logprobs(last_logits(model, batch, prefix, where), candidates).cpu().numpy()))
     return np.stack(scatter(inputs.batches, out)) if out else np.zeros((0, inputs.width))
