@@ -74,6 +74,16 @@ def test_shapes_and_bounds(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dim, popsize, top_k", [(1, 3, None), (3, 2, 1), (12, 4, None)])
+def test_small_and_odd_sizes_work(name, dim, popsize, top_k):
+    opt = make(name, dim, popsize=popsize, seed=0, rounds=2, top_k=top_k)
+    drive(opt, lambda xs: shifted_sphere(xs, dim), 6 * popsize)
+    assert opt.round == 1 and opt.ask().shape == (popsize, dim)
+    k = len(opt.basis)  # K elites, or fewer if the round evaluated fewer rows
+    assert opt.basis.shape == (k, dim) and 1 <= k <= (top_k or dim)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_same_seed_same_asks_other_seed_other_asks(name):
     def asks(seed, scramble_global_rngs=False):
         opt, out = make(name, 3, popsize=8, seed=seed, rounds=2), []

@@ -10,7 +10,8 @@ pycma handles the box with its own ``BoundTransform`` (asked solutions lie in th
 sampling normally reads numpy's *global* random state (and ``seed`` reseeds it); here pycma's
 ``randn`` option is given this optimizer's own generator, so runs are reproducible and nothing else
 in the process can change them. Failed evaluations are told as one value worse than every finite
-loss of the generation (CMA-ES only uses ranks).
+loss of the generation (CMA-ES only uses ranks). pycma has no 1-D mode: a one-coefficient round
+(e.g. ``top_k=1``) runs a 2-D CMA-ES whose second coordinate is ignored.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import warnings
 import cma
 import numpy as np
 
+from evogm.errors import EvogmError
 from evogm.search.base import Bounds, check_bounds, check_choice, check_positive, failed_as_worst
 from evogm.search.rounds import Rounds, round_share
 
@@ -29,7 +31,9 @@ class CMAESRound:
 
     def __init__(self, dim: int, *, popsize: int, seed: int, sigma0: float, x0: str, bounds: Bounds):
         rng = np.random.default_rng(seed)
+        self.dim = dim
         start = np.full(dim, 1.0 / dim) if x0 == "uniform" else np.full(dim, (bounds[0] + bounds[1]) / 2)
+        start = np.append(start, start) if dim == 1 else start  # pycma needs two coordinates
         options = {
             "popsize": popsize,
             "bounds": list(bounds),
@@ -44,12 +48,13 @@ class CMAESRound:
             self.es = cma.CMAEvolutionStrategy(start, sigma0, options)
 
     def ask(self) -> np.ndarray:
-        return np.array(self.es.ask())
+        self.asked = np.array(self.es.ask())  # (λ, max(k, 2))
+        return self.asked[:, : self.dim]
 
     def tell(self, xs: np.ndarray, losses: np.ndarray) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "flat fitness" when every candidate failed
-            self.es.tell(list(xs), failed_as_worst(losses).tolist())
+            self.es.tell(list(self.asked), failed_as_worst(losses).tolist())
 
 
 class CMAES(Rounds):
@@ -65,6 +70,9 @@ class CMAES(Rounds):
                  top_k: int | None = None, sigma0: float = 0.5, x0: str = "uniform",
                  bounds: Bounds = (-1.0, 1.0)):
         check_positive(popsize=popsize)
+        if popsize < 2:
+            raise EvogmError(f"popsize={popsize} is too small for CMA-ES", "it ranks at least two samples",
+                             "use popsize ≥ 2")
         check_choice("x0", x0, ("uniform", "center"))
         bounds = check_bounds(bounds)
         start_round = lambda k, s: CMAESRound(k, popsize=popsize, seed=s, sigma0=sigma0, x0=x0, bounds=bounds)

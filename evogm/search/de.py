@@ -11,6 +11,7 @@ random members other than i; binomial crossover takes each coordinate from v wit
 (and at least one, j_rand); coordinates that leave the box are redrawn uniformly inside it (as
 scipy's differential_evolution does). A trial replaces its target if its loss is not worse.
 A failed trial (inf) never replaces a finite target. Defaults F = 0.5, CR = 0.9 (Storn & Price).
+Populations smaller than four draw r1, r2, r3 with repetition (a degenerate but working DE).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class DERound:
 
     def _trial(self, i: int) -> np.ndarray:
         pop, (lo, hi) = self.population, self.bounds
-        others = np.delete(np.arange(len(pop)), i)
+        others = np.delete(np.arange(len(pop)), i) if len(pop) > 1 else np.array([i])
         r1, r2, r3 = self.rng.choice(others, 3, replace=len(others) < 3)
         mutant = pop[r1] + self.mutation * (pop[r2] - pop[r3])
         take = self.rng.random(pop.shape[1]) < self.crossover

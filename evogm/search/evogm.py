@@ -130,8 +130,3 @@ class EvoGM(Rounds):
 
         super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k,
                          round_budget=popsize * (1 + iterations), start_round=start_round)
-
-    @property
-    def strategy(self) -> EvoGMRound:
-        """The current round's state (population, history H, generators)."""
-        return self._strategy

@@ -62,6 +62,11 @@ class Rounds:
         return self.rounds * self.round_budget
 
     @property
+    def strategy(self) -> Strategy:
+        """The current round's strategy (e.g. EvoGM's population, history H and generators)."""
+        return self._strategy
+
+    @property
     def round_rows(self) -> np.ndarray:
         """The rows awaiting losses, in round coordinates, shape (n, k); ``ask() == round_rows @ basis``."""
         if self._generation is None:
@@ -119,7 +124,7 @@ class Rounds:
         if len(xs) != n:
             raise ValueError(f"tell() got {len(xs)} rows but {n} losses")
         if n > len(self.round_rows):
-            raise ValueError(f"tell() got {n} rows but only {len(self.round_rows)} were asked and not yet told")
+            raise ValueError(f"tell() got {n} rows; only {len(self.round_rows)} were asked and not yet told")
         expected = self.round_rows[: len(xs)] @ self.basis
         if xs.shape != expected.shape or not np.allclose(xs, expected, rtol=1e-7, atol=1e-9):
             raise ValueError("tell() got rows that differ from the ones ask() returned (same rows, same order)")

@@ -1,0 +1,153 @@
+"""Every optimizer on standard test functions in [−1, 1]^d at the paper's budget (160 evaluations).
+
+    python benchmarks/search_functions.py                    # d = 10 and 40, 10 seeds, all configs
+    python benchmarks/search_functions.py --seeds 3 --dims 10 --configs evogm cmaes random
+
+Prints, for every configuration, the best loss found within the budget (mean ± std over seeds;
+lower is better; * marks the best mean of a column), the mean rank over columns, and EvoGM's own
+cost: seconds of generator training per ask() and the torch thread count that trains fastest.
+The optimum of every function sits at a fixed point o ~ U(−0.5, 0.5)^d (not the centre, not a
+one-hot vector, not the uniform vector), so no initialization is favoured by construction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import time
+
+import numpy as np
+
+from evogm.search import OPTIMIZERS
+from evogm.search.generators import GeneratorPair
+
+CONFIGS = {  # name -> (optimizer, options); the paper's P = 20 everywhere
+    "evogm": ("evogm", {}),
+    "evogm 1 round (T=7)": ("evogm", dict(rounds=1, iterations=7)),
+    "evogm single gen": ("evogm", dict(generator="single")),
+    "cmaes": ("cmaes", {}),
+    "cmaes 2 rounds": ("cmaes", dict(rounds=2)),
+    "pso": ("pso", {}),
+    "de": ("de", {}),
+    "random": ("random", {}),
+}
+
+
+def optimum(dim: int) -> np.ndarray:
+    return np.random.default_rng(1000 + dim).uniform(-0.5, 0.5, dim)
+
+
+def sphere(x, o):
+    return np.sum((x - o) ** 2, axis=1)
+
+
+def ellipsoid(x, o):  # condition number 1e3
+    weights = 10.0 ** (3.0 * np.arange(x.shape[1]) / max(x.shape[1] - 1, 1))
+    return np.sum(weights * (x - o) ** 2, axis=1)
+
+
+def rastrigin(x, o):  # z in about [−3.8, 3.8]: several local minima per axis inside the box
+    z = 2.56 * (x - o)
+    return 10 * x.shape[1] + np.sum(z**2 - 10 * np.cos(2 * np.pi * z), axis=1)
+
+
+def rosenbrock(x, o):  # minimum 0 at x = o
+    z = 2.0 * (x - o) + 1.0
+    return np.sum(100 * (z[:, 1:] - z[:, :-1] ** 2) ** 2 + (1 - z[:, :-1]) ** 2, axis=1)
+
+
+FUNCTIONS = {f.__name__: f for f in (sphere, ellipsoid, rastrigin, rosenbrock)}
+
+
+def run(job) -> tuple:
+    """One search: (config, function, dim, seed) -> (best loss, training seconds, trainings)."""
+    config, function, dim, seed, budget = job
+    name, options = CONFIGS[config]
+    opt = OPTIMIZERS[name](dim, popsize=20, seed=seed, **options)
+    loss, o = FUNCTIONS[function], optimum(dim)
+    done, best, train_seconds, trainings = 0, np.inf, 0.0, 0
+    while done < budget:
+        trains = name == "evogm" and opt.strategy.population is not None  # not a hybrid start
+        start = time.perf_counter()
+        xs = opt.ask()[: budget - done]
+        if trains:
+            train_seconds, trainings = train_seconds + time.perf_counter() - start, trainings + 1
+        losses = loss(xs, o)
+        opt.tell(xs, losses)
+        done, best = done + len(xs), min(best, float(losses.min()))
+    return (config, function, dim, seed), best, train_seconds, trainings
+
+
+def thread_timing(dim: int = 10, steps: int = 10) -> dict:
+    """Seconds per 200 Adam steps of the paper's generators at the largest batch of a run."""
+    rng = np.random.default_rng(0)
+    winners, losers = rng.uniform(-1, 1, (24, dim)), rng.uniform(-1, 1, (56, dim))
+    out = {}
+    for threads in (1, 2):
+        pair = GeneratorPair(dim, seed=0, threads=threads)
+        pair.train(winners, losers, steps=2, rng=rng)  # warm up
+        start = time.perf_counter()
+        pair.train(winners, losers, steps=steps, rng=rng)
+        out[threads] = (time.perf_counter() - start) * 200 / steps
+    return out
+
+
+def table(results, configs, columns) -> str:
+    cells = {key: [] for key in ((c, f, d) for c in configs for f, d in columns)}
+    for (config, function, dim, _), best, _, _ in results:
+        cells[(config, function, dim)].append(best)
+    means = {key: np.mean(v) for key, v in cells.items()}
+    header = f"{'optimizer':<22}" + "".join(f"{f'{f} d={d}':>22}" for f, d in columns) + f"{'mean rank':>11}"
+    ranks = {c: [] for c in configs}
+    for f, d in columns:
+        order = sorted(configs, key=lambda c: means[(c, f, d)])
+        for rank, c in enumerate(order, 1):
+            ranks[c].append(rank)
+    lines = [header, "-" * len(header)]
+    for c in configs:
+        row = f"{c:<22}"
+        for f, d in columns:
+            v = cells[(c, f, d)]
+            star = "*" if min(configs, key=lambda k: means[(k, f, d)]) == c else " "
+            row += f"{f'{np.mean(v):.3g} ± {np.std(v):.2g}{star}':>22}"
+        lines.append(row + f"{np.mean(ranks[c]):>11.2f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--dims", type=int, nargs="+", default=[10, 40])
+    parser.add_argument("--budget", type=int, default=160)
+    parser.add_argument("--functions", nargs="+", default=list(FUNCTIONS), choices=list(FUNCTIONS))
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (each trains on 1 thread)")
+    args = parser.parse_args()
+
+    columns = [(f, d) for d in args.dims for f in args.functions]
+    jobs = [(c, f, d, s, args.budget) for c in args.configs for f, d in columns for s in range(args.seeds)]
+    start = time.perf_counter()
+    results = []
+    with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+        for result in pool.imap_unordered(run, jobs):
+            results.append(result)
+            print(f"\r{len(results)}/{len(jobs)} searches", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    print(f"best loss within {args.budget} evaluations, mean ± std over {args.seeds} seeds "
+          f"(lower is better; * = best mean in the column); {time.perf_counter() - start:.0f} s wall\n")
+    print(table(results, args.configs, columns))
+
+    print("\nEvoGM generator training per ask() (paper generators, 200 Adam steps, 1 thread):")
+    for config in (c for c in args.configs if CONFIGS[c][0] == "evogm"):
+        for d in args.dims:
+            rows = [r for r in results if r[0][0] == config and r[0][2] == d]
+            seconds, trainings = sum(r[2] for r in rows), sum(r[3] for r in rows)
+            print(f"  {config:<22} d={d:<3} {seconds / max(trainings, 1):6.2f} s per training ask "
+                  f"({trainings} asks, {seconds / len(rows):.1f} s per 160-evaluation run)")
+    timing = thread_timing()
+    print("  threads: " + ", ".join(f"{t} → {s:.2f} s per 200 steps" for t, s in timing.items()))
+
+
+if __name__ == "__main__":
+    main()
