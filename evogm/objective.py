@@ -89,7 +89,9 @@ class Objective:
         coefficients = x
         try:
             coefficients = np.asarray(self.space(x) if self.space else x, dtype=np.float64)
-            metrics = self.score(self.merger(coefficients))
+            model = self.merger(coefficients)
+            coefficients = _as_merged(self.merger, coefficients)
+            metrics = self.score(model)
             fitness = self.fitness(metrics)
             if not math.isfinite(fitness):
                 raise FloatingPointError(f"fitness is {fitness}")
@@ -127,6 +129,12 @@ def _select(tasks: list, mode: str) -> list:
         raise EvogmError(f"mode {mode!r} is neither multi_task nor a task name", f"did you mean {close[0]!r}?" if close else
                          f"tasks: {[task.name for task in tasks]}", "use mode: multi_task or one task's name")
     return chosen
+
+
+def _as_merged(merger, coefficients: np.ndarray) -> np.ndarray:
+    """What the merge used, (experts × groups) when the merger says (one λ per expert is spread over groups)."""
+    expand = getattr(merger, "coefficients", None)
+    return np.asarray(expand(coefficients)) if callable(expand) else coefficients
 
 
 def _describe(exc: Exception) -> str:

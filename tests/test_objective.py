@@ -25,6 +25,9 @@ def flaky(model, tokenizer, split="dev"):
         raise ValueError("the judge is down")
     return {"reward": 0.25, "is_test": float(split == "test")}
 
+def unnamed(model, tokenizer):
+    return {"reward": 1.0}
+
 def oom(model, tokenizer):
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 """
@@ -76,9 +79,11 @@ def test_a_result_records_the_merge_the_scores_and_the_loss(merger, models, task
 
 def test_coefficients_come_through_the_space_map(merger, models, tasks):
     per_group = Merger(models.model, models.experts, groups=2)
-    objective = Objective(per_group, models.tokenizer, tasks, space=lambda x: np.repeat(x, 2))
+    objective = Objective(per_group, models.tokenizer, tasks, space=lambda x: np.repeat(x, 2) * 2)
     result = objective(np.array([0.1, 0.2, 0.3]))
-    assert result.ok and result.coefficients == (0.1, 0.1, 0.2, 0.2, 0.3, 0.3)
+    assert result.ok and result.x == (0.1, 0.2, 0.3) and result.coefficients == (0.2, 0.2, 0.4, 0.4, 0.6, 0.6)
+    spread = Objective(per_group, models.tokenizer, tasks)(np.array([0.1, 0.2, 0.3]))  # one λ per expert, every group
+    assert spread.ok and spread.coefficients == (0.1, 0.1, 0.2, 0.2, 0.3, 0.3)
 
 
 def test_single_task_mode_scores_one_task_whatever_its_weight(merger, models, tmp_path):
@@ -91,13 +96,18 @@ def test_single_task_mode_scores_one_task_whatever_its_weight(merger, models, tm
 
 
 def test_a_failing_user_function_is_data_and_the_next_evaluation_works(merger, models, fitness_module):
-    tasks = load_tasks([{"name": "judge", "type": "python", "function": f"{fitness_module}:flaky"}])
+    tasks = load_tasks([{"name": "judge", "type": "python", "function": f"{fitness_module}:flaky", "primary": "reward"}])
     objective = Objective(merger, models.tokenizer, tasks)
     failed = objective(np.zeros(3))
     assert failed.loss == math.inf and not failed.ok and failed.metrics == {}
     assert failed.error == "ValueError: the judge is down" and failed.x == (0.0, 0.0, 0.0)
     after = objective(np.zeros(3))
     assert after.ok and after.loss == -0.25 and after.metrics == {"judge/reward": 0.25, "judge/is_test": 0.0}
+    no_primary = load_tasks([{"name": "judge", "type": "python", "function": f"{fitness_module}:unnamed"}])
+    missing = Objective(merger, models.tokenizer, no_primary)(np.zeros(3))
+    assert missing.error.startswith("KeyError") and "without the primary metric 'score'" in missing.error
+    with pytest.raises(EvogmError, match="cannot import userfit.fitness:nothing"):
+        load_tasks([{"name": "j", "type": "python", "function": f"{fitness_module}:nothing"}])
 
 
 def test_out_of_memory_non_finite_logits_and_bad_coefficients_are_data(merger, models, tasks, fitness_module):
@@ -115,7 +125,7 @@ def test_out_of_memory_non_finite_logits_and_bad_coefficients_are_data(merger, m
 def test_the_test_split_is_reachable_only_through_the_final_report(merger, models, tasks, fitness_module):
     with pytest.raises(EvogmError, match="Objective.for_final_report"):
         Objective(merger, models.tokenizer, tasks, split="test")
-    judge = load_tasks([{"name": "judge", "type": "python", "function": f"{fitness_module}:flaky"}])
+    judge = load_tasks([{"name": "judge", "type": "python", "function": f"{fitness_module}:flaky", "primary": "reward"}])
     search = Objective(merger, models.tokenizer, judge)
     final = Objective.for_final_report(merger, models.tokenizer, judge)
     assert (search.split, final.split) == ("dev", "test")

@@ -1,12 +1,12 @@
 """A user's own fitness: `function: package.module:fn`, called with the merged model and tokenizer.
 
 The function returns a dict of higher-is-better metrics; `primary` names the one the search
-optimizes (default: the first key). It is called with `split=` when its signature takes one, so
-it can keep its own dev and test data apart. `args` are passed on as keyword arguments.
+optimizes (default "score"). It is called with `split=` when its signature takes one, so it can
+keep its own dev and test data apart. `args` are passed on as keyword arguments.
 
->>> # mypkg/fitness.py:  def score(model, tokenizer, split="dev"): return {"reward": 0.8}
->>> # task = load_task({"name": "reward", "type": "python", "function": "mypkg.fitness:score"})
->>> # task.evaluate(model, tokenizer, "dev")     # {'reward': 0.8}
+>>> # mypkg/fitness.py:  def judge(model, tokenizer, split="dev"): return {"reward": 0.8, "length": 0.3}
+>>> # task = load_task({"name": "judge", "type": "python", "function": "mypkg.fitness:judge", "primary": "reward"})
+>>> # task.evaluate(model, tokenizer, "dev")     # {'reward': 0.8, 'length': 0.3}
 """
 
 from __future__ import annotations
@@ -43,15 +43,10 @@ def _takes_split(function: Callable) -> bool:
 class PythonTask:
     """Metrics computed by a user function of (model, tokenizer)."""
 
-    def __init__(self, name: str, *, function: str, weight: float = 1.0, primary: str | None = None, args: dict | None = None):
-        self.name, self.weight, self.reference = name, float(weight), function
+    def __init__(self, name: str, *, function: str, weight: float = 1.0, primary: str = "score", args: dict | None = None):
+        self.name, self.weight, self.reference, self.primary = name, float(weight), function, str(primary)
         self.function, self.args = import_function(function), dict(args or {})
-        self._declared_primary = primary
         self._passes_split = _takes_split(self.function)
-
-    @property
-    def primary(self) -> str | None:
-        return self._declared_primary
 
     def evaluate(self, model, tokenizer, split: str) -> dict[str, float]:
         extra = {"split": split} if self._passes_split else {}
@@ -62,10 +57,9 @@ class PythonTask:
         if not isinstance(metrics, dict) or not metrics:
             raise TypeError(f"{self.reference} returned {type(metrics).__name__}, not a non-empty dict of metrics")
         out = {str(key): float(value) for key, value in metrics.items()}
-        if self._declared_primary is None:
-            self._declared_primary = next(iter(out))
-        if self._declared_primary not in out:
-            raise KeyError(f"{self.reference} returned {sorted(out)} without its primary metric {self._declared_primary!r}")
-        if not math.isfinite(out[self._declared_primary]):
-            raise FloatingPointError(f"{self.reference} returned {self._declared_primary}={out[self._declared_primary]}")
+        if self.primary not in out:
+            raise KeyError(f"{self.reference} returned {sorted(out)} without the primary metric {self.primary!r} "
+                           f"(set the task's `primary` to one of them)")
+        if not math.isfinite(out[self.primary]):
+            raise FloatingPointError(f"{self.reference} returned {self.primary}={out[self.primary]}")
         return out
