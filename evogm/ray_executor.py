@@ -33,6 +33,7 @@ import numpy as np
 from evogm.errors import EvogmError
 from evogm.objective import Result
 
+PATIENCE_S = 120  # a wait this long with no answer is worth a line in the log
 RETRIES = 1  # a candidate whose worker died is tried once more, elsewhere; a second death records it as failed
 QUIET = {"RAY_USAGE_STATS_ENABLED": "0"}  # no usage reporting: nothing leaves the machine
 
@@ -78,6 +79,8 @@ class RayExecutor:
         self._calls: dict[object, tuple[int, int | None]] = {}  # in flight: ref → (slot, row; None: a start)
         self._start_deaths: Counter = Counter()
         self._idle: deque[int] = deque()
+        errors = ray.exceptions  # how Ray reports a worker process gone (killed, out of memory, node lost)
+        self._deaths = (errors.RayActorError, errors.WorkerCrashedError, errors.OutOfMemoryError)
         for slot in range(self.workers):
             self._launch(slot)
 
@@ -127,23 +130,38 @@ class RayExecutor:
 
     def _next(self) -> tuple[int | None, object]:
         """Wait for the first call to finish: (row, its Result or what went wrong); row None: a start."""
-        ray = self._ray
-        [ref], _ = ray.wait(list(self._calls), num_returns=1)
+        ref = self._wait()
         slot, row = self._calls.pop(ref)
         try:
-            value = ray.get(ref)
-        except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError) as exc:
+            value = self._ray.get(ref)
+        except self._deaths as exc:
             self._replace(slot, row, exc)
             return row, WorkerDied(first_line(exc))
-        except ray.exceptions.RayTaskError as exc:  # raised outside the objective (which makes its own errors data)
+        except self._ray.exceptions.RayTaskError as exc:  # raised outside the objective (which makes its own errors data)
             if row is None:  # the models or the tasks cannot load: the error a local run would raise
                 raise (exc.cause or exc) from None
             value = exc
         if row is None:
-            self.pids[slot] = value
-            self._start_deaths[slot] = 0
+            self.pids[slot], self._start_deaths[slot] = value, 0
         self._idle.append(slot)
         return row, value
+
+    def _wait(self):
+        done, _ = self._ray.wait(list(self._calls), num_returns=1, timeout=PATIENCE_S)
+        if not done:
+            self._say_why_nothing_answers()
+            done, _ = self._ray.wait(list(self._calls), num_returns=1)
+        return done[0]
+
+    def _say_why_nothing_answers(self) -> None:
+        """A worker that waits for CPUs or GPUs held by other Ray work would wait silently: say so."""
+        starting = sum(row is None for _, row in self._calls.values())
+        if starting:
+            free = self._ray.available_resources()
+            log.warning("%d of %d Ray workers not started after %d s (free in the cluster: %g CPUs, %g GPUs; each "
+                        "needs %g CPUs, %g GPUs): loading models, or waiting for other Ray work to free resources",
+                        starting, self.workers, PATIENCE_S, free.get("CPU", 0), free.get("GPU", 0),
+                        self.cpus_per_worker, self.gpus_per_worker)
 
     # --- workers ------------------------------------------------------------------------------------
 
@@ -175,6 +193,8 @@ class RayExecutor:
 
 
 def import_ray():
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)
     try:
         import ray
     except ImportError:
@@ -187,8 +207,6 @@ def connect(ray, address: str | None) -> None:
     """Join the cluster at `address` ("auto", "HOST:PORT"), or start a local instance (None)."""
     if ray.is_initialized():
         return  # this process already talks to a Ray instance: reuse it
-    for key, value in QUIET.items():
-        os.environ.setdefault(key, value)
     try:
         if address is None:
             ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
@@ -210,17 +228,13 @@ def worker_count(ray, workers: int | None, cpus: float, gpus: float) -> int:
     """The number of workers, checked against the cluster's total CPUs and GPUs (else nothing would start)."""
     total = ray.cluster_resources()
     have_cpu, have_gpu = total.get("CPU", 0), total.get("GPU", 0)
-    fit = int(min(have_cpu // cpus if cpus else math.inf, have_gpu // gpus if gpus else math.inf))
+    limits = [have // need for have, need in ((have_cpu, cpus), (have_gpu, gpus)) if need]
+    fit = int(min(limits)) if limits else (workers or 1)  # a worker that needs nothing always fits
     n = fit if workers is None else workers
     if n < 1 or n > fit:
         raise EvogmError(f"{n} Ray workers of {cpus:g} CPUs and {gpus:g} GPUs do not fit",
                          f"the Ray cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs (room for {fit})",
                          "lower executor.workers, cpus_per_worker or gpus_per_worker, or add nodes")
-    free = ray.available_resources()
-    if n * cpus > free.get("CPU", 0) or n * gpus > free.get("GPU", 0):
-        log.warning("the Ray cluster has %g CPUs and %g GPUs free for %d workers of %g CPUs and %g GPUs: "
-                    "the others start when other Ray jobs free theirs", free.get("CPU", 0), free.get("GPU", 0),
-                    n, cpus, gpus)
     return n
 
 
