@@ -8,9 +8,10 @@ tokenizes every task; the steady state (median of --repeats calls) is what a sea
     python benchmarks/eval_speed.py                       # the packaged zoo, or a zoo-shaped stand-in
     python benchmarks/eval_speed.py --config zoo/run.yaml --threads 1 2
 
-Without a built zoo the stand-in is the zoo's shape with random weights: its 1M-parameter 4-layer
-Qwen2, its tokenizer and skills (200 dev items per task) and 8 random LoRA experts. A random model
-never emits EOS, so its generation runs to max_new_tokens: an upper bound on the zoo's.
+Without a built zoo the stand-in is the full zoo preset's shape with random weights: its 4-layer
+Qwen2, tokenizer, task files (200 dev items each, the zoo's own task entries) and one random LoRA
+adapter per expert. A random model never emits EOS, so its generation runs to max_new_tokens: an
+upper bound on the zoo's. On a shared machine the CPU-time rows are the steadier figures.
 """
 
 from __future__ import annotations
@@ -59,11 +60,13 @@ def zoo_workspace(config: str | None):
         packaged = Path(__file__).resolve().parents[1] / "evogm" / "zoo" / "data" / "run.yaml"
         config = str(packaged) if packaged.is_file() else None
     if config is not None:
-        return build_workspace(load_config(config, [f"output={tempfile.mkdtemp()}/run", "models.device=cpu"])), f"zoo ({config})"
+        overrides = [f"output={tempfile.mkdtemp()}/run", "models.device=cpu"]
+        return build_workspace(load_config(config, overrides)), f"zoo ({config})"
     return stand_in(Path(tempfile.mkdtemp(prefix="eval_speed_"))), "zoo-shaped stand-in (random weights)"
 
 
-def stand_in(root: Path, experts: int = 8, items: int = 200):
+def stand_in(root: Path):
+    """The full zoo preset's shapes with random weights: base, one LoRA adapter per expert, the task files."""
     import warnings
 
     from peft import LoraConfig, get_peft_model
@@ -74,18 +77,21 @@ def stand_in(root: Path, experts: int = 8, items: int = 200):
     from evogm.workspace import Workspace
     from evogm.zoo import build as zoo_build
     from evogm.zoo import pretrain, skills
-    from evogm.zoo.experts import ALL_LINEAR
     from evogm.zoo.tokenizer import build_tokenizer
 
-    pretrain.new_model(seed=0).save_pretrained(root / "base")
+    plan = zoo_build.PRESETS["full"]
+    new_base = lambda: pretrain.new_model(seed=0, hidden=plan.hidden, layers=plan.layers)  # noqa: E731
+    new_base().save_pretrained(root / "base")
     build_tokenizer().save_pretrained(root / "base")
-    for i in range(experts):
+    for i, spec in enumerate(plan.experts):
         torch.manual_seed(100 + i)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            lora = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False, target_modules=list(ALL_LINEAR))
-            get_peft_model(pretrain.new_model(seed=0), lora).save_pretrained(root / f"e{i}")
-    models = load_models(root / "base", {f"e{i}": root / f"e{i}" for i in range(experts)}, dtype="float32", device="cpu")
+            lora = LoraConfig(r=spec.rank, lora_alpha=2 * spec.rank, init_lora_weights=False,
+                              target_modules=list(spec.targets))
+            get_peft_model(new_base(), lora).save_pretrained(root / spec.name)
+    models = load_models(root / "base", {s.name: root / s.name for s in plan.experts}, dtype="float32", device="cpu")
+    items = plan.dev
     world, files = skills.World.create(0), {}
     for name in [n for n in skills.SKILLS if n not in skills.FORMAT_ONLY]:
         files[name] = root / f"{name}.json"
@@ -139,7 +145,8 @@ def measure(ws, tasks: list, repeats: int) -> dict:
 
 def report(label: str, ws, rows: dict[str, dict], threads: int) -> None:
     params = sum(p.numel() for p in ws.merger.model.parameters())
-    print(f"\n{label}: {len(ws.tasks)} tasks ({', '.join(ws.tasks)}), {ws.merger.dim} experts, {params / 1e6:.2f}M parameters, "
+    print(f"\n{label}: {len(ws.tasks)} tasks ({', '.join(ws.tasks)}), {ws.merger.dim} experts, "
+          f"{params / 1e6:.2f}M parameters, "
           f"torch threads={threads}, load average {os.getloadavg()[0]:.1f}")
     print(f"{'':40}" + "".join(f"{name:>12}" for name in rows))
     lines = [("first evaluation (tokenizes), s", "first", "{:.3f}"),
@@ -152,9 +159,12 @@ def report(label: str, ws, rows: dict[str, dict], threads: int) -> None:
              ("tokens read by the model", "tokens", "{:.0f}")]
     for title, key, fmt in lines:
         print(f"{title:40}" + "".join(f"{fmt.format(r[key]):>12}" for r in rows.values()))
-    for title, inside, total in (("outside forward passes (wall)", "forward", "total"), ("outside forward passes (CPU)", "forward_cpu", "cpu")):
+    shares = (("outside forward passes (wall)", "forward", "total"),
+              ("outside forward passes (CPU)", "forward_cpu", "cpu"))
+    for title, inside, total in shares:
         print(f"{title:40}" + "".join(f"{1 - r[inside] / r[total]:>12.1%}" for r in rows.values()))
-    print(f"{'model throughput, tokens/CPU s':40}" + "".join(f"{r['tokens'] / r['forward_cpu']:>12.0f}" for r in rows.values()))
+    throughput = "".join(f"{r['tokens'] / r['forward_cpu']:>12.0f}" for r in rows.values())
+    print(f"{'model throughput, tokens/CPU s':40}" + throughput)
     print(f"generate / loglik, wall time: {rows['generate']['total'] / rows['loglik']['total']:.2f}×, "
           f"CPU time: {rows['generate']['cpu'] / rows['loglik']['cpu']:.2f}×")
 
@@ -168,7 +178,7 @@ def main() -> None:
     ws, label = zoo_workspace(args.config)
     for threads in args.threads:
         torch.set_num_threads(threads)
-        rows = {scoring: measure(ws, with_scoring(ws.tasks, scoring), args.repeats) for scoring in ("loglik", "generate")}
+        rows = {s: measure(ws, with_scoring(ws.tasks, s), args.repeats) for s in ("loglik", "generate")}
         report(label, ws, rows, threads)
 
 

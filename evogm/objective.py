@@ -66,7 +66,8 @@ class Objective:
         if split != "dev":
             raise EvogmError(f"an Objective for the search scores the dev split, not {split!r}",
                              "test scores must never steer the search",
-                             "use Objective.for_final_report(...) for the final test report, or `evogm eval --split test`")
+                             "use Objective.for_final_report(...) for the final test report, "
+                             "or `evogm eval --split test`")
         self.merger, self.tokenizer, self.space = merger, tokenizer, space
         self.scored = _select(list(tasks), mode)
         self.mode, self._split = mode, split
@@ -106,28 +107,32 @@ class Objective:
         model.eval()  # dropout off, whatever mode the merge left it in
         metrics: dict[str, float] = {}
         for task in self.scored:
-            metrics.update({f"{task.name}/{key}": float(value) for key, value in task.evaluate(model, self.tokenizer, self._split).items()})
+            scores = task.evaluate(model, self.tokenizer, self._split)
+            metrics.update({f"{task.name}/{key}": float(value) for key, value in scores.items()})
         return metrics
 
     def fitness(self, metrics: dict[str, float]) -> float:
         """Weighted mean of the scored tasks' primary metrics (single-task mode: that task's, whatever its weight)."""
-        weights = np.array([task.weight if self.mode == "multi_task" else 1.0 for task in self.scored], dtype=np.float64)
+        weights = np.array([task.weight if self.mode == "multi_task" else 1.0 for task in self.scored])
         scores = np.array([metrics[f"{task.name}/{task.primary}"] for task in self.scored], dtype=np.float64)
         return float(weights @ scores / weights.sum())
 
 
 def _select(tasks: list, mode: str) -> list:
     if not tasks:
-        raise EvogmError("no tasks to score", "the objective needs at least one task", "list tasks in the config (tasks: [...])")
+        raise EvogmError("no tasks to score", "the objective needs at least one task",
+                         "list tasks in the config (tasks: [...])")
     if mode == "multi_task":
         if sum(task.weight for task in tasks) <= 0 or any(task.weight < 0 for task in tasks):
-            raise EvogmError("task weights must be ≥ 0 with a positive sum", f"got {[t.weight for t in tasks]}", "fix the weights")
+            raise EvogmError("task weights must be ≥ 0 with a positive sum", f"got {[t.weight for t in tasks]}",
+                             "fix the weights")
         return tasks
     chosen = [task for task in tasks if task.name == mode]
     if not chosen:
         close = difflib.get_close_matches(mode, [task.name for task in tasks] + ["multi_task"], n=1)
-        raise EvogmError(f"mode {mode!r} is neither multi_task nor a task name", f"did you mean {close[0]!r}?" if close else
-                         f"tasks: {[task.name for task in tasks]}", "use mode: multi_task or one task's name")
+        why = f"did you mean {close[0]!r}?" if close else f"tasks: {[task.name for task in tasks]}"
+        raise EvogmError(f"mode {mode!r} is neither multi_task nor a task name", why,
+                         "use mode: multi_task or one task's name")
     return chosen
 
 

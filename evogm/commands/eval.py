@@ -24,8 +24,10 @@ from evogm.errors import EvogmError
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="score a model (or a merge of experts) on task files",
                        description=__doc__.splitlines()[0])
-    p.add_argument("model", nargs="?", metavar="MODEL_OR_CONFIG", help="model folder, PEFT adapter folder or run config YAML")
-    p.add_argument("--tasks", nargs="+", default=[], metavar="FILE", help="task files (JSON / JSON Lines); a config's tasks by default")
+    p.add_argument("model", nargs="?", metavar="MODEL_OR_CONFIG",
+                   help="model folder, PEFT adapter folder or run config YAML")
+    p.add_argument("--tasks", nargs="+", default=[], metavar="FILE",
+                   help="task files (JSON / JSON Lines); a config's tasks by default")
     p.add_argument("--split", default="dev", choices=["dev", "test"], help="which split to score (default dev)")
     p.add_argument("--json", action="store_true", help="print machine-readable results")
     p.add_argument("--base", help="base model folder (for --expert, or a PEFT adapter's base)")
@@ -33,7 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", action="append", default=[], metavar="NAME=VALUE[,VALUE...]",
                    help="λ of an expert; several comma-separated values = one per layer group")
     p.add_argument("--limit", type=int, help="score the first N items of each task")
-    p.add_argument("--scoring", choices=["loglik", "generate"], help="multiple-choice scorer for every task that has one")
+    p.add_argument("--scoring", choices=["loglik", "generate"],
+                   help="multiple-choice scorer for every task that has one")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickled (.bin/.pt) weights")
@@ -70,7 +73,8 @@ def plan(args) -> tuple[str, dict[str, str], list, list[str]]:
     elif args.base:
         base = args.base
     else:
-        raise EvogmError("no model to score", "give a model folder, a run config, or --base", "e.g. evogm eval zoo/base --tasks t.json")
+        raise EvogmError("no model to score", "give a model folder, a run config, or --base",
+                         "e.g. evogm eval zoo/base --tasks t.json")
     if not specs:
         raise EvogmError("no tasks to score", "--tasks is empty", "add --tasks FILE.json ...")
     if weights and not experts:
@@ -98,18 +102,23 @@ def _model_folder(folder: Path, base: str | None) -> tuple[str, Path | None]:
 
 def build_tasks(specs: list, limit: int | None, scoring: str | None) -> list:
     from evogm.tasks import load_tasks
-    from evogm.tasks.data import infer_type, read_task_file
 
     full = []
     for spec in specs:
         spec = {"path": str(spec)} if isinstance(spec, (str, Path)) else dict(spec)
         if limit is not None:
             spec["limit"] = limit
-        kind = spec.get("type") or (infer_type(next(iter(read_task_file(spec["path"]).splits.values()), [])) if spec.get("path") else "python")
+        kind = spec.get("type") or _file_type(spec.get("path"))
         if scoring and kind in ("multiple_choice", "abstain"):
             spec["scoring"] = scoring
         full.append(spec)
     return load_tasks(full)
+
+
+def _file_type(path: str | None) -> str:
+    from evogm.tasks.data import infer_type, read_task_file
+
+    return infer_type(next(iter(read_task_file(path).splits.values()), [])) if path else "python"
 
 
 def load_merged(args, base: str, experts: dict[str, str], weights: list[str]):

@@ -58,11 +58,13 @@ def load_task(spec: dict | str | Path) -> Task:
     spec = {"path": str(spec)} if isinstance(spec, (str, Path)) else dict(spec)
     kind = spec.get("type")
     if kind is not None and kind not in TASK_TYPES:
-        raise EvogmError(f"unknown task type {kind!r}", _suggest(kind, TASK_TYPES) or f"known: {sorted(TASK_TYPES)}", "")
+        raise EvogmError(f"unknown task type {kind!r}", _suggest(kind, TASK_TYPES) or f"known: {sorted(TASK_TYPES)}",
+                         "")
     if kind == "python":
         return _build(PythonTask, _name(spec), spec, ())
     if not spec.get("path"):
-        raise EvogmError(f"task {spec.get('name', '?')} has no path", "every task but type: python reads a data file", "add path: FILE.json")
+        raise EvogmError(f"task {spec.get('name', '?')} has no path", "every task but type: python reads a data file",
+                         "add path: FILE.json")
     data = read_task_file(spec["path"])
     data = replace(data, limit=_positive(spec, "limit"), seed=spec.get("seed"))
     cls = TASK_TYPES[kind or infer_type(next(iter(data.splits.values()), []))]
@@ -74,7 +76,8 @@ def load_tasks(specs: list) -> list[Task]:
     names = [task.name for task in tasks]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise EvogmError(f"task names repeat: {duplicates}", "metrics are keyed by task name", "give each task its own name")
+        raise EvogmError(f"task names repeat: {duplicates}", "metrics are keyed by task name",
+                         "give each task its own name")
     return tasks
 
 
@@ -83,11 +86,13 @@ def _build(cls: type, name: str, spec: dict, positional: tuple) -> Task:
     valid = _option_names(cls)
     for key in options:
         if key not in valid:
-            raise EvogmError(f"task {name}: unknown key {key!r}", _suggest(key, (*valid, *_SELECTION_KEYS)), f"valid keys: {sorted((*valid, *_SELECTION_KEYS))}")
+            raise EvogmError(f"task {name}: unknown key {key!r}", _suggest(key, (*valid, *_SELECTION_KEYS)),
+                             f"valid keys: {sorted((*valid, *_SELECTION_KEYS))}")
     try:
         return cls(name, *positional, **options)
     except (TypeError, ValueError) as exc:
-        raise EvogmError(f"task {name}: bad option value", f"{type(exc).__name__}: {exc}", "check the values' types") from exc
+        raise EvogmError(f"task {name}: bad option value", f"{type(exc).__name__}: {exc}",
+                         "check the values' types") from exc
 
 
 def _option_names(cls: type) -> tuple[str, ...]:
@@ -111,5 +116,6 @@ def _name(spec: dict) -> str:
 def _positive(spec: dict, key: str) -> int | None:
     value = spec.get(key)
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise EvogmError(f"task {spec.get('name', spec.get('path'))}: {key} must be a positive integer", f"got {value!r}", f"write {key}: 200")
+        raise EvogmError(f"task {spec.get('name', spec.get('path'))}: {key} must be a positive integer",
+                         f"got {value!r}", f"write {key}: 200")
     return value

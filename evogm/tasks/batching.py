@@ -80,7 +80,8 @@ def left_pad(sequences: list[list[int]], batch_size: int, pad_id: int, min_prefi
     prefix = torch.tensor(sequences[0][:n] if n else [], dtype=torch.long)
     rest = [seq[n:] for seq in sequences]
     order = sorted(range(len(rest)), key=lambda i: len(rest[i]))
-    return Batches([_pad(order[start : start + batch_size], rest, pad_id, n) for start in range(0, len(order), batch_size)], prefix)
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    return Batches([_pad(rows, rest, pad_id, n) for rows in chunks], prefix)
 
 
 def shared_length(sequences: list[list[int]]) -> int:

@@ -47,17 +47,20 @@ class TaskData:
 def read_task_file(path: str | Path) -> TaskData:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise EvogmError(f"task file not found: {path}", "", "check the task's `path` (relative paths start at the current folder)")
+        raise EvogmError(f"task file not found: {path}", "",
+                         "check the task's `path` (relative paths start at the current folder)")
     try:
         return _read_jsonl(path) if path.suffix == ".jsonl" else _read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EvogmError(f"cannot read task file {path}", str(exc), "write JSON ({\"dev\": [...], \"test\": [...]}) or JSON Lines") from exc
+        raise EvogmError(f"cannot read task file {path}", str(exc),
+                         "write JSON ({\"dev\": [...], \"test\": [...]}) or JSON Lines") from exc
 
 
 def _read_json(path: Path) -> TaskData:
     payload = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(payload, dict) or not any(isinstance(payload.get(s), list) for s in SPLITS):
-        raise EvogmError(f"{path} holds no split lists", 'expected {"dev": [...], "test": [...]}', "wrap the items in split lists")
+        raise EvogmError(f"{path} holds no split lists", 'expected {"dev": [...], "test": [...]}',
+                         "wrap the items in split lists")
     splits = {name: _checked_items(path, name, items) for name, items in payload.items() if name in SPLITS}
     extras = {key: value for key, value in payload.items() if key not in SPLITS}
     return TaskData(path, splits, extras)
@@ -71,14 +74,16 @@ def _read_jsonl(path: Path) -> TaskData:
         item = json.loads(line)
         split = item.pop("split", None) if isinstance(item, dict) else None
         if split not in SPLITS:
-            raise EvogmError(f"{path}:{number} has split {split!r}", f"every line needs \"split\": one of {SPLITS}", "add the field")
+            raise EvogmError(f"{path}:{number} has split {split!r}", f"every line needs \"split\": one of {SPLITS}",
+                             "add the field")
         splits.setdefault(split, []).append(item)
     return TaskData(path, splits)
 
 
 def _checked_items(path: Path, split: str, items: object) -> list[dict]:
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        raise EvogmError(f"{path}: split {split!r} is not a list of objects", "", "write each item as {\"question\": ..., \"answer\": ...}")
+        raise EvogmError(f"{path}: split {split!r} is not a list of objects", "",
+                         "write each item as {\"question\": ..., \"answer\": ...}")
     return items
 
 
@@ -102,4 +107,5 @@ def require_fields(items: list[dict], fields: tuple[str, ...], where: str) -> No
     for index, item in enumerate(items):
         missing = [name for name in fields if name not in item]
         if missing:
-            raise EvogmError(f"{where}: item {index} lacks {', '.join(missing)}", f"it has {sorted(item)}", f"give every item {', '.join(fields)}")
+            raise EvogmError(f"{where}: item {index} lacks {', '.join(missing)}", f"it has {sorted(item)}",
+                             f"give every item {', '.join(fields)}")

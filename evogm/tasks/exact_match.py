@@ -30,10 +30,12 @@ class ExactMatchTask:
                  fewshot: str | list[dict] | None = None, batch_size: int = 200, max_new_tokens: int = 32,
                  stop: list[str] | None = None, extract: str = "whole", normalize: bool = True, tail_words: int = 10):
         if extract not in EXTRACT_MODES:
-            raise EvogmError(f"task {name}: unknown extract {extract!r}", f"expected one of {EXTRACT_MODES}", "pick one of them")
+            raise EvogmError(f"task {name}: unknown extract {extract!r}", f"expected one of {EXTRACT_MODES}",
+                             "pick one of them")
         self.name, self.data, self.weight = name, data, float(weight)
         self.template, self.batch_size, self.max_new_tokens = template, int(batch_size), int(max_new_tokens)
-        self.stop, self.extract, self.normalize, self.tail_words = tuple(stop or ()), extract, bool(normalize), int(tail_words)
+        self.stop, self.extract = tuple(stop or ()), extract
+        self.normalize, self.tail_words = bool(normalize), int(tail_words)
         self.prefix = fewshot_prefix(fewshot if fewshot is not None else data.extras.get("icl_prompt"), template)
         for split in data.splits:
             require_fields(data.items(split), ("question", "answer"), f"{data.path} [{split}]")
@@ -48,8 +50,13 @@ class ExactMatchTask:
         return {"accuracy": float(np.mean(correct)) if correct else 0.0}
 
     def generate(self, model, tokenizer, split: str) -> list[str]:
-        batches = self._cache.get(tokenizer, split, lambda tok, s: encode_prompts(tok, self.prompts(s), self.batch_size))
-        return generate_texts(model, tokenizer, batches, max_new_tokens=self.max_new_tokens, stop=self.stop, where=f"task {self.name}")
+        batches = self._cache.get(tokenizer, split, self._encode)
+        return generate_texts(model, tokenizer, batches, max_new_tokens=self.max_new_tokens, stop=self.stop,
+                              where=f"task {self.name}")
+
+    def _encode(self, tokenizer, split: str):
+        return encode_prompts(tokenizer, self.prompts(split), self.batch_size)
 
     def is_correct(self, output: str, item: dict) -> bool:
-        return match(output, str(item["answer"]), extract=self.extract, normalized=self.normalize, tail_words=self.tail_words)
+        return match(output, str(item["answer"]), extract=self.extract, normalized=self.normalize,
+                     tail_words=self.tail_words)

@@ -44,7 +44,8 @@ class SharedPrefix:
     """
 
     def __init__(self, ids: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]] | None, config):
-        self.ids, self.layers, self.config = ids, layers, config  # layers: per layer (1, heads, P, head_dim) keys, values
+        self.ids, self.config = ids, config
+        self.layers = layers  # per layer: keys and values, (1, heads, P, head_dim) each
 
     @classmethod
     @torch.inference_mode()
@@ -69,8 +70,10 @@ class SharedPrefix:
         from transformers import DynamicCache
 
         # expand() is a view: the cache's first update concatenates, so the prefix is copied once per batch
-        cache = DynamicCache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in self.layers], config=self.config)
-        return {"input_ids": batch.input_ids, "attention_mask": mask, "position_ids": batch.position_ids, "past_key_values": cache}
+        cache = DynamicCache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in self.layers],
+                             config=self.config)
+        return {"input_ids": batch.input_ids, "attention_mask": mask, "position_ids": batch.position_ids,
+                "past_key_values": cache}
 
 
 def _plain_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
@@ -86,7 +89,8 @@ def _plain_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
 
 def _batch_inputs(batch: Batch, prefix: SharedPrefix | None) -> dict:
     if prefix is None:
-        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
+        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                "position_ids": batch.position_ids}
     return prefix.inputs(batch)
 
 

@@ -31,12 +31,14 @@ def as_choice_item(item: dict, where: str) -> dict:
     if isinstance(choices, list):
         choices = dict(zip(string.ascii_uppercase, map(str, choices)))
     if not isinstance(choices, dict) or not choices:
-        raise EvogmError(f"{where}: choices must be a non-empty dict or list", f"got {choices!r}", 'write "choices": {"A": "...", "B": "..."}')
+        raise EvogmError(f"{where}: choices must be a non-empty dict or list", f"got {choices!r}",
+                         'write "choices": {"A": "...", "B": "..."}')
     answer = item["answer"]
     if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
         answer = list(choices)[answer]
     if answer not in choices:
-        raise EvogmError(f"{where}: answer {answer!r} is not one of the choices {list(choices)}", "", "give the answer as a choice letter")
+        raise EvogmError(f"{where}: answer {answer!r} is not one of the choices {list(choices)}", "",
+                         "give the answer as a choice letter")
     return {**item, "choices": choices, "answer": answer}
 
 
@@ -49,7 +51,8 @@ class MultipleChoiceTask:
                  template: str = MULTIPLE_CHOICE, fewshot: str | list[dict] | None = None,
                  batch_size: int = 200, max_new_tokens: int = 10, stop: list[str] | None = None):
         if scoring not in SCORINGS:
-            raise EvogmError(f"task {name}: unknown scoring {scoring!r}", f"expected one of {SCORINGS}", "use scoring: loglik or generate")
+            raise EvogmError(f"task {name}: unknown scoring {scoring!r}", f"expected one of {SCORINGS}",
+                             "use scoring: loglik or generate")
         self.name, self.data, self.weight, self.scoring = name, data, float(weight), scoring
         self.template, self.batch_size, self.max_new_tokens = template, int(batch_size), int(max_new_tokens)
         self.stop = tuple(stop or ())
@@ -78,9 +81,13 @@ class MultipleChoiceTask:
         if self.scoring == "loglik":
             letters = self._choose_by_loglik(model, tokenizer, split)
             return letters, letters
-        batches = self._cache.get(tokenizer, split, lambda tok, s: encode_prompts(tok, self.prompts(s), self.batch_size))
-        texts = generate_texts(model, tokenizer, batches, max_new_tokens=self.max_new_tokens, stop=self.stop, where=f"task {self.name}")
+        batches = self._cache.get(tokenizer, split, self._encode)
+        texts = generate_texts(model, tokenizer, batches, max_new_tokens=self.max_new_tokens, stop=self.stop,
+                               where=f"task {self.name}")
         return [parse_choice(t, list(x["choices"]), x["choices"]) for t, x in zip(texts, self.items(split))], texts
+
+    def _encode(self, tokenizer, split: str):
+        return encode_prompts(tokenizer, self.prompts(split), self.batch_size)
 
     def _choose_by_loglik(self, model, tokenizer, split: str) -> list[str]:
         inputs = self._cache.get(tokenizer, split, self._option_inputs)
@@ -89,5 +96,6 @@ class MultipleChoiceTask:
 
     def _option_inputs(self, tokenizer, split: str):
         prompts = self.prompts(split)
-        options = [[answer_separator(p) + letter for letter in item["choices"]] for p, item in zip(prompts, self.items(split))]
+        items = self.items(split)
+        options = [[answer_separator(p) + letter for letter in item["choices"]] for p, item in zip(prompts, items)]
         return option_inputs(tokenizer, prompts, options, self.batch_size)

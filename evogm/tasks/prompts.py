@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from evogm.errors import EvogmError
 
-MULTIPLE_CHOICE = "Please choose an option that best answers the question.\nQuestion: {question}\n{choices}\nThe answer is"
+MULTIPLE_CHOICE = ("Please choose an option that best answers the question.\n"
+                   "Question: {question}\n{choices}\nThe answer is")
 EXACT_MATCH = "{question}"  # the reference prompts with the bare question
-REFLECTION = "{prompt}\nProposed answer: {proposal}\nIs the proposed answer true or false? Directly answer with true or false."
+REFLECTION = ("{prompt}\nProposed answer: {proposal}\n"
+              "Is the proposed answer true or false? Directly answer with true or false.")
 
 
 def choice_lines(choices: dict[str, str]) -> str:

@@ -22,11 +22,13 @@ from evogm.errors import EvogmError
 def import_function(reference: str) -> Callable:
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
-        raise EvogmError(f"bad function reference {reference!r}", "expected package.module:function", "write e.g. mypkg.fitness:score")
+        raise EvogmError(f"bad function reference {reference!r}", "expected package.module:function",
+                         "write e.g. mypkg.fitness:score")
     try:
         function = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
-        raise EvogmError(f"cannot import {reference}", f"{type(exc).__name__}: {exc}", "check the module is importable (on PYTHONPATH)") from exc
+        raise EvogmError(f"cannot import {reference}", f"{type(exc).__name__}: {exc}",
+                         "check the module is importable (on PYTHONPATH)") from exc
     if not callable(function):
         raise EvogmError(f"{reference} is not callable", f"it is a {type(function).__name__}", "point at a function")
     return function
@@ -43,7 +45,8 @@ def _takes_split(function: Callable) -> bool:
 class PythonTask:
     """Metrics computed by a user function of (model, tokenizer)."""
 
-    def __init__(self, name: str, *, function: str, weight: float = 1.0, primary: str = "score", args: dict | None = None):
+    def __init__(self, name: str, *, function: str, weight: float = 1.0, primary: str = "score",
+                 args: dict | None = None):
         self.name, self.weight, self.reference, self.primary = name, float(weight), function, str(primary)
         self.function, self.args = import_function(function), dict(args or {})
         self._passes_split = _takes_split(self.function)

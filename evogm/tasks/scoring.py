@@ -104,8 +104,9 @@ def split_options(texts: tuple[str, ...], ids: list[list[int]]) -> tuple[list[in
         n += 1
     firsts = [x[n] if len(x) > n else None for x in ids]
     if None in firsts or len(set(firsts)) < len(firsts):
-        raise EvogmError(f"options {list(texts)} cannot be told apart by one token", "one option is a prefix of another "
-                         "or two start with the same token", "use scoring: generate for this task")
+        raise EvogmError(f"options {list(texts)} cannot be told apart by one token",
+                         "one option is a prefix of another or two start with the same token",
+                         "use scoring: generate for this task")
     return ids[0][:n], firsts
 
 
