@@ -126,9 +126,9 @@ def zoo(request) -> Path:
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(zoo: Path, tmp_path: Path):
     from evogm.cli import main as cli
 
-    budget = 16
+    budget = 12  # round 1: 4 + 4 evaluations; round 2: 4
     args = ["run", str(zoo / "run.yaml"), f"search.budget={budget}", "search.popsize=4", "search.options.iterations=1",
-            "search.options.steps=5", "search.options.hidden_sizes=[16, 16]", "baselines.methods=[uniform]"]
+            "search.options.steps=5", "search.options.hidden_sizes=[16, 16]", "baselines.methods=[]"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert cli([*args, f"output={whole}", "--quiet"]) == 0
 
@@ -136,13 +136,13 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(zoo: Path
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = killed / "evaluations.jsonl"
     deadline = time.monotonic() + 300
-    while (not log.exists() or log.read_text().count("\n") < 6) and time.monotonic() < deadline:
+    while (not log.exists() or log.read_text().count("\n") < 5) and time.monotonic() < deadline:
         assert process.poll() is None, "the run ended before it could be killed"
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     logged = log.read_text().count("\n")
-    assert 6 <= logged < budget and not (killed / "final.json").exists()
+    assert 5 <= logged < budget and not (killed / "final.json").exists()  # killed inside the second generation or later
 
     assert cli(["run", "--resume", str(killed), "--quiet"]) == 0
     keep = ("gen", "row", "x", "coefficients", "metrics", "loss", "error")
