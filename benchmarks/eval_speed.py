@@ -109,7 +109,7 @@ def with_scoring(tasks: dict, scoring: str) -> list:
     out = []
     for name, task in tasks.items():
         if isinstance(task, (MultipleChoiceTask, AbstainTask)):
-            mc = task.answerer if isinstance(task, AbstainTask) else task
+            mc = task.answerer if isinstance(task, AbstainTask) else task  # its options, scoring aside
             spec = {"name": name, "path": str(mc.data.path), "scoring": scoring, "template": mc.template,
                     "batch_size": mc.batch_size, "max_new_tokens": mc.max_new_tokens, "limit": mc.data.limit,
                     "seed": mc.data.seed, **({"type": "abstain"} if isinstance(task, AbstainTask) else {})}

@@ -33,7 +33,7 @@ class AbstainTask:
 
     def __init__(self, name: str, data: TaskData, **options):
         self.answerer = MultipleChoiceTask(name, data, **options)  # pass 1, and the options' validation
-        self.name, self.weight = name, self.answerer.weight
+        self.name, self.weight, self.data = name, self.answerer.weight, data
         self._memo: dict[tuple[str, int, str], list[int]] = {}  # (split, item, proposal) → prompt ids
         self._memo_tokenizer = None
 
