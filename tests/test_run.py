@@ -137,3 +137,24 @@ def test_single_task_mode_runs_one_search_per_task(zoo: Path, tmp_path: Path):
         assert scored and all(key.startswith(f"{name}/") for key in scored)  # only its own task is scored
         assert f"[{name}/report.md]" in summary
     assert set(json.loads((out / "summary.json").read_text())) == set(names)
+
+
+def test_demo_runs_a_zoo_and_prints_where_the_report_is(zoo: Path, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "demo").mkdir(parents=True)  # taken: the demo picks the next free name
+    small = ["search.budget=4", "search.popsize=4", "search.options.rounds=1", "baselines.methods=[]"]
+    assert cli(["demo", "--zoo", str(zoo), "--quiet", *small]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"report: {tmp_path / 'runs' / 'demo-2' / 'report.md'}")
+    assert (tmp_path / "runs" / "demo-2" / "model" / "recipe.yaml").is_file()
+
+
+def test_the_packaged_zoo_config_reads(monkeypatch):
+    """configs/zoo.yaml and `evogm demo` both read the zoo shipped in the package."""
+    from evogm.commands.demo import zoo_config
+
+    packaged = Path(__file__).parent.parent / "evogm" / "zoo" / "data" / "run.yaml"
+    if not packaged.is_file():
+        pytest.skip("the built zoo is not packaged yet (evogm/zoo/data/)")
+    path = zoo_config()
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "zoo.yaml")
+    assert cfg.models.base == str(path.parent / "base") and cfg.search.budget == 160

@@ -2,6 +2,7 @@
 
     $ evogm demo                 # writes runs/demo (or runs/demo-2, … if taken) and prints the report's path
     $ evogm demo --output /tmp/d search.budget=80
+    $ evogm demo --zoo my-zoo     # a zoo built with `evogm zoo build my-zoo`
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def add_parser(subparsers) -> None:
                               description=__doc__.splitlines()[0])
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config keys, e.g. seed=1")
     p.add_argument("--output", metavar="DIR", help="run directory (default: a fresh runs/demo*)")
+    p.add_argument("--zoo", metavar="DIR", help="a zoo built with `evogm zoo build DIR` (default: the packaged one)")
     p.add_argument("--force", action="store_true", help="overwrite --output if it holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=main)
@@ -29,7 +31,7 @@ def add_parser(subparsers) -> None:
 
 def main(args) -> int:
     output = Path(args.output) if args.output else fresh_dir(Path("runs") / "demo")
-    cfg = load_config(zoo_config(), [*args.overrides, f"output={output}"])
+    cfg = load_config(zoo_config(args.zoo), [*args.overrides, f"output={output}"])
     display = RichProgress(quiet=args.quiet)
     display.console.print(f"evogm demo: {cfg.search.optimizer} on the tiny zoo "
                           f"({len(cfg.models.experts)} experts, {len(cfg.tasks)} tasks) → {output}")
@@ -38,9 +40,11 @@ def main(args) -> int:
     return 0
 
 
-def zoo_config() -> Path:
-    """The packaged zoo's run config (evogm/zoo/data/run.yaml)."""
-    path = Path(str(resources.files("evogm.zoo") / "data" / ZOO_CONFIG))
+def zoo_config(folder: str | None = None) -> Path:
+    """The run config of a zoo folder, by default the packaged one (evogm/zoo/data/run.yaml)."""
+    path = Path(folder) / ZOO_CONFIG if folder else Path(str(resources.files("evogm.zoo") / "data" / ZOO_CONFIG))
+    if folder and not path.is_file():
+        raise EvogmError(f"{folder} holds no zoo ({path} not found)", "", "build one with `evogm zoo build DIR`")
     if not path.is_file():
         raise EvogmError(f"the packaged zoo is missing ({path} not found)", "this install has no built zoo",
                          "build one with `evogm zoo build DIR` and run `evogm run DIR/run.yaml`")
