@@ -13,6 +13,7 @@ import torch
 from evogm.zoo import experts as expert_lib
 from evogm.zoo import pretrain, skills
 from evogm.zoo.build import PRESETS, build
+from evogm.zoo.tokenizer import build_tokenizer
 
 
 def manifest(zoo: Path) -> dict:
@@ -44,6 +45,7 @@ def test_the_tokenizer_loads_with_autotokenizer(zoo_tiny: Path):
     tok = AutoTokenizer.from_pretrained(zoo_tiny / "base")
     assert tok.pad_token_id is not None and tok.eos_token_id is not None and tok.padding_side == "left"
     ids = tok("After e? The answer is B").input_ids
+    assert ids == build_tokenizer()("After e? The answer is B").input_ids  # as the zoo was trained
     assert tok.decode(ids, skip_special_tokens=True) == "After e? The answer is B"
     assert tok.convert_ids_to_tokens(ids[-1]) == " B"  # a choice letter is one token
 

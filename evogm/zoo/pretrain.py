@@ -1,4 +1,4 @@
-"""The zoo's base model: a tiny Qwen2 causal LM pretrained on the task formats, not the skills.
+"""The zoo's base model: a tiny Llama causal LM pretrained on the task formats, not the skills.
 
 The base reads the two prompt formats (multiple choice, exact match) on format-only items
 (pick the option equal to a word, repeat a word), so it answers every task in the right shape
@@ -14,16 +14,18 @@ from __future__ import annotations
 import random
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from evogm.zoo import skills, training
 from evogm.zoo.tokenizer import build_tokenizer
 
 
-def new_model(seed: int, hidden: int = 128, layers: int = 4, heads: int = 4) -> Qwen2ForCausalLM:
-    """A freshly initialized Qwen2 (about 0.7M parameters at the defaults), float32, eval mode."""
+def new_model(seed: int, hidden: int = 128, layers: int = 4, heads: int = 4) -> LlamaForCausalLM:
+    """A freshly initialized Llama (about 0.7M parameters at the defaults), float32, eval mode."""
     tokenizer = build_tokenizer()
-    config = Qwen2Config(
+    # Llama, not Qwen2: AutoTokenizer gives a qwen2 folder Qwen2's own pre-tokenizer, which drops
+    # this vocabulary's spaces; a llama folder keeps the tokenizer.json as saved.
+    config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -37,7 +39,7 @@ def new_model(seed: int, hidden: int = 128, layers: int = 4, heads: int = 4) -> 
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    return Qwen2ForCausalLM(config).eval()
+    return LlamaForCausalLM(config).eval()
 
 
 def format_documents(n: int, seed: int, world: skills.World) -> list[training.Document]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import string
 
-from tokenizers import Tokenizer, decoders, models, processors
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -28,6 +28,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {t: i for i, t in enumerate(SPECIALS + CHARS + LETTER_TOKENS)}
     merges = [(" ", t[1]) for t in LETTER_TOKENS]
     core = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    # An explicit pre-tokenizer: without one, transformers' loader installs a default that drops spaces.
+    core.pre_tokenizer = pre_tokenizers.Split("\n", behavior="isolated")
     core.decoder = decoders.Fuse()  # characters join without spaces
     core.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
