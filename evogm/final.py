@@ -5,7 +5,8 @@ first population) keep their logged dev scores and are scored on test once; the 
 (uniform, task arithmetic, TIES, DARE) choose their global scale on dev and are scored on test once
 at that scale. Then the best merge is exported and final.json and the report are written.
 
->>> finalize(cfg, Path("runs/zoo"), "multi_task", RunLog("runs/zoo/evaluations.jsonl").records(), Progress())  # doctest: +SKIP
+>>> records = RunLog("runs/zoo/evaluations.jsonl").records()                    # doctest: +SKIP
+>>> finalize(cfg, Path("runs/zoo"), "multi_task", records, Progress())          # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -173,8 +173,8 @@ def plot_summary(finals: dict[str, dict], names: list[str], path: Path) -> str:
     ax = fig.subplots()
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        ax.bar(np.arange(len(finals)) + i * width, _nan([f["candidates"][name]["test"]["score"] for f in finals.values()]),
-               width, label=LABELS.get(name, name))
+        scores = [f["candidates"][name]["test"]["score"] for f in finals.values()]
+        ax.bar(np.arange(len(finals)) + i * width, _nan(scores), width, label=LABELS.get(name, name))
     ax.set_xticks(np.arange(len(finals)) + 0.4 - width / 2, list(finals))
     ax.set(ylabel="test score", title="single-task searches")
     ax.legend(fontsize="small")

@@ -26,7 +26,8 @@ from evogm.objective import Result
 from evogm.runlog import RunLog, record, to_result, write_atomic, write_json
 from evogm.workspace import objective_factory
 
-CONFIG, LOG, BEST, FINAL, REPORT, MODEL = "config.yaml", "evaluations.jsonl", "best.json", "final.json", "report.md", "model"
+CONFIG, LOG, BEST, FINAL = "config.yaml", "evaluations.jsonl", "best.json", "final.json"
+REPORT, MODEL = "report.md", "model"
 OUTPUTS = (CONFIG, LOG, BEST, FINAL, REPORT, MODEL, "plots", "summary.json")
 
 
@@ -64,7 +65,8 @@ def resume_config(run_dir) -> RunConfig:
     """The resolved config a run directory was started with."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
-        raise EvogmError(f"{run_dir} holds no run to resume", f"{path} not found", "give the run directory of a started run")
+        raise EvogmError(f"{run_dir} holds no run to resume", f"{path} not found",
+                         "give the run directory of a started run")
     return load_config(path)
 
 

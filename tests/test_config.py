@@ -93,7 +93,8 @@ def test_a_typo_names_the_closest_valid_key(config_file: Path, edit, expected):
 
 
 def test_a_typo_in_an_override_names_the_closest_key(config_file: Path):
-    assert "unknown config key search.optimiser: did you mean 'optimizer'?" in error_of(config_file, ["search.optimiser=pso"])
+    message = error_of(config_file, ["search.optimiser=pso"])
+    assert "unknown config key search.optimiser: did you mean 'optimizer'?" in message
 
 
 def test_a_missing_file_names_the_path(config_file: Path):
@@ -106,7 +107,8 @@ def test_a_missing_file_names_the_path(config_file: Path):
 
 
 def test_an_unknown_optimizer_suggests_one(config_file: Path):
-    assert "search.optimizer 'evogn' is unknown: did you mean 'evogm'?" in error_of(config_file, ["search.optimizer=evogn"])
+    message = error_of(config_file, ["search.optimizer=evogn"])
+    assert "search.optimizer 'evogn' is unknown: did you mean 'evogm'?" in message
 
 
 def test_an_unknown_optimizer_option_is_checked_against_its_constructor(config_file: Path):
@@ -120,7 +122,8 @@ def test_an_unknown_optimizer_option_is_checked_against_its_constructor(config_f
 
 
 def test_the_test_split_is_refused_in_the_search(config_file: Path):
-    assert "the test split is scored once, at the end, never in the search" in error_of(config_file, ["search.split=test"])
+    message = error_of(config_file, ["search.split=test"])
+    assert "the test split is scored once, at the end, never in the search" in message
     assert "tasks.0.split is 'test'" in error_of(config_file, ["tasks.0.split=test"])
 
 

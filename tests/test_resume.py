@@ -27,8 +27,8 @@ from evogm.search import OPTIMIZERS
 
 
 def result(x, loss, error=None) -> Result:
-    return Result(x=tuple(x), coefficients=tuple(x), loss=loss, metrics={"t/acc": -loss if math.isfinite(loss) else 0.0},
-                  seconds=0.1, error=error)
+    metrics = {"t/acc": -loss if math.isfinite(loss) else 0.0}
+    return Result(x=tuple(x), coefficients=tuple(x), loss=loss, metrics=metrics, seconds=0.1, error=error)
 
 
 def test_log_round_trips_floats_exactly_and_failures_as_inf(tmp_path: Path):
