@@ -216,8 +216,10 @@ def test_paper_defaults_run_the_paper_schedule_and_improve():
     assert opt.round == 1 and opt.strategy.iteration == 3
     assert int(next(iter(opt.strategy.generators.adam.state.values()))["step"]) == 3 * 200
     assert opt.best_loss < 0.5 * initial_best
-    random_rows = np.random.default_rng(42).uniform(-1, 1, (160, 10))  # the same budget, uniform
-    assert opt.best_loss < np.min(np.sum((random_rows - optimum) ** 2, axis=1))
+    # better than random search's typical best at the same budget (mean over 10 seeds)
+    random_bests = [np.min(np.sum((np.random.default_rng(s).uniform(-1, 1, (160, 10)) - optimum) ** 2, axis=1))
+                    for s in range(10)]
+    assert opt.best_loss < np.mean(random_bests)
 
 
 def test_asking_past_the_budget_keeps_iterating_in_the_last_round():
