@@ -14,7 +14,7 @@ import sys
 
 from evogm.errors import EvogmError
 
-COMMANDS = ["merge", "run", "demo", "eval", "zoo"]  # modules of evogm.commands, in --help order
+COMMANDS = ["merge", "run", "demo", "eval", "compare", "zoo"]  # modules of evogm.commands, in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:

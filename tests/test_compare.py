@@ -1,0 +1,51 @@
+"""`evogm compare` on the tiny zoo: 2 optimizers × 2 seeds; the table's numbers come from the run directories."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from evogm.cli import main as cli
+
+FAST = ["search.popsize=4", "search.options.steps=5", "search.options.hidden_sizes=[16, 16]",
+        "baselines.scales=[0.5, 1.0]", "baselines.methods=[uniform, task_arithmetic]"]
+
+
+@pytest.fixture(scope="module")
+def comparison(zoo_tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp") / "cmp"
+    argv = ["compare", str(zoo_tiny / "run.yaml"), *FAST, "--optimizers", "evogm,random", "--seeds", "2",
+            "--budget", "8", "--out", str(out)]
+    assert cli(argv) == 0
+    return out, argv
+
+
+def test_table_agrees_with_the_run_directories(comparison):
+    out, _ = comparison
+    summary = json.loads((out / "comparison.json").read_text())
+    assert set(summary["methods"]) == {"evogm", "random"} and summary["budget"] == 8
+    for name, method in summary["methods"].items():
+        devs, tests = [], []
+        for seed in (0, 1):
+            run = out / "runs" / name / f"seed{seed}"
+            best = json.loads((run / "final.json").read_text())["candidates"]["best"]
+            log = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
+            assert len(log) == 8
+            assert best["dev"]["score"] == pytest.approx(max(-r["loss"] for r in log if r["loss"] is not None))
+            devs.append(best["dev"]["score"])
+            tests.append(best["test"]["score"])
+        assert method["dev_mean"] == pytest.approx(np.mean(devs))
+        assert method["test_mean"] == pytest.approx(np.mean(tests))
+        assert method["dev_std"] == pytest.approx(np.std(devs, ddof=1))
+    assert set(summary["static"]) == {"uniform", "task_arithmetic"}
+    assert "| evogm |" in (out / "comparison.md").read_text()
+    assert (out / "plots" / "best_so_far.png").stat().st_size > 0
+
+
+def test_a_second_call_reuses_finished_runs(comparison):
+    out, argv = comparison
+    stamp = (out / "runs" / "evogm" / "seed0" / "final.json").stat().st_mtime_ns
+    assert cli(argv) == 0
+    assert (out / "runs" / "evogm" / "seed0" / "final.json").stat().st_mtime_ns == stamp
