@@ -45,10 +45,21 @@ def zoo_config(folder: str | None = None) -> Path:
     path = Path(folder) / ZOO_CONFIG if folder else Path(str(resources.files("evogm.zoo") / "data" / ZOO_CONFIG))
     if folder and not path.is_file():
         raise EvogmError(f"{folder} holds no zoo ({path} not found)", "", "build one with `evogm zoo build DIR`")
-    if not path.is_file():
-        raise EvogmError(f"the packaged zoo is missing ({path} not found)", "this install has no built zoo",
-                         "build one with `evogm zoo build DIR` and run `evogm run DIR/run.yaml`")
+    if not path.is_file():  # an install without the built zoo: build it once, then reuse it
+        path = built_zoo_config()
     return path
+
+
+def built_zoo_config() -> Path:
+    """The full zoo (seed 0) built into the user's cache; a second call returns at once."""
+    import os
+
+    from evogm.zoo.build import build
+
+    folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evogm" / "zoo-seed0"
+    print(f"evogm demo: no packaged zoo in this install; building it once into {folder} (minutes)")
+    build(folder, seed=0, preset="full", log=print)
+    return folder / ZOO_CONFIG
 
 
 def fresh_dir(stem: Path) -> Path:
