@@ -150,11 +150,17 @@ def test_a_run_on_ray_resumes_a_local_runs_log_and_ends_the_same(ray_instance, r
     assert best[0]["loss"] == best[1]["loss"]
 
 
-def test_errors_say_how_to_fix(monkeypatch, ray_instance):
+def test_workers_that_do_not_fit_are_a_clear_error(ray_instance):
     with pytest.raises(EvogmError, match="do not fit"):
         RayExecutor(Crasher, workers=3)  # 3 workers of one CPU on a 2-CPU instance would never all start
+
+
+def test_an_unknown_option_is_a_clear_error():
     with pytest.raises(EvogmError, match="executor.options do not fit"):
-        make_executor("ray", Crasher, worker=2)
-    monkeypatch.setitem(sys.modules, "ray", None)  # as where Ray is not installed
+        make_executor("ray", Crasher, worker=2)  # checked before Ray is touched
+
+
+def test_without_ray_the_error_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where Ray is not installed: `import ray` fails
     with pytest.raises(EvogmError, match=r"pip install 'evogm\[ray\]'"):
         import_ray()
