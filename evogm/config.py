@@ -107,7 +107,11 @@ def read_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         return raw
     if not isinstance(include, str):
         raise EvogmError(f"include in {path} must be a path", f"got {include!r}")
-    return deep_merge(read_raw(Path(_absolute(include, path.resolve().parent)), (*seen, path.resolve())), raw)
+    target = Path(_absolute(include, path.resolve().parent))
+    if not target.is_file():
+        raise EvogmError(f"config {path} includes {target}, which is not found", "no such file",
+                         "fix the include: path (relative to the including file), or build the zoo it names")
+    return deep_merge(read_raw(target, (*seen, path.resolve())), raw)
 
 
 def deep_merge(under: dict, over: dict) -> dict:
