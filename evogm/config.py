@@ -27,7 +27,7 @@ from evogm.schema import build, suggest
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 MODES = ("multi_task", "single_task")
-BASELINES = ("uniform", "task_arithmetic", "ties", "dare")
+BASELINES = ("best_expert", "uniform", "task_arithmetic", "ties", "dare")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED = ("model", "plots")
 

@@ -1,9 +1,9 @@
 """The final stage of a search: the test split, once; the static baselines; the export; final.json.
 
 Dev picks, test reports: the best candidate of the search and the initial best (the best of the
-first population) keep their logged dev scores and are scored on test once; the static baselines
-(uniform, task arithmetic, TIES, DARE) choose their global scale on dev and are scored on test once
-at that scale. Then the best merge is exported and final.json and the report are written.
+first population) keep their logged dev scores and are scored on test once; the best single
+expert is picked on dev and the static merges (uniform, task arithmetic, TIES, DARE) choose their
+global scale on dev, then each is scored on test once. Then the best merge is exported and final.json and the report are written.
 
 >>> records = RunLog("runs/zoo/evaluations.jsonl").records()                    # doctest: +SKIP
 >>> finalize(cfg, Path("runs/zoo"), "multi_task", records, Progress())          # doctest: +SKIP
@@ -65,6 +65,8 @@ def searched(entry: dict, scoring: "Scoring") -> dict:
 
 def baseline(method: str, cfg: RunConfig, ws: Workspace, scoring: "Scoring") -> dict:
     """A static merge at its best global scale on dev (uniform: 1/N, no choice), then test once."""
+    if method == "best_expert":
+        return best_expert(list(cfg.models.experts), ws.merger.dim, scoring)
     options = dict(cfg.baselines.options.get(method, {}))
     if method == "uniform":
         scales = [1.0 / len(ws.merger.experts)]
@@ -86,6 +88,17 @@ def baseline(method: str, cfg: RunConfig, ws: Workspace, scoring: "Scoring") -> 
     if len(scales) > 1:
         entry["sweep"] = {f"{s:g}": d["score"] for s, d in zip(scales, sweep)}
     return entry
+
+
+def best_expert(experts: list[str], dim: int, scoring: "Scoring") -> dict:
+    """Each expert alone (λ = 1 on its every group, 0 elsewhere) on dev; the best one on test, once."""
+    groups = dim // len(experts)
+    one_hots = [np.kron(np.eye(len(experts))[e], np.ones(groups)).tolist() for e in range(len(experts))]
+    sweep = [scoring.merged(x, "dev") for x in one_hots]
+    pick = int(np.argmax([s["score"] for s in sweep]))  # first of equals
+    return {"expert": experts[pick], "coefficients": one_hots[pick], "dev": sweep[pick],
+            "test": scoring.merged(one_hots[pick], "test"),
+            "sweep": {name: d["score"] for name, d in zip(experts, sweep)}}
 
 
 def export(cfg: RunConfig, ws: Workspace, coefficients, out_dir: Path) -> None:

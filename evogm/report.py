@@ -21,7 +21,8 @@ from matplotlib.figure import Figure
 
 from evogm.runlog import RunLog, read_json, write_atomic
 
-LABELS = {"best": "best (search)", "initial_best": "initial best", "uniform": "uniform",
+LABELS = {"best": "best (search)", "initial_best": "initial best", "best_expert": "best single expert",
+          "uniform": "uniform",
           "task_arithmetic": "task arithmetic", "ties": "TIES", "dare": "DARE"}
 
 
@@ -113,6 +114,8 @@ def _candidate_names(final: dict) -> list[str]:
 
 def _label(name: str, entry: dict) -> str:
     label = LABELS.get(name, name)
+    if entry.get("expert"):
+        return f"{label} ({entry['expert']})"
     return f"{label} (scale {entry['scale']:g})" if entry.get("scale") is not None and name != "uniform" else label
 
 

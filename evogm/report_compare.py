@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from evogm.report import LABELS, _fmt, _save, markdown_table
 from evogm.runlog import write_atomic, write_json
 
-STATIC_LABELS = {**LABELS, "best_expert": "best single expert"}
+
 
 
 def write(out: Path, summary: dict) -> Path:
@@ -32,7 +32,7 @@ def markdown(summary: dict, plots: dict[str, str]) -> str:
         rows.append([name, _pm(m["dev_mean"], m["dev_std"]), _pm(m["test_mean"], m["test_std"]),
                      f"{_fmt1(reach['mean'])} ({reach['reached']}/{reach['of']} seeds)"])
     static = [["static baseline", "dev", "test"]] + [
-        [STATIC_LABELS.get(k, k), _fmt(v["dev"]), _fmt(v["test"])] for k, v in summary["static"].items()]
+        [LABELS.get(k, k), _fmt(v["dev"]), _fmt(v["test"])] for k, v in summary["static"].items()]
     return "\n".join([
         "# Comparison\n",
         f"Budget {summary['budget']} evaluations per run, seeds {', '.join(map(str, seeds))}. "
@@ -66,7 +66,7 @@ def plot_dev_test(summary: dict, path: Path) -> str:
         ax.scatter([r["dev"] for r in m["runs"]], [r["test"] for r in m["runs"]], label=name, alpha=0.8)
     for name, v in summary["static"].items():
         ax.scatter([v["dev"]], [v["test"]], marker="x", color="black")
-        ax.annotate(STATIC_LABELS.get(name, name), (v["dev"], v["test"]), fontsize="x-small")
+        ax.annotate(LABELS.get(name, name), (v["dev"], v["test"]), fontsize="x-small")
     ax.set(xlabel="dev score", ylabel="test score", title="each run's best (x: static baselines)")
     ax.legend(fontsize="small")
     return _save(fig, path)

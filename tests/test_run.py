@@ -19,7 +19,7 @@ from evogm.config import load_config
 # and a 2-point scale grid: seconds, not minutes.
 FAST = ["search.budget=14", "search.popsize=4", "search.options.iterations=1", "search.options.steps=5",
         "search.options.hidden_sizes=[16, 16]", "baselines.scales=[0.5, 1.0]"]
-CANDIDATES = ["best", "initial_best", "uniform", "task_arithmetic", "ties", "dare"]
+CANDIDATES = ["best", "initial_best", "best_expert", "uniform", "task_arithmetic", "ties", "dare"]
 
 
 @pytest.fixture(scope="session")
@@ -83,9 +83,20 @@ def test_final_json_reports_dev_and_test_per_task_for_every_candidate(multi: Pat
     assert ta["scale"] in (0.5, 1.0) and ta["dev"]["score"] == max(ta["sweep"].values())
 
 
+def test_the_best_single_expert_is_picked_on_dev_and_matches_the_logged_one_hots(multi: Path):
+    final = json.loads((multi / "final.json").read_text())
+    entry, experts = final["candidates"]["best_expert"], final["experts"]
+    one_hots = {r["coefficients"].index(1.0): -r["loss"] for r in records(multi)
+                if r["gen"] == 0 and sorted(r["coefficients"]) == [0.0] * (len(experts) - 1) + [1.0]}
+    assert sorted(one_hots) == list(range(len(experts)))  # the first population holds every expert alone
+    assert entry["sweep"] == {experts[i]: score for i, score in one_hots.items()}  # same merges, same dev scores
+    assert entry["dev"]["score"] == max(one_hots.values()) and entry["sweep"][entry["expert"]] == max(one_hots.values())
+    assert entry["coefficients"] == [1.0 if e == entry["expert"] else 0.0 for e in experts]
+
+
 def test_the_report_has_the_tables_and_plots(multi: Path):
     report = (multi / "report.md").read_text()
-    for text in ("## Results", "| best (search)", "| initial best", "| TIES", "## Best coefficients",
+    for text in ("## Results", "| best (search)", "| initial best", "| best single expert (", "| TIES", "## Best coefficients",
                  "plots/best_so_far.png", "plots/coefficients.png", "plots/tasks.png"):
         assert text in report, text
 
@@ -152,9 +163,7 @@ def test_the_packaged_zoo_config_reads(monkeypatch):
     """configs/zoo.yaml and `evogm demo` both read the zoo shipped in the package."""
     from evogm.commands.demo import zoo_config
 
-    packaged = Path(__file__).parent.parent / "evogm" / "zoo" / "data" / "run.yaml"
-    if not packaged.is_file():
-        pytest.skip("the built zoo is not packaged yet (evogm/zoo/data/)")
     path = zoo_config()
+    assert path.resolve() == (Path(__file__).parent.parent / "evogm" / "zoo" / "data" / "run.yaml").resolve()
     cfg = load_config(Path(__file__).parent.parent / "configs" / "zoo.yaml")
     assert cfg.models.base == str(path.parent / "base") and cfg.search.budget == 160
