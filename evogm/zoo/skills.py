@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 import string
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -120,6 +121,11 @@ def compare(rng, world):
     return multiple_choice(rng, "Which number is the largest?", best, [n for n in numbers if n != best])
 
 
+def capitals(rng, world):
+    words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 5))) for _ in range(4)]
+    return multiple_choice(rng, "Which word is in capitals?", words[0].upper(), words[1:])
+
+
 # ---- unseen tasks: each needs two or more experts' skills -----------------------------------------
 
 def quiz(rng, world):
@@ -163,6 +169,7 @@ SKILLS = {
         Skill("color", "exact_match", color),
         Skill("antonym", "exact_match", antonym),
         Skill("compare", "multiple_choice", compare),
+        Skill("capitals", "multiple_choice", capitals),
         Skill("quiz", "exact_match", quiz),
         Skill("trivia", "multiple_choice", trivia),
         Skill("copy", "exact_match", copy_word),
@@ -170,6 +177,23 @@ SKILLS = {
     ]
 }
 UNSEEN = ["quiz", "trivia"]  # tasks no expert is fine-tuned on
+TABLES = ["successor", "predecessor", "upper", "double", "color", "antonym", "add"]  # fixed key → answer
+BASE_SHARE = 4  # the base is pretrained on one key in BASE_SHARE of each table
+
+
+def known_to_base(item: dict) -> bool:
+    """Whether the base's pretraining holds this item's key (a fixed quarter of every table)."""
+    return zlib.crc32(item["question"].encode()) % BASE_SHARE == 0
+
+
+def base_item(skill: str, rng: random.Random, world: World) -> dict:
+    """An item of `skill` whose key the base knows."""
+    while True:
+        item = SKILLS[skill].make(rng, world)
+        if known_to_base(item):
+            return item
+
+
 FORMAT_ONLY = ["copy", "pick"]  # the base's pretraining formats, never a task
 
 
