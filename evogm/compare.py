@@ -27,6 +27,10 @@ ABLATIONS = {
     "evogm-norounds": ("evogm", {"rounds": 1}),  # iterations set so the budget stays the same
     "evogm-reset-iteration": ("evogm", {"reset": "iteration"}),
 }
+# name → (optimizer, options): variants beyond the paper, compared by name, never by --ablations
+VARIANTS = {
+    "evogm-local": ("evogm", {"local_share": 0.25}),
+}
 STATIC = ("best_expert", "uniform", "task_arithmetic", "ties", "dare")
 
 
@@ -64,12 +68,12 @@ def method_specs(methods: list[str], ablations: bool) -> dict[str, tuple[str, di
 
     specs = {}
     for name in methods:
-        if name in ABLATIONS:
-            specs[name] = ABLATIONS[name]
+        if name in ABLATIONS or name in VARIANTS:
+            specs[name] = {**ABLATIONS, **VARIANTS}[name]
         elif name in OPTIMIZERS:
             specs[name] = (name, {})
         else:
-            raise unknown_name("optimizer", name, [*OPTIMIZERS, *ABLATIONS])
+            raise unknown_name("optimizer", name, [*OPTIMIZERS, *ABLATIONS, *VARIANTS])
     if ablations:
         specs.update({k: v for k, v in ABLATIONS.items() if k not in specs})
     return specs

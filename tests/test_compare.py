@@ -49,3 +49,12 @@ def test_a_second_call_reuses_finished_runs(comparison):
     stamp = (out / "runs" / "evogm" / "seed0" / "final.json").stat().st_mtime_ns
     assert cli(argv) == 0
     assert (out / "runs" / "evogm" / "seed0" / "final.json").stat().st_mtime_ns == stamp
+
+
+def test_variants_are_named_and_ablations_stay_the_papers():
+    from evogm.compare import ABLATIONS, method_specs
+
+    specs = method_specs(["evogm", "evogm-local"], ablations=True)
+    assert specs["evogm-local"] == ("evogm", {"local_share": 0.25}) and specs["evogm"] == ("evogm", {})
+    assert set(specs) == {"evogm", "evogm-local", *ABLATIONS}
+    assert "evogm-local" not in method_specs(["evogm"], ablations=True)

@@ -188,7 +188,22 @@ def test_no_rounds_is_one_option_away_at_the_same_budget():
     np.testing.assert_allclose(a[4][:3], two_rounds.basis)  # round 2 starts from the elites
 
 
+def test_local_share_replaces_the_last_proposals_with_steps_around_the_incumbent():
+    paper = generations(EvoGM(3, popsize=6, seed=0, rounds=1, **TINY), 3)
+    opt = EvoGM(3, popsize=6, seed=0, rounds=1, local_share=0.5, **TINY)
+    local = generations(opt, 2)
+    np.testing.assert_array_equal(paper[0], local[0])
+    np.testing.assert_array_equal(paper[1][:3], local[1][:3])  # the generators' share is untouched
+    incumbent = paper[0][np.argmin(sphere(paper[0]))]
+    winners = paper[0][np.argsort(sphere(paper[0]))[:1]]  # ⌊0.3·6⌋ = 1 winner: σ falls back to 0.1
+    assert len(winners) == 1 and np.abs(local[1][3:] - incumbent).max() < 0.5
+    assert not np.allclose(local[1][3:], paper[1][3:])
+    assert sphere(local[1][3:]).min() < sphere(paper[1][3:]).min()  # near the best, not the blend
+
+
 def test_bad_option_values_are_clear_errors():
+    with pytest.raises(EvogmError, match="local_share"):
+        EvoGM(3, popsize=6, seed=0, local_share=1.0)
     with pytest.raises(EvogmError, match="dual"):
         EvoGM(3, popsize=6, seed=0, generator="duel")
     with pytest.raises(EvogmError, match="winner_portion"):
