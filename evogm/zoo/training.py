@@ -49,8 +49,10 @@ def train(
     batch: int,
     seed: int,
     log: Callable[[str], None] = lambda s: None,
+    penalty: Callable[[torch.nn.Module, torch.Generator], torch.Tensor] | None = None,
 ) -> float:
-    """Train `model` for `steps` batches drawn from the blocks (n, T); returns the last loss."""
+    """Train `model` for `steps` batches drawn from the blocks (n, T); returns the last loss.
+    `penalty(model, generator)`, if given, is added to every step's loss."""
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
@@ -60,6 +62,8 @@ def train(
     for step in range(steps):
         rows = torch.randint(0, ids.shape[0], (batch,), generator=generator)
         loss = next_token_loss(model, ids[rows], mask[rows])
+        if penalty is not None:
+            loss = loss + penalty(model, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
