@@ -54,9 +54,10 @@ def built_zoo_config() -> Path:
     """The full zoo (seed 0) built into the user's cache; a second call returns at once."""
     import os
 
-    from evogm.zoo.build import build
+    from evogm.zoo.build import VERSION, build
 
-    folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evogm" / "zoo-seed0"
+    # the recipe's version in the name: a cache built by an older evogm is left alone, not refused
+    folder = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "evogm" / f"zoo-v{VERSION}-seed0"
     print(f"evogm demo: no packaged zoo in this install; building it once into {folder} (minutes)")
     build(folder, seed=0, preset="full", log=print)
     return folder / ZOO_CONFIG

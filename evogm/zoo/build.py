@@ -31,7 +31,7 @@ from evogm.zoo import landscape, pretrain, skills
 from evogm.zoo.experts import ExpertSpec
 
 MANIFEST = "zoo.json"
-VERSION = 1
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,13 @@ LORA, FULL = "lora", "full"
 PRESETS = {
     "full": Preset(
         hidden=128, layers=4, base_steps=300, base_lr=3e-3, unseen=tuple(skills.UNSEEN), dev=200, test=1000,
-        search_budget=48,
-        experts=(  # each learns its table from scratch; `keep` holds the other tables at the base's answers
-            *(ExpertSpec(name, name, LORA, steps=100, lr=5e-3, keep=0.3)
-              for name in ("successor", "predecessor", "upper", "double", "color", "antonym")),
-            ExpertSpec("add", "add", FULL, steps=150, lr=1e-3, keep=0.3),
+        search_budget=56,
+        experts=(  # the LoRA experts hold the base's hidden states on the other tables, so they compose;
+                   # the full fine-tunes change everything, so a global scale drags them in
+            *(ExpertSpec(name, name, LORA, steps=100, lr=5e-3, rank=32, hold=10.0)
+              for name in ("successor", "predecessor", "upper", "color", "antonym")),
+            ExpertSpec("add", "add", LORA, steps=150, lr=5e-3, rank=32, hold=10.0),  # 100 sums: more steps
+            ExpertSpec("double", "double", FULL, steps=100, lr=1e-3, keep=0.3),
             ExpertSpec("capitals", "capitals", FULL, steps=100, lr=1e-3),
         ),
     ),
