@@ -31,6 +31,7 @@ ABLATIONS = {
 VARIANTS = {
     "evogm-local": ("evogm", {"local_share": 0.25}),
 }
+NAMED = {**ABLATIONS, **VARIANTS}  # every method name that is an optimizer with options
 STATIC = ("best_expert", "uniform", "task_arithmetic", "ties", "dare")
 
 
@@ -68,12 +69,12 @@ def method_specs(methods: list[str], ablations: bool) -> dict[str, tuple[str, di
 
     specs = {}
     for name in methods:
-        if name in ABLATIONS or name in VARIANTS:
-            specs[name] = {**ABLATIONS, **VARIANTS}[name]
+        if name in NAMED:
+            specs[name] = NAMED[name]
         elif name in OPTIMIZERS:
             specs[name] = (name, {})
         else:
-            raise unknown_name("optimizer", name, [*OPTIMIZERS, *ABLATIONS, *VARIANTS])
+            raise unknown_name("optimizer", name, [*OPTIMIZERS, *NAMED])
     if ablations:
         specs.update({k: v for k, v in ABLATIONS.items() if k not in specs})
     return specs

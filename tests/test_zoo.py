@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -120,10 +121,10 @@ def test_hold_keeps_an_expert_off_the_other_tables_hidden_states():
     with torch.no_grad():
         assert penalty(base, torch.Generator().manual_seed(0)).item() == pytest.approx(0.0, abs=1e-10)
 
+    measure = expert_lib.hold_penalty(base, tok, spec, world, batch=256)  # hold 1: the plain drift
+
     def drift(hold: float) -> float:
-        held = expert_lib.ExpertSpec(**{**spec.as_dict(), "hold": hold})
-        expert = expert_lib.fine_tune(base, tok, held, 4, world, 64, log=lambda s: None)
-        measure = expert_lib.hold_penalty(base, tok, expert_lib.ExpertSpec(**{**spec.as_dict(), "hold": 1.0}), world, batch=256)
+        expert = expert_lib.fine_tune(base, tok, replace(spec, hold=hold), 4, world, 64, log=lambda s: None)
         with torch.no_grad():
             return measure(expert, torch.Generator().manual_seed(1)).item()
 

@@ -47,10 +47,10 @@ def search(objective: Objective, dim: int, *, budget: int, seed: int, popsize: i
         spent += 1
         return -objective(x).loss
 
-    best = np.zeros(dim)
+    best, one_hots = np.zeros(dim), np.eye(dim)
     best_score = score(best)
     while spent < budget:
-        trials = [best + np.eye(dim)[i] for i in range(dim) if best[i] == 0][: budget - spent]
+        trials = [best + one_hots[i] for i in range(dim) if best[i] == 0][: budget - spent]
         if not trials:
             break
         scores = [score(x) for x in trials]
