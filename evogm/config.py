@@ -23,7 +23,8 @@ import yaml
 
 from evogm.errors import EvogmError
 from evogm.executors import EXECUTORS
-from evogm.schema import build, suggest
+from evogm.registry import did_you_mean
+from evogm.schema import build
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 MODES = ("multi_task", "single_task")
@@ -263,7 +264,7 @@ def check(cfg: RunConfig) -> None:
 
 def _check_choice(key: str, value: str, choices) -> None:
     if value not in choices:
-        raise EvogmError(f"{key} is {value!r}", f"{suggest(value, choices, 'value')}",
+        raise EvogmError(f"{key} is {value!r}", did_you_mean(value, choices, "no value like it"),
                          f"choose one of {', '.join(choices)}")
 
 
@@ -307,7 +308,7 @@ def check_optimizer(name: str, options: dict) -> None:
     from evogm.search import OPTIMIZERS
 
     if name not in OPTIMIZERS:
-        raise EvogmError(f"search.optimizer {name!r} is unknown", suggest(name, OPTIMIZERS, "optimizer"),
+        raise EvogmError(f"search.optimizer {name!r} is unknown", did_you_mean(name, OPTIMIZERS, "no optimizer like it"),
                          f"choose one of {', '.join(sorted(OPTIMIZERS))}")
     params = inspect.signature(OPTIMIZERS[name]).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -316,7 +317,7 @@ def check_optimizer(name: str, options: dict) -> None:
     for key in options:
         if key not in valid:
             raise EvogmError(f"search.options.{key} is not an option of optimizer {name!r}",
-                             suggest(key, valid, "option"), f"its options: {', '.join(valid) or 'none'}")
+                             did_you_mean(key, valid, "no option like it"), f"its options: {', '.join(valid) or 'none'}")
 
 
 def optimizer_defaults(name: str) -> dict[str, Any]:

@@ -19,12 +19,12 @@ evogm.errors.EvogmError: unknown config key search.budjet: did you mean 'budget'
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from typing import Any
 
 from evogm.errors import EvogmError
+from evogm.registry import did_you_mean
 
 
 def build(cls, data, where: str):
@@ -34,7 +34,7 @@ def build(cls, data, where: str):
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            raise EvogmError(f"unknown config key {where}{key}", suggest(str(key), names),
+            raise EvogmError(f"unknown config key {where}{key}", did_you_mean(str(key), names, "no key like it"),
                              f"valid keys here: {', '.join(names)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -82,7 +82,3 @@ _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "tru
 def _type_error(where: str, expected: str, value) -> EvogmError:
     return EvogmError(f"config key {where} must be {expected}", f"got {value!r}", "fix its value")
 
-
-def suggest(word: str, choices, what: str = "key") -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
-    return f"did you mean {close[0]!r}?" if close else f"no {what} like it"

@@ -18,12 +18,12 @@ wrapper (``rounds.py``) turns any strategy into an ``Optimizer``.
 
 from __future__ import annotations
 
-import difflib
 from typing import Protocol
 
 import numpy as np
 
 from evogm.errors import EvogmError
+from evogm.registry import did_you_mean
 
 Bounds = tuple[float, float]
 
@@ -118,8 +118,7 @@ def child_seed(seed: int, *path: int) -> int:
 def check_choice(name: str, value, choices) -> None:
     """A wrong option value is a user mistake at the edge: say which values exist."""
     if value not in choices:
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"use one of {list(choices)}"
+        hint = did_you_mean(str(value), choices, f"use one of {list(choices)}", cutoff=0.6)
         raise EvogmError(f"{name}={value!r} is not an option", f"{name} is one of {list(choices)}", hint)
 
 

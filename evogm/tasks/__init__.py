@@ -19,13 +19,13 @@ evogm.errors.EvogmError: task capitals: unknown key 'max_tokens': did you mean '
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 from evogm.errors import EvogmError
+from evogm.registry import did_you_mean
 from evogm.tasks.abstain import AbstainTask
 from evogm.tasks.data import SPLITS, infer_type, read_task_file
 from evogm.tasks.exact_match import ExactMatchTask
@@ -58,7 +58,7 @@ def load_task(spec: dict | str | Path) -> Task:
     spec = {"path": str(spec)} if isinstance(spec, (str, Path)) else dict(spec)
     kind = spec.get("type")
     if kind is not None and kind not in TASK_TYPES:
-        raise EvogmError(f"unknown task type {kind!r}", _suggest(kind, TASK_TYPES) or f"known: {sorted(TASK_TYPES)}",
+        raise EvogmError(f"unknown task type {kind!r}", did_you_mean(kind, TASK_TYPES, f"known: {sorted(TASK_TYPES)}", 0.6),
                          "")
     if kind == "python":
         return _build(PythonTask, _name(spec), spec, ())
@@ -86,7 +86,7 @@ def _build(cls: type, name: str, spec: dict, positional: tuple) -> Task:
     valid = _option_names(cls)
     for key in options:
         if key not in valid:
-            raise EvogmError(f"task {name}: unknown key {key!r}", _suggest(key, (*valid, *_SELECTION_KEYS)),
+            raise EvogmError(f"task {name}: unknown key {key!r}", did_you_mean(key, (*valid, *_SELECTION_KEYS), cutoff=0.6),
                              f"valid keys: {sorted((*valid, *_SELECTION_KEYS))}")
     try:
         return cls(name, *positional, **options)
@@ -98,11 +98,6 @@ def _build(cls: type, name: str, spec: dict, positional: tuple) -> Task:
 def _option_names(cls: type) -> tuple[str, ...]:
     parameters = inspect.signature(_OPTIONS_OF.get(cls, cls).__init__).parameters.values()
     return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
-
-
-def _suggest(word: str, known) -> str:
-    close = difflib.get_close_matches(str(word), list(known), n=1)
-    return f"did you mean {close[0]!r}?" if close else ""
 
 
 def _name(spec: dict) -> str:
