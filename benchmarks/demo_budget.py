@@ -21,9 +21,10 @@ import numpy as np
 
 from evogm.commands.demo import zoo_config
 from evogm.config import load_config
-from evogm.objective import Objective, Result
+from evogm.objective import Result
 from evogm.run import make_optimizer, resolve
 from evogm.runlog import RunLog, record
+from evogm.scoring import score
 from evogm.workspace import objective_factory, workspace
 
 LIMIT_S = 600
@@ -53,7 +54,7 @@ def main() -> None:
 
 def time_evaluations(cfg, n: int) -> tuple[float, float]:
     """Mean wall seconds of a dev evaluation (merge + score) and of a test evaluation."""
-    objective = objective_factory(cfg, "multi_task", "dev")()
+    objective = objective_factory(cfg, "multi_task")()
     rng = np.random.default_rng(0)
     objective(rng.uniform(-1, 1, objective.merger.dim))  # warm-up: tokenizing each split once
     start = time.perf_counter()
@@ -61,10 +62,10 @@ def time_evaluations(cfg, n: int) -> tuple[float, float]:
         objective(rng.uniform(-1, 1, objective.merger.dim))
     dev = (time.perf_counter() - start) / n
     ws = workspace(cfg)
-    final = Objective.for_final_report(ws.merger, ws.models.tokenizer, list(ws.tasks.values()))
-    final.score(ws.merger(np.full(ws.merger.dim, 0.3)))  # warm-up
+    tasks = list(ws.tasks.values())
+    score(ws.merger(np.full(ws.merger.dim, 0.3)), ws.models.tokenizer, tasks, "test")  # warm-up
     start = time.perf_counter()
-    final.score(ws.merger(np.full(ws.merger.dim, 0.5)))
+    score(ws.merger(np.full(ws.merger.dim, 0.5)), ws.models.tokenizer, tasks, "test")
     return dev, time.perf_counter() - start
 
 

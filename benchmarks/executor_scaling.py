@@ -39,7 +39,7 @@ from evogm.workspace import objective_factory
 def main() -> None:
     args = parse_args()
     cfg = load_config(zoo_config(args), args.overrides)
-    factory = objective_factory(cfg, "multi_task", "dev")
+    factory = objective_factory(cfg, "multi_task")
     dim = len(cfg.models.experts) * cfg.models.groups
     xs = np.random.default_rng(0).uniform(0, 1, size=(args.candidates, dim))
     print(f"zoo: {len(cfg.models.experts)} experts, {len(cfg.tasks)} tasks, device {cfg.models.device}; "

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from evogm.errors import EvogmError
+from evogm.runlog import flip
 
 # name → (optimizer, options): the paper's ablations, each one option away from EvoGM
 ABLATIONS = {
@@ -191,7 +192,7 @@ def best_so_far(records: list[dict], budget: int) -> list[float | None]:
     curve, best = [], -math.inf
     for rec in records[:budget]:
         if rec["loss"] is not None and not rec.get("error"):
-            best = max(best, -rec["loss"])
+            best = max(best, flip(rec["loss"]))
         curve.append(None if best == -math.inf else best)
     return curve
 

@@ -25,9 +25,10 @@ from evogm.errors import EvogmError
 from evogm.executors import EXECUTORS
 from evogm.registry import did_you_mean
 from evogm.schema import build
+from evogm.scoring import MULTI_TASK
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
-MODES = ("multi_task", "single_task")
+MODES = (MULTI_TASK, "single_task")
 BASELINES = ("best_expert", "uniform", "task_arithmetic", "ties", "dare")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED = ("model", "plots")
@@ -49,7 +50,6 @@ class SearchConfig:
     optimizer: str = "evogm"  # a name in evogm.search.OPTIMIZERS
     budget: int | None = None  # evaluations; None: the optimizer's own schedule decides
     popsize: int | None = None  # None: 2 × number of experts (the paper's P = 2N)
-    split: str = "dev"  # the split the search scores: dev (test is scored once, at the end)
     options: dict[str, Any] = field(default_factory=dict)  # the optimizer constructor's keywords
 
 
@@ -72,7 +72,7 @@ class RunConfig:
     tasks: tuple[dict[str, Any], ...]  # each: name, path, type, and the task type's own keys (evogm.tasks)
     output: str  # the run directory
     seed: int = 42
-    mode: str = "multi_task"  # multi_task | single_task (one full search per task)
+    mode: str = MULTI_TASK  # multi_task | single_task (one full search per task)
     search: SearchConfig = field(default_factory=SearchConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
@@ -125,9 +125,21 @@ def deep_merge(under: dict, over: dict) -> dict:
 
 def from_dict(raw: dict) -> RunConfig:
     """Build and check a RunConfig from a plain dict (paths already absolute)."""
-    cfg = build(RunConfig, executor_options(name_tasks(raw)), "")
+    cfg = build(RunConfig, executor_options(name_tasks(without_split(raw))), "")
     check(cfg)
     return cfg
+
+
+def without_split(raw: dict) -> dict:
+    """The search scores dev, always: `search.split: dev` (in configs saved by earlier versions)
+    says nothing and is dropped; any other split is refused with the reason."""
+    search = raw.get("search")
+    if not isinstance(search, dict) or "split" not in search:
+        return raw
+    if search["split"] != "dev":
+        raise EvogmError(f"search.split is {search['split']!r}",
+                         "the test split is scored once, at the end, never in the search", "remove search.split")
+    return {**raw, "search": {k: v for k, v in search.items() if k != "split"}}
 
 
 def name_tasks(raw: dict) -> dict:
@@ -249,10 +261,6 @@ def check(cfg: RunConfig) -> None:
         raise EvogmError("models.groups must be at least 1", f"got {cfg.models.groups}")
     if not cfg.models.experts:
         raise EvogmError("models.experts is empty", "a merge needs at least one expert", "add name: path entries")
-    if cfg.search.split == "test":
-        raise EvogmError("search.split is 'test'", "the test split is scored once, at the end, never in the search",
-                         "use search.split=dev")
-    _check_choice("search.split", cfg.search.split, ("dev",))
     _check_number("search.budget", cfg.search.budget)
     _check_number("search.popsize", cfg.search.popsize)
     _check_path("models.base", cfg.models.base)

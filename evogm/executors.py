@@ -5,7 +5,7 @@ executor can build one objective per worker, next to its own resident model) and
 Result as soon as it exists through `on_result(row, result)` — the run logs it there, durably —
 whatever order the rows finish in. `map` returns the Results in row order.
 
->>> from evogm.objective import Result
+>>> from evogm.runlog import Result
 >>> square = lambda x: Result(x=tuple(x), coefficients=tuple(x), loss=float((x ** 2).sum()))
 >>> import numpy as np
 >>> [r.loss for r in LocalExecutor(lambda: square).map(np.array([[1.0], [2.0]]))]
@@ -19,7 +19,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from evogm.errors import EvogmError
-from evogm.objective import Result
+from evogm.runlog import Result
 from evogm.ray_executor import RayExecutor  # imports ray only when one is built
 
 OnResult = Callable[[int, Result], None]

@@ -6,7 +6,7 @@ expert is picked on dev and the static merges (uniform, task arithmetic, TIES, D
 global scale on dev, then each is scored on test once. Then the best merge is exported and final.json and the report are written.
 
 >>> records = RunLog("runs/zoo/evaluations.jsonl").records()                    # doctest: +SKIP
->>> finalize(cfg, Path("runs/zoo"), "multi_task", records, Progress())          # doctest: +SKIP
+>>> finalize(cfg, Path("runs/zoo"), MULTI_TASK, records, Progress())           # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import numpy as np
 from evogm import report
 from evogm.config import RunConfig
 from evogm.errors import EvogmError
-from evogm.runlog import read_json, write_json
+from evogm.runlog import flip, read_json, write_json
+from evogm.scoring import fitness, score, scored_tasks
 from evogm.workspace import Workspace, workspace
 
 
@@ -50,7 +51,7 @@ def best_entry(records: list[dict], experts: list[str]) -> dict:
                          "see the error column of evaluations.jsonl")
     i, rec = min(ok, key=lambda item: item[1]["loss"])
     lam = np.asarray(rec["coefficients"]).reshape(len(experts), -1)
-    return {"evaluation": i + 1, "gen": rec["gen"], "row": rec["row"], "fitness": -rec["loss"], "loss": rec["loss"],
+    return {"evaluation": i + 1, "gen": rec["gen"], "row": rec["row"], "fitness": flip(rec["loss"]), "loss": rec["loss"],
             "metrics": rec["metrics"], "x": rec["x"], "coefficients": rec["coefficients"],
             "experts": {name: lam[e].tolist() for e, name in enumerate(experts)},
             "evaluations": len(records)}
@@ -120,13 +121,9 @@ class Scoring:
     """Scores the resident model as it stands (after a merge or a static merge) on dev or test."""
 
     def __init__(self, ws: Workspace, target: str):
-        from evogm.objective import Objective
-
-        tasks, tokenizer = list(ws.tasks.values()), ws.models.tokenizer
-        self.model = ws.merger.model
-        self.objectives = {"dev": Objective(ws.merger, tokenizer, tasks, mode=target),
-                           "test": Objective.for_final_report(ws.merger, tokenizer, tasks, mode=target)}
-        self.primary = {t.name: f"{t.name}/{t.primary}" for t in self.objectives["dev"].scored}
+        self.tasks, self.target = scored_tasks(ws.tasks.values(), target), target
+        self.model, self.tokenizer = ws.merger.model, ws.models.tokenizer
+        self.primary = {t.name: f"{t.name}/{t.primary}" for t in self.tasks}
         self._merger, self._memo = ws.merger, {}
 
     def merged(self, coefficients, split: str) -> dict:
@@ -140,10 +137,9 @@ class Scoring:
 
     def resident(self, split: str) -> dict:
         """{"score": the search's fitness (weighted mean), "metrics": {"task/metric": value}}."""
-        objective = self.objectives[split]
         try:
-            metrics = objective.score(self.model)
-            return {"score": objective.fitness(metrics), "metrics": metrics}
+            metrics = score(self.model, self.tokenizer, self.tasks, split)
+            return {"score": fitness(metrics, self.tasks, self.target), "metrics": metrics}
         except EvogmError:
             raise
         except Exception as exc:  # noqa: BLE001 — the search is logged; say what failed and how to go on

@@ -15,7 +15,7 @@ next; a candidate whose worker died twice is recorded as a failed Result and the
 Ray is imported here only, on first use: the core never needs it (`pip install evogm[ray]`).
 
 >>> from evogm.workspace import objective_factory
->>> executor = RayExecutor(objective_factory(cfg, "multi_task", "dev"), workers=2)   # doctest: +SKIP
+>>> executor = RayExecutor(objective_factory(cfg, "multi_task"), workers=2)          # doctest: +SKIP
 >>> results = executor.map(xs, on_result=lambda row, r: print(row, r.loss))          # doctest: +SKIP
 >>> executor.close()                                                                 # doctest: +SKIP
 """
@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from evogm.errors import EvogmError
-from evogm.objective import Result
+from evogm.runlog import Result
 
 PATIENCE_S = 120  # a wait this long with no answer is worth a line in the log
 RETRIES = 1  # a candidate whose worker died is tried once more, elsewhere; a second death records it as failed

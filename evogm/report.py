@@ -19,7 +19,7 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from evogm.runlog import RunLog, read_json, write_atomic
+from evogm.runlog import RunLog, flip, read_json, write_atomic
 
 LABELS = {"best": "best (search)", "initial_best": "initial best", "best_expert": "best single expert",
           "uniform": "uniform",
@@ -127,7 +127,7 @@ def _fmt(value) -> str:
 
 
 def plot_best_so_far(records: list[dict], path: Path) -> str:
-    fitness = np.array([-r["loss"] if r["loss"] is not None else np.nan for r in records])
+    fitness = np.array([flip(r["loss"]) if r["loss"] is not None else np.nan for r in records])
     best = np.fmax.accumulate(np.where(np.isnan(fitness), -np.inf, fitness)) if len(fitness) else fitness
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()

@@ -22,8 +22,8 @@ from evogm import final
 from evogm.config import RunConfig, dump_yaml, load_config, optimizer_defaults
 from evogm.errors import EvogmError
 from evogm.executors import make_executor
-from evogm.objective import Result
-from evogm.runlog import RunLog, record, to_result, write_atomic, write_json
+from evogm.runlog import Result, RunLog, record, to_result, write_atomic, write_json
+from evogm.scoring import MULTI_TASK
 from evogm.workspace import objective_factory
 
 CONFIG, LOG, BEST, FINAL = "config.yaml", "evaluations.jsonl", "best.json", "final.json"
@@ -52,8 +52,8 @@ def run(cfg: RunConfig, *, run_dir=None, resume: bool = False, force: bool = Fal
     progress = progress or Progress()
     cfg = resolve(cfg, run_dir)
     prepare_run_dir(run_dir, cfg, resume=resume, force=force)
-    if cfg.mode == "multi_task":
-        run_one(cfg, run_dir, "multi_task", progress)
+    if cfg.mode == MULTI_TASK:
+        run_one(cfg, run_dir, MULTI_TASK, progress)
     else:
         for name in cfg.task_names:
             run_one(cfg, run_dir / name, name, progress)
@@ -127,7 +127,7 @@ def clear_run_dir(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def run_one(cfg: RunConfig, run_dir: Path, target: str, progress: Progress) -> None:
-    """One full search for `target` ("multi_task" or a task name) in run_dir, then its final stage."""
+    """One full search for `target` (MULTI_TASK or a task name) in run_dir, then its final stage."""
     if finished(run_dir):
         return  # a single-task sub-run finished before a kill
     log = RunLog(run_dir / LOG)
@@ -138,12 +138,12 @@ def run_one(cfg: RunConfig, run_dir: Path, target: str, progress: Progress) -> N
 
 
 def run_search(cfg: RunConfig, run_dir: Path, target: str, log: RunLog, progress: Progress) -> None:
-    executor = make_executor(cfg.executor.kind, objective_factory(cfg, target, cfg.search.split),
+    executor = make_executor(cfg.executor.kind, objective_factory(cfg, target),
                              **cfg.executor.options)
     experts = list(cfg.models.experts)
     try:
         search(make_optimizer(cfg), executor, log, cfg.search.budget, progress=progress,
-               title="search" if target == "multi_task" else f"search {target}",
+               title="search" if target == MULTI_TASK else f"search {target}",
                on_generation=lambda: write_json(run_dir / BEST, final.best_entry(log.records(), experts)))
     finally:
         log.close()

@@ -1,4 +1,4 @@
-"""The evaluation log: append-only JSONL, one record per evaluation, flushed and fsynced as it happens.
+"""Results and their log: append-only JSONL, one record per evaluation, flushed and fsynced as it happens.
 
 A killed run loses at most the evaluation in flight: reading back drops a truncated last line (and
 cuts it from the file so that the next append starts on a clean line). Resume replays the records;
@@ -16,10 +16,45 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from evogm.errors import EvogmError
-from evogm.objective import Result
+
+
+def flip(value: float) -> float:
+    """Loss ↔ fitness, the one sign flip: the log stores losses (lower is better, what optimizers
+    minimize); scores and reports read fitness (higher is better, the tasks' weighted score).
+
+    >>> flip(-0.7), flip(flip(0.25))
+    (0.7, 0.25)
+    """
+    return -value
+
+
+@dataclass(frozen=True)
+class Result:
+    """One evaluation of one candidate.
+
+    >>> r = Result(x=(0.5, 0.5), coefficients=(0.5, 0.5), loss=-0.7, metrics={"add/accuracy": 0.7}, seconds=0.4)
+    >>> r.ok, r.fitness
+    (True, 0.7)
+    """
+
+    x: tuple[float, ...]  # as asked by the optimizer
+    coefficients: tuple[float, ...]  # what was merged (flattened experts × groups)
+    loss: float  # −(weighted mean of task scores); inf if it failed
+    metrics: dict[str, float] = field(default_factory=dict)  # "task/metric" → value, higher is better
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and math.isfinite(self.loss)
+
+    @property
+    def fitness(self) -> float:
+        return flip(self.loss)
 
 
 class RunLog:

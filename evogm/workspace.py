@@ -2,11 +2,11 @@
 
 Built once per process and reused by every search of the run (single-task mode runs one search per
 task on the same resident model). Objectives are made by a picklable factory (the config as plain
-data, the target, the split), so that a distributed executor can build one next to each worker's
+data and the target), so that a distributed executor can build one next to each worker's
 own resident model.
 
 >>> ws = workspace(cfg)                                       # doctest: +SKIP
->>> objective = objective_factory(cfg, "multi_task", "dev")()   # doctest: +SKIP
+>>> objective = objective_factory(cfg, MULTI_TASK)()             # doctest: +SKIP
 >>> objective(np.full(ws.merger.dim, 0.5)).fitness              # doctest: +SKIP
 """
 
@@ -18,9 +18,6 @@ import json
 from dataclasses import dataclass
 
 from evogm.config import RunConfig, from_dict, to_dict
-
-MULTI_TASK = "multi_task"
-
 
 @dataclass
 class Workspace:
@@ -53,13 +50,13 @@ def build_workspace(cfg: RunConfig) -> Workspace:
     return Workspace(models, Merger(models.model, models.experts, groups=m.groups), tasks)
 
 
-def objective_factory(cfg: RunConfig, target: str, split: str):
+def objective_factory(cfg: RunConfig, target: str):
     """A zero-argument, picklable maker of the objective an executor calls on its worker."""
-    return functools.partial(make_objective, to_dict(cfg), target, split)
+    return functools.partial(make_objective, to_dict(cfg), target)
 
 
-def make_objective(cfg_data: dict, target: str, split: str):
+def make_objective(cfg_data: dict, target: str):
     from evogm.objective import Objective
 
     ws = workspace(from_dict(cfg_data))
-    return Objective(ws.merger, ws.models.tokenizer, list(ws.tasks.values()), split=split, mode=target)
+    return Objective(ws.merger, ws.models.tokenizer, list(ws.tasks.values()), target=target)

@@ -59,7 +59,7 @@ def test_loads_with_defaults_and_paths_relative_to_the_file(config_file: Path):
     assert cfg.models.experts["sort"] == str(root / "experts" / "sort")
     assert cfg.tasks[1]["path"] == str(root / "tasks" / "mc.json") and cfg.tasks[1]["limit"] == 100
     assert (cfg.models.dtype, cfg.models.device, cfg.models.groups) == ("float32", "auto", 1)
-    assert cfg.mode == "multi_task" and cfg.executor.kind == "local" and cfg.search.split == "dev"
+    assert cfg.mode == "multi_task" and cfg.executor.kind == "local"
     with pytest.raises(AttributeError):
         cfg.seed = 1  # frozen
 

@@ -11,7 +11,9 @@ from test_tasks_fixtures import em_items, mc_items, one_thread, write_task  # no
 from evogm.errors import EvogmError
 from evogm.merge import Merger
 from evogm.models import load_models
-from evogm.objective import Objective, Result
+from evogm.objective import Objective
+from evogm.runlog import Result
+from evogm.scoring import fitness, score
 from evogm.tasks import load_tasks
 
 FITNESS_MODULE = """
@@ -77,22 +79,13 @@ def test_a_result_records_the_merge_the_scores_and_the_loss(merger, models, task
     assert objective(x).metrics == result.metrics  # the merge is rewritten from θ₀: no drift
 
 
-def test_coefficients_come_through_the_space_map(merger, models, tasks):
-    per_group = Merger(models.model, models.experts, groups=2)
-    objective = Objective(per_group, models.tokenizer, tasks, space=lambda x: np.repeat(x, 2) * 2)
-    result = objective(np.array([0.1, 0.2, 0.3]))
-    assert result.ok and result.x == (0.1, 0.2, 0.3) and result.coefficients == (0.2, 0.2, 0.4, 0.4, 0.6, 0.6)
-    spread = Objective(per_group, models.tokenizer, tasks)(np.array([0.1, 0.2, 0.3]))  # one λ per expert, every group
-    assert spread.ok and spread.coefficients == (0.1, 0.1, 0.2, 0.2, 0.3, 0.3)
-
-
 def test_single_task_mode_scores_one_task_whatever_its_weight(merger, models, tmp_path):
     tasks = load_tasks([{"path": write_task(tmp_path / "mc.json", mc_items(6, 0)), "weight": 0.0},
                         {"path": write_task(tmp_path / "em.json", em_items(6, 1))}])
-    result = Objective(merger, models.tokenizer, tasks, mode="mc")(np.ones(3))
+    result = Objective(merger, models.tokenizer, tasks, target="mc")(np.ones(3))
     assert list(result.metrics) == ["mc/accuracy"] and result.loss == -result.metrics["mc/accuracy"]
     with pytest.raises(EvogmError, match="did you mean 'mc'"):
-        Objective(merger, models.tokenizer, tasks, mode="mcc")
+        Objective(merger, models.tokenizer, tasks, target="mcc")
 
 
 def test_a_failing_user_function_is_data_and_the_next_evaluation_works(merger, models, fitness_module):
@@ -123,17 +116,17 @@ def test_out_of_memory_non_finite_logits_and_bad_coefficients_are_data(merger, m
 
 
 def test_the_test_split_is_reachable_only_through_the_final_report(merger, models, tasks, fitness_module):
-    with pytest.raises(EvogmError, match="Objective.for_final_report"):
+    with pytest.raises(TypeError):  # the search's objective has no split to choose: it scores dev
         Objective(merger, models.tokenizer, tasks, split="test")
     judge = load_tasks([{"name": "judge", "type": "python", "function": f"{fitness_module}:flaky", "primary": "reward"}])
     search = Objective(merger, models.tokenizer, judge)
-    final = Objective.for_final_report(merger, models.tokenizer, judge)
-    assert (search.split, final.split) == ("dev", "test")
+    final = lambda x: score(merger(x), models.tokenizer, judge, "test")  # what the final stage and `evogm eval` call
+    assert search.split == "dev"
     search(np.zeros(3))  # the function's first call fails by design
     assert search(np.zeros(3)).metrics["judge/is_test"] == 0.0
-    assert final(np.zeros(3)).metrics["judge/is_test"] == 1.0
+    assert final(np.zeros(3))["judge/is_test"] == 1.0
     with pytest.raises(AttributeError):
         search.split = "test"
-    dev, test = Objective(merger, models.tokenizer, tasks), Objective.for_final_report(merger, models.tokenizer, tasks)
+    dev = Objective(merger, models.tokenizer, tasks)
     assert dev.scored[0].prompts("dev") != dev.scored[0].prompts("test")  # mc.json's test items differ
-    assert test(np.ones(3)).ok
+    assert math.isfinite(fitness(score(merger(np.ones(3)), models.tokenizer, tasks, "test"), tasks))

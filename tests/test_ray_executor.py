@@ -19,7 +19,7 @@ import pytest
 from evogm.config import from_dict
 from evogm.errors import EvogmError
 from evogm.executors import LocalExecutor, make_executor
-from evogm.objective import Result
+from evogm.runlog import Result
 from evogm.ray_executor import RayExecutor, import_ray
 from evogm.workspace import objective_factory
 
@@ -60,14 +60,14 @@ def candidates() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def local_results(run_config, candidates) -> list[Result]:
-    factory = objective_factory(from_dict(run_config), "multi_task", "dev")
+    factory = objective_factory(from_dict(run_config), "multi_task")
     return LocalExecutor(factory).map(candidates)
 
 
 @pytest.fixture(scope="class")
 def executor(ray_instance, run_config):
     """Two workers holding the instance's two CPUs: closed after its class, so later workers can start."""
-    executor = RayExecutor(objective_factory(from_dict(run_config), "multi_task", "dev"), workers=2, cpus_per_worker=1)
+    executor = RayExecutor(objective_factory(from_dict(run_config), "multi_task"), workers=2, cpus_per_worker=1)
     yield executor
     executor.close()
 

@@ -17,7 +17,7 @@ import pytest
 
 from evogm.errors import EvogmError
 from evogm.executors import LocalExecutor
-from evogm.objective import Result
+from evogm.runlog import Result
 from evogm.run import search
 from evogm.runlog import RunLog, record, to_result
 from evogm.search import OPTIMIZERS

@@ -138,12 +138,14 @@ def load_merged(args, base: str, experts: dict[str, str], weights: list[str]):
 
 def score(model, tokenizer, tasks: list, split: str) -> tuple[dict[str, dict], dict[str, float]]:
     """Per task: its metrics and its seconds. A failure here is the user's to see: one line, exit 2."""
-    model.eval()
+    from evogm import scoring
+
     rows, seconds = {}, {}
     for task in tasks:
         start = time.perf_counter()
         try:
-            rows[task.name] = task.evaluate(model, tokenizer, split)
+            metrics = scoring.score(model, tokenizer, [task], split)
+            rows[task.name] = {key.split("/", 1)[1]: value for key, value in metrics.items()}
         except EvogmError:
             raise
         except Exception as exc:  # noqa: BLE001 — a CLI user gets one line, not a traceback
@@ -154,11 +156,9 @@ def score(model, tokenizer, tasks: list, split: str) -> tuple[dict[str, dict], d
 
 def weighted_mean(model, tokenizer, tasks: list, split: str, rows: dict[str, dict]) -> float:
     """The search's fitness of these scores: the objective's own rule (weighted mean of primaries)."""
-    from evogm.objective import Objective
+    from evogm.scoring import fitness, scored_tasks
 
-    make = Objective.for_final_report if split == "test" else Objective
-    objective = make(lambda _: model, tokenizer, tasks)
-    return objective.fitness({f"{name}/{k}": v for name, metrics in rows.items() for k, v in metrics.items()})
+    return fitness({f"{name}/{k}": v for name, metrics in rows.items() for k, v in metrics.items()}, scored_tasks(tasks))
 
 
 def as_json(label: str, split: str, rows: dict, tasks: list, seconds: dict, mean: float) -> dict:

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from evogm import run as runner
 from evogm.config import load_config
 from evogm.errors import EvogmError
-from evogm.objective import Result
+from evogm.runlog import Result
 
 
 def add_parser(subparsers) -> None:

@@ -1,7 +1,7 @@
 """The zoo's landscape: what the base, each expert and the simple merges score, and a searched merge.
 
 Everything goes through the project's own pieces (evogm.models, evogm.merge, evogm.tasks,
-evogm.objective), so the table is what a user's run would see. The searched vector (greedy forward
+evogm.objective, evogm.scoring), so the table is what a user's run would see. The searched vector (greedy forward
 selection, then CMA-ES, on dev) shows that a coefficient vector beats every single expert and every
 global-scale merge; it is recorded in the manifest.
 
@@ -20,6 +20,7 @@ import numpy as np
 from evogm.merge import Merger
 from evogm.models import load_models
 from evogm.objective import Objective
+from evogm.scoring import fitness, score
 from evogm.tasks import load_tasks
 
 SCALES = (0.3, 0.5, 0.7, 1.0)  # task arithmetic's global scales; 1.0 is the naive sum
@@ -78,7 +79,6 @@ def measure(base: str, experts: dict[str, str], task_specs: list[dict], *, seed:
     merger = Merger(models.model, models.experts, groups=1)
     tasks = load_tasks(task_specs)
     dev = Objective(merger, models.tokenizer, tasks)
-    test = Objective.for_final_report(merger, models.tokenizer, tasks)
     rows = candidates(models.names)
     start = time.perf_counter()
     dev(rows["uniform"])  # first call tokenizes the tasks; time the second
@@ -89,19 +89,18 @@ def measure(base: str, experts: dict[str, str], task_specs: list[dict], *, seed:
     log(f"one multi-task evaluation on dev: {seconds:.2f}s")
     if budget > 0:
         rows["searched"] = search(dev, len(models.names), budget=budget, seed=seed, log=log)
-    table = {name: _scores(dev, test, x, tasks) for name, x in rows.items()}
+    table = {name: _scores(merger, models.tokenizer, x, tasks) for name, x in rows.items()}
     merger.reset()
     return {"tasks": [t.name for t in tasks], "rows": table, "seconds_per_eval": round(seconds, 3)}
 
 
-def _scores(dev: Objective, test: Objective, x: np.ndarray, tasks) -> dict:
+def _scores(merger: Merger, tokenizer, x: np.ndarray, tasks) -> dict:
     out = {"coefficients": [round(float(v), 4) for v in x]}
-    for split, objective in (("dev", dev), ("test", test)):
-        result = objective(x)
-        if not result.ok:
-            raise RuntimeError(f"scoring {x} on {split} failed: {result.error}")
-        scores = {t.name: round(result.metrics[f"{t.name}/{t.primary}"], 4) for t in tasks}
-        out[split] = {**scores, "mean": round(result.fitness, 4)}
+    model = merger(x)
+    for split in ("dev", "test"):
+        metrics = score(model, tokenizer, tasks, split)
+        scores = {t.name: round(metrics[f"{t.name}/{t.primary}"], 4) for t in tasks}
+        out[split] = {**scores, "mean": round(fitness(metrics, tasks), 4)}
     return out
 
 
