@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from evogm.errors import EvogmError
+from evogm.rundir import RunDir
 from evogm.runlog import flip
 
 # name → (optimizer, options): the paper's ablations, each one option away from EvoGM
@@ -139,24 +140,22 @@ def run_job(job: Job) -> str:
     from evogm.config import load_config
 
     torch.set_num_threads(job.threads)
-    cfg = load_config(job.config, list(job.overrides))
-    if runner.finished(job.run_dir):
-        _check_same(job, cfg)
+    cfg, run_dir = load_config(job.config, list(job.overrides)), RunDir(job.run_dir)
+    if run_dir.finished():
+        _check_same(run_dir, cfg)
         return "reused"
-    if (job.run_dir / runner.CONFIG).exists():
-        _check_same(job, cfg)
-        runner.run(runner.resume_config(job.run_dir), run_dir=job.run_dir, resume=True)
+    if run_dir.config.exists():
+        _check_same(run_dir, cfg)
+        runner.run(run_dir.read_config(), run_dir=job.run_dir, resume=True)
         return "resumed"
     runner.run(cfg, run_dir=job.run_dir)
     return "ran"
 
 
-def _check_same(job: Job, cfg) -> None:
-    from evogm import run as runner
-
-    saved = runner.resume_config(job.run_dir)
+def _check_same(run_dir: RunDir, cfg) -> None:
+    saved = run_dir.read_config()
     if (saved.search.optimizer, saved.search.budget, saved.seed) != (cfg.search.optimizer, cfg.search.budget, cfg.seed):
-        raise EvogmError(f"{job.run_dir} holds a run of another optimizer, budget or seed",
+        raise EvogmError(f"{run_dir.path} holds a run of another optimizer, budget or seed",
                          "a comparison reuses only runs of the same settings",
                          "pick another --out, or delete that run directory")
 
@@ -166,17 +165,16 @@ def _check_same(job: Job, cfg) -> None:
 
 def summarize(jobs: list[Job], specs: dict, budget: int) -> dict:
     """Per method: best dev and its test score over seeds, curves, evaluations to reach the static best."""
-    from evogm.runlog import RunLog, read_json
-
-    static = read_json(jobs[0].run_dir / "final.json")["candidates"]
+    static = RunDir(jobs[0].run_dir).read_final()["candidates"]
     static = {k: {"dev": v["dev"]["score"], "test": v["test"]["score"]} for k, v in static.items() if k in STATIC}
     target = max((v["dev"] for v in static.values()), default=None)
     methods = {}
     for name in specs:
         runs = []
         for job in (j for j in jobs if j.method == name):
-            best = read_json(job.run_dir / "final.json")["candidates"]["best"]
-            curve = best_so_far(RunLog(job.run_dir / "evaluations.jsonl").records(), budget)
+            run_dir = RunDir(job.run_dir)
+            best = run_dir.read_final()["candidates"]["best"]
+            curve = best_so_far(run_dir.records(), budget)
             runs.append({"seed": job.seed, "run_dir": str(job.run_dir), "dev": best["dev"]["score"],
                          "test": best["test"]["score"], "evals_to_static": evals_to_reach(curve, target),
                          "curve": curve})

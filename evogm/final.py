@@ -5,8 +5,8 @@ first population) keep their logged dev scores and are scored on test once; the 
 expert is picked on dev and the static merges (uniform, task arithmetic, TIES, DARE) choose their
 global scale on dev, then each is scored on test once. Then the best merge is exported and final.json and the report are written.
 
->>> records = RunLog("runs/zoo/evaluations.jsonl").records()                    # doctest: +SKIP
->>> finalize(cfg, Path("runs/zoo"), MULTI_TASK, records, Progress())           # doctest: +SKIP
+>>> run_dir = RunDir("runs/zoo")                                                 # doctest: +SKIP
+>>> finalize(cfg, run_dir, MULTI_TASK, run_dir.records(), Progress())           # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ import numpy as np
 from evogm import report
 from evogm.config import RunConfig
 from evogm.errors import EvogmError
-from evogm.runlog import flip, read_json, write_json
+from evogm.rundir import RunDir, best_entry
 from evogm.scoring import fitness, score, scored_tasks
 from evogm.workspace import Workspace, workspace
 
 
-def finalize(cfg: RunConfig, run_dir: Path, target: str, records: list[dict], progress) -> None:
+def finalize(cfg: RunConfig, run_dir: RunDir, target: str, records: list[dict], progress) -> None:
     ws = workspace(cfg)
     scoring = Scoring(ws, target)
     experts = list(cfg.models.experts)
-    best = best_entry(records, experts)
-    write_json(run_dir / "best.json", best)
+    best = run_dir.write_best(experts, records)
     progress.stage("test: best and initial best")
     candidates = {"best": searched(best, scoring),
                   "initial_best": searched(best_entry([r for r in records if r["gen"] == 0], experts), scoring)}
@@ -36,25 +35,11 @@ def finalize(cfg: RunConfig, run_dir: Path, target: str, records: list[dict], pr
         progress.stage(f"baseline: {method}")
         candidates[method] = baseline(method, cfg, ws, scoring)
     progress.stage("export")
-    export(cfg, ws, best["coefficients"], run_dir / "model")
-    write_json(run_dir / "final.json", {
+    export(cfg, ws, best["coefficients"], run_dir.model)
+    run_dir.write_final({
         "target": target, "tasks": scoring.primary, "experts": list(cfg.models.experts),
         "groups": cfg.models.groups, "evaluations": len(records), "candidates": candidates})
-    report.write_report(run_dir)
-
-
-def best_entry(records: list[dict], experts: list[str]) -> dict:
-    """The best logged evaluation (first of equals), with its place in the log and λ per expert."""
-    ok = [(i, r) for i, r in enumerate(records) if r["loss"] is not None and not r.get("error")]
-    if not ok:
-        raise EvogmError("no evaluation succeeded", records[0].get("error") if records else "the log is empty",
-                         "see the error column of evaluations.jsonl")
-    i, rec = min(ok, key=lambda item: item[1]["loss"])
-    lam = np.asarray(rec["coefficients"]).reshape(len(experts), -1)
-    return {"evaluation": i + 1, "gen": rec["gen"], "row": rec["row"], "fitness": flip(rec["loss"]), "loss": rec["loss"],
-            "metrics": rec["metrics"], "x": rec["x"], "coefficients": rec["coefficients"],
-            "experts": {name: lam[e].tolist() for e, name in enumerate(experts)},
-            "evaluations": len(records)}
+    report.write_report(run_dir.path)
 
 
 def searched(entry: dict, scoring: "Scoring") -> dict:
@@ -109,12 +94,12 @@ def export(cfg: RunConfig, ws: Workspace, coefficients, out_dir: Path) -> None:
                   base=cfg.models.base, experts=dict(cfg.models.experts), groups=cfg.models.groups)
 
 
-def write_summary(cfg: RunConfig, run_dir: Path) -> None:
+def write_summary(cfg: RunConfig, run_dir: RunDir) -> None:
     """Single-task mode: summary.json and the summary report across the per-task searches."""
-    finals = {name: read_json(run_dir / name / "final.json") for name in cfg.task_names}
-    write_json(run_dir / "summary.json", {name: {k: {s: f["candidates"][k][s]["score"] for s in ("dev", "test")}
-                                                 for k in f["candidates"]} for name, f in finals.items()})
-    report.write_summary_report(run_dir, finals)
+    finals = {name: run_dir.sub(name).read_final() for name in cfg.task_names}
+    run_dir.write_summary({name: {k: {s: f["candidates"][k][s]["score"] for s in ("dev", "test")}
+                                  for k in f["candidates"]} for name, f in finals.items()})
+    report.write_summary_report(run_dir.path, finals)
 
 
 class Scoring:

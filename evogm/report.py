@@ -15,11 +15,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from evogm.runlog import RunLog, flip, read_json, write_atomic
+from evogm.rundir import RunDir
+from evogm.runlog import flip, write_atomic
 
 LABELS = {"best": "best (search)", "initial_best": "initial best", "best_expert": "best single expert",
           "uniform": "uniform",
@@ -28,37 +28,35 @@ LABELS = {"best": "best (search)", "initial_best": "initial best", "best_expert"
 
 def write_report(run_dir) -> Path:
     """Draw the plots and write report.md for one search (multi-task run or single-task sub-run)."""
-    run_dir = Path(run_dir)
-    config = yaml.safe_load((run_dir.parent / "config.yaml" if not (run_dir / "config.yaml").exists()
-                             else run_dir / "config.yaml").read_text())
-    final, records = read_json(run_dir / "final.json"), RunLog(run_dir / "evaluations.jsonl").records()
-    plots = {"best_so_far": plot_best_so_far(records, run_dir / "plots" / "best_so_far.png"),
-             "coefficients": plot_coefficients(final, run_dir / "plots" / "coefficients.png"),
-             "tasks": plot_tasks(final, run_dir / "plots" / "tasks.png")}
-    text = "\n".join([header(run_dir, config, final, records), results_table(final),
+    run = RunDir(run_dir)
+    config, final, records = run.saved_config(), run.read_final(), run.records()
+    plots = {"best_so_far": plot_best_so_far(records, run.plots / "best_so_far.png"),
+             "coefficients": plot_coefficients(final, run.plots / "coefficients.png"),
+             "tasks": plot_tasks(final, run.plots / "tasks.png")}
+    text = "\n".join([header(run.path, config, final, records), results_table(final),
                       coefficients_table(final), plots_section(plots)])
-    write_atomic(run_dir / "report.md", text)
-    return run_dir / "report.md"
+    write_atomic(run.report, text)
+    return run.report
 
 
 def write_summary_report(run_dir, finals: dict[str, dict]) -> Path:
     """The single-task summary: one row per task, every candidate's test score, links to sub-reports."""
-    run_dir = Path(run_dir)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    run = RunDir(run_dir)
+    config = run.saved_config()
     names = _candidate_names(next(iter(finals.values())))
     rows = [["task", *(f"{LABELS.get(n, n)} test" for n in names), "best dev", "report"]]
     for task, final in finals.items():
         c = final["candidates"]
         rows.append([task, *(_fmt(c[n]["test"]["score"]) for n in names), _fmt(c["best"]["dev"]["score"]),
                      f"[{task}/report.md]({task}/report.md)"])
-    plot = plot_summary(finals, names, run_dir / "plots" / "summary.png")
+    plot = plot_summary(finals, names, run.plots / "summary.png")
     text = "\n".join([
-        f"# evogm single-task run: {run_dir.name}\n",
+        f"# evogm single-task run: {run.path.name}\n",
         f"One full search per task: optimizer `{config['search']['optimizer']}`, "
         f"{config['search']['budget']} evaluations each, seed {config['seed']}.\n",
         "## Test score per task\n", markdown_table(rows), "", f"![summary]({plot})\n"])
-    write_atomic(run_dir / "report.md", text)
-    return run_dir / "report.md"
+    write_atomic(run.report, text)
+    return run.report
 
 
 # --- text ---------------------------------------------------------------------------------------

@@ -7,29 +7,24 @@ uninterrupted one would have.
 
 >>> from evogm.config import load_config
 >>> report = run(load_config("configs/zoo.yaml", ["output=runs/zoo"]))   # doctest: +SKIP
->>> report = run(resume_config("runs/zoo"), run_dir="runs/zoo", resume=True)   # doctest: +SKIP
+>>> report = run(RunDir("runs/zoo").read_config(), run_dir="runs/zoo", resume=True)   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from evogm import final
-from evogm.config import RunConfig, dump_yaml, load_config, optimizer_defaults
+from evogm.config import RunConfig, optimizer_defaults
 from evogm.errors import EvogmError
 from evogm.executors import make_executor
-from evogm.runlog import Result, RunLog, record, to_result, write_atomic, write_json
+from evogm.rundir import RunDir
+from evogm.runlog import Result, RunLog, record, to_result
 from evogm.scoring import MULTI_TASK
 from evogm.workspace import objective_factory
-
-CONFIG, LOG, BEST, FINAL = "config.yaml", "evaluations.jsonl", "best.json", "final.json"
-REPORT, MODEL = "report.md", "model"
-OUTPUTS = (CONFIG, LOG, BEST, FINAL, REPORT, MODEL, "plots", "summary.json")
-
 
 class Progress:
     """What a run reports as it goes. The library stays silent; the CLI draws (commands/run.py)."""
@@ -48,26 +43,17 @@ class Progress:
 def run(cfg: RunConfig, *, run_dir=None, resume: bool = False, force: bool = False,
         progress: Progress | None = None) -> Path:
     """Search, evaluate once on test, export, report. Returns the path of report.md."""
-    run_dir = Path(run_dir or cfg.output).resolve()
+    run_dir = RunDir(Path(run_dir or cfg.output).resolve())
     progress = progress or Progress()
-    cfg = resolve(cfg, run_dir)
-    prepare_run_dir(run_dir, cfg, resume=resume, force=force)
+    cfg = resolve(cfg, run_dir.path)
+    run_dir.prepare(cfg, resume=resume, force=force)
     if cfg.mode == MULTI_TASK:
         run_one(cfg, run_dir, MULTI_TASK, progress)
     else:
         for name in cfg.task_names:
-            run_one(cfg, run_dir / name, name, progress)
+            run_one(cfg, run_dir.sub(name), name, progress)
         final.write_summary(cfg, run_dir)
-    return run_dir / REPORT
-
-
-def resume_config(run_dir) -> RunConfig:
-    """The resolved config a run directory was started with."""
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise EvogmError(f"{run_dir} holds no run to resume", f"{path} not found",
-                         "give the run directory of a started run")
-    return load_config(path)
+    return run_dir.report
 
 
 def resolve(cfg: RunConfig, run_dir: Path) -> RunConfig:
@@ -93,58 +79,28 @@ def make_optimizer(cfg: RunConfig):
     return OPTIMIZERS[cfg.search.optimizer](dim, popsize=cfg.search.popsize, seed=cfg.seed, **cfg.search.options)
 
 
-# --- the run directory --------------------------------------------------------------------------
-
-
-def finished(run_dir: Path) -> bool:
-    return (run_dir / REPORT).is_file()
-
-
-def prepare_run_dir(run_dir: Path, cfg: RunConfig, *, resume: bool, force: bool) -> None:
-    """A fresh run writes config.yaml; an existing run is resumed, or replaced only with force."""
-    if resume:
-        return
-    if any((run_dir / name).exists() for name in OUTPUTS):
-        if not force:
-            state = "a finished run" if finished(run_dir) else "an unfinished run"
-            raise EvogmError(f"{run_dir} already holds {state}", "a run directory is never overwritten silently",
-                             f"resume it with `evogm run --resume {run_dir}`, pick another output, or pass --force")
-        clear_run_dir(run_dir, cfg)
-    write_atomic(run_dir / CONFIG, dump_yaml(cfg))
-
-
-def clear_run_dir(run_dir: Path, cfg: RunConfig) -> None:
-    """Remove what a run writes (and only that), including single-task sub-directories."""
-    for name in (*OUTPUTS, *cfg.task_names):
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
 # --- one search ---------------------------------------------------------------------------------
 
 
-def run_one(cfg: RunConfig, run_dir: Path, target: str, progress: Progress) -> None:
+def run_one(cfg: RunConfig, run_dir: RunDir, target: str, progress: Progress) -> None:
     """One full search for `target` (MULTI_TASK or a task name) in run_dir, then its final stage."""
-    if finished(run_dir):
+    if run_dir.finished():
         return  # a single-task sub-run finished before a kill
-    log = RunLog(run_dir / LOG)
+    log = run_dir.runlog()
     if len(log.records()) < cfg.search.budget:  # else only the final stage was cut short: no replay needed
         run_search(cfg, run_dir, target, log, progress)
     final.finalize(cfg, run_dir, target, log.records(), progress)
     progress.finish()
 
 
-def run_search(cfg: RunConfig, run_dir: Path, target: str, log: RunLog, progress: Progress) -> None:
+def run_search(cfg: RunConfig, run_dir: RunDir, target: str, log: RunLog, progress: Progress) -> None:
     executor = make_executor(cfg.executor.kind, objective_factory(cfg, target),
                              **cfg.executor.options)
     experts = list(cfg.models.experts)
     try:
         search(make_optimizer(cfg), executor, log, cfg.search.budget, progress=progress,
                title="search" if target == MULTI_TASK else f"search {target}",
-               on_generation=lambda: write_json(run_dir / BEST, final.best_entry(log.records(), experts)))
+               on_generation=lambda: run_dir.write_best(experts, log.records()))
     finally:
         log.close()
         executor.close()

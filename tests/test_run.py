@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from evogm.cli import main as cli
-from evogm.run import prepare_run_dir
+from evogm.rundir import RunDir
 from evogm.config import load_config
 
 # A short EvoGM (2 rounds of 4 + 1·4 evaluations, the budget cutting the last generation to 2 rows)
@@ -124,8 +124,8 @@ def test_force_clears_only_the_run_files(tmp_path: Path, multi: Path):
     (out / "notes.txt").write_text("mine")
     cfg = load_config(multi / "config.yaml")
     with pytest.raises(Exception, match="already holds an unfinished run"):
-        prepare_run_dir(out, cfg, resume=False, force=False)
-    prepare_run_dir(out, cfg, resume=False, force=True)
+        RunDir(out).prepare(cfg, resume=False, force=False)
+    RunDir(out).prepare(cfg, resume=False, force=True)
     assert not (out / "evaluations.jsonl").exists() and (out / "notes.txt").exists() and (out / "config.yaml").exists()
 
 

@@ -14,6 +14,7 @@ from evogm import run as runner
 from evogm.commands.run import RichProgress
 from evogm.config import load_config
 from evogm.errors import EvogmError
+from evogm.rundir import fresh_dir
 
 ZOO_CONFIG = "run.yaml"  # written by `evogm zoo build` next to base/, experts/ and tasks/
 
@@ -61,12 +62,3 @@ def built_zoo_config() -> Path:
     print(f"evogm demo: no packaged zoo in this install; building it once into {folder} (minutes)")
     build(folder, seed=0, preset="full", log=print)
     return folder / ZOO_CONFIG
-
-
-def fresh_dir(stem: Path) -> Path:
-    """runs/demo, or runs/demo-2, runs/demo-3, … : the first that does not exist yet."""
-    candidate, n = stem, 1
-    while candidate.exists():
-        n += 1
-        candidate = stem.with_name(f"{stem.name}-{n}")
-    return candidate

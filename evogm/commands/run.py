@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from evogm import run as runner
 from evogm.config import load_config
 from evogm.errors import EvogmError
+from evogm.rundir import RunDir
 from evogm.runlog import Result
 
 
@@ -37,8 +38,8 @@ def main(args) -> int:
         raise EvogmError("no config given", "", "run `evogm run CONFIG.yaml` or `evogm run --resume RUN_DIR`")
     display = RichProgress(quiet=args.quiet)
     if args.resume:
-        cfg = runner.resume_config(args.resume)
-        already = runner.finished(Path(args.resume).resolve())
+        cfg = RunDir(args.resume).read_config()
+        already = RunDir(Path(args.resume).resolve()).finished()
         report = runner.run(cfg, run_dir=args.resume, resume=True, progress=display)
         display.console.print(f"{'already finished' if already else 'finished'}: {report}")
     else:

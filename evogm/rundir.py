@@ -1,0 +1,135 @@
+"""The run directory, in one place: its file names, its records, its best evaluation, its final files.
+
+The runner, the final stage, the report and the comparison all go through `RunDir`, so a file
+name is spelled once. A single-task run holds one sub-run directory per task (`sub(name)`).
+
+>>> import tempfile
+>>> d = RunDir(tempfile.mkdtemp())
+>>> d.log.name, d.final.name, d.finished()
+('evaluations.jsonl', 'final.json', False)
+>>> d.sub("add").path.name
+'add'
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from evogm.errors import EvogmError
+from evogm.runlog import RunLog, flip, read_json, write_atomic, write_json
+
+CONFIG, LOG, BEST, FINAL = "config.yaml", "evaluations.jsonl", "best.json", "final.json"
+REPORT, MODEL, PLOTS, SUMMARY = "report.md", "model", "plots", "summary.json"
+OUTPUTS = (CONFIG, LOG, BEST, FINAL, REPORT, MODEL, PLOTS, SUMMARY)  # what a run writes (and --force removes)
+
+
+class RunDir:
+    """One run directory (or a single-task sub-run): paths, reading back, writing best and final."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    config = property(lambda self: self.path / CONFIG)
+    log = property(lambda self: self.path / LOG)
+    best = property(lambda self: self.path / BEST)
+    final = property(lambda self: self.path / FINAL)
+    report = property(lambda self: self.path / REPORT)
+    model = property(lambda self: self.path / MODEL)
+    plots = property(lambda self: self.path / PLOTS)
+    summary = property(lambda self: self.path / SUMMARY)
+
+    def sub(self, name: str) -> "RunDir":
+        """A single-task mode's sub-run for task `name`."""
+        return RunDir(self.path / name)
+
+    def finished(self) -> bool:
+        return self.report.is_file()
+
+    def runlog(self) -> RunLog:
+        return RunLog(self.log)
+
+    def records(self) -> list[dict]:
+        return self.runlog().records()
+
+    def read_config(self):
+        """The resolved config the run was started with (checked, as a RunConfig)."""
+        from evogm.config import load_config
+
+        if not self.config.is_file():
+            raise EvogmError(f"{self.path} holds no run to resume", f"{self.config} not found",
+                             "give the run directory of a started run")
+        return load_config(self.config)
+
+    def saved_config(self) -> dict:
+        """config.yaml as plain data; a single-task sub-run reads its parent's."""
+        path = self.config if self.config.exists() else self.path.parent / CONFIG
+        return yaml.safe_load(path.read_text())
+
+    def read_final(self) -> dict:
+        return read_json(self.final)
+
+    def write_best(self, experts: list[str], records: list[dict] | None = None) -> dict:
+        """best.json from the log (or the given records); returns what it wrote."""
+        best = best_entry(self.records() if records is None else records, experts)
+        write_json(self.best, best)
+        return best
+
+    def write_final(self, final: dict) -> None:
+        write_json(self.final, final)
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.summary, summary)
+
+    def prepare(self, cfg, *, resume: bool, force: bool) -> None:
+        """A fresh run writes config.yaml; an existing run is resumed, or replaced only with force."""
+        from evogm.config import dump_yaml
+
+        if resume:
+            return
+        if any((self.path / name).exists() for name in OUTPUTS):
+            if not force:
+                state = "a finished run" if self.finished() else "an unfinished run"
+                raise EvogmError(f"{self.path} already holds {state}", "a run directory is never overwritten silently",
+                                 f"resume it with `evogm run --resume {self.path}`, pick another output, or pass --force")
+            self.clear(cfg.task_names)
+        write_atomic(self.config, dump_yaml(cfg))
+
+    def clear(self, task_names: list[str]) -> None:
+        """Remove what a run writes (and only that), including single-task sub-directories."""
+        for name in (*OUTPUTS, *task_names):
+            path = self.path / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+
+def best_entry(records: list[dict], experts: list[str]) -> dict:
+    """The best logged evaluation (first of equals), with its place in the log and λ per expert."""
+    ok = [(i, r) for i, r in enumerate(records) if r["loss"] is not None and not r.get("error")]
+    if not ok:
+        raise EvogmError("no evaluation succeeded", records[0].get("error") if records else "the log is empty",
+                         "see the error column of evaluations.jsonl")
+    i, rec = min(ok, key=lambda item: item[1]["loss"])
+    lam = np.asarray(rec["coefficients"]).reshape(len(experts), -1)
+    return {"evaluation": i + 1, "gen": rec["gen"], "row": rec["row"], "fitness": flip(rec["loss"]),
+            "loss": rec["loss"], "metrics": rec["metrics"], "x": rec["x"], "coefficients": rec["coefficients"],
+            "experts": {name: lam[e].tolist() for e, name in enumerate(experts)},
+            "evaluations": len(records)}
+
+
+def fresh_dir(stem) -> Path:
+    """runs/demo, or runs/demo-2, runs/demo-3, … : the first that does not exist yet."""
+    stem = Path(stem)
+    candidate, n = stem, 1
+    while candidate.exists():
+        n += 1
+        candidate = stem.with_name(f"{stem.name}-{n}")
+    return candidate
