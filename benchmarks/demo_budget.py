@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from evogm.commands.demo import zoo_config
-from evogm.config import load_config
+from evogm.config import load_config, make_optimizer, resolve
 from evogm.objective import Result
-from evogm.run import make_optimizer, resolve
 from evogm.runlog import RunLog, record
 from evogm.scoring import score
 from evogm.workspace import objective_factory, workspace

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evogm.baselines import BASELINES
 from evogm.errors import EvogmError
 from evogm.rundir import RunDir
 from evogm.runlog import flip
@@ -34,7 +35,6 @@ VARIANTS = {
     "evogm-local": ("evogm", {"local_share": 0.25}),
 }
 NAMED = {**ABLATIONS, **VARIANTS}  # every method name that is an optimizer with options
-STATIC = ("best_expert", "uniform", "task_arithmetic", "ties", "dare")
 
 
 @dataclass(frozen=True)
@@ -84,13 +84,12 @@ def method_specs(methods: list[str], ablations: bool) -> dict[str, tuple[str, di
 
 def planned_budget(config: str, overrides: list[str], out: Path) -> int:
     """The config's budget, or EvoGM's own schedule on this config (the paper's R·(P + T·P))."""
-    from evogm import run as runner
-    from evogm.config import load_config
+    from evogm.config import load_config, resolve
 
     cfg = load_config(config, [*overrides, "search.optimizer=evogm"])
     if cfg.search.budget:
         return cfg.search.budget
-    return runner.resolve(load_config(config, [*overrides, "search.optimizer=evogm", "search.options={}"]),
+    return resolve(load_config(config, [*overrides, "search.optimizer=evogm", "search.options={}"]),
                           out / "runs").search.budget
 
 
@@ -166,7 +165,7 @@ def _check_same(run_dir: RunDir, cfg) -> None:
 def summarize(jobs: list[Job], specs: dict, budget: int) -> dict:
     """Per method: best dev and its test score over seeds, curves, evaluations to reach the static best."""
     static = RunDir(jobs[0].run_dir).read_final()["candidates"]
-    static = {k: {"dev": v["dev"]["score"], "test": v["test"]["score"]} for k, v in static.items() if k in STATIC}
+    static = {k: {"dev": v["dev"]["score"], "test": v["test"]["score"]} for k, v in static.items() if k in BASELINES}
     target = max((v["dev"] for v in static.values()), default=None)
     methods = {}
     for name in specs:

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from evogm.baselines import BASELINES
 from evogm.errors import EvogmError
 from evogm.executors import EXECUTORS
 from evogm.registry import did_you_mean
@@ -29,7 +30,6 @@ from evogm.scoring import MULTI_TASK
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 MODES = (MULTI_TASK, "single_task")
-BASELINES = ("best_expert", "uniform", "task_arithmetic", "ties", "dare")
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED = ("model", "plots")
 
@@ -340,3 +340,31 @@ def optimizer_defaults(name: str) -> dict[str, Any]:
 def _is_plain(value) -> bool:
     return value is None or isinstance(value, (bool, int, float, str)) or (
         isinstance(value, (list, tuple)) and all(_is_plain(v) for v in value))
+
+
+# --- resolving defaults -------------------------------------------------------------------------
+
+
+def resolve(cfg: RunConfig, output) -> RunConfig:
+    """Every default made explicit (popsize, the optimizer's options, the budget), as config.yaml saves it;
+    `output` is the run directory."""
+    defaults = optimizer_defaults(cfg.search.optimizer)
+    popsize = cfg.search.popsize or defaults.pop("popsize", None) or 2 * len(cfg.models.experts) * cfg.models.groups
+    defaults.pop("popsize", None)
+    options = {**defaults, **cfg.search.options}
+    if "budget" in defaults and "budget" not in cfg.search.options and cfg.search.budget:
+        options["budget"] = cfg.search.budget  # an optimizer that plans by budget plans for this one
+    search = dataclasses.replace(cfg.search, popsize=popsize, options=options)
+    budget = search.budget or make_optimizer(dataclasses.replace(cfg, search=search)).budget
+    if not budget:
+        raise EvogmError(f"optimizer {search.optimizer!r} plans no budget", "it has no schedule of its own",
+                         "set search.budget (the number of evaluations)")
+    return dataclasses.replace(cfg, output=str(output), search=dataclasses.replace(search, budget=int(budget)))
+
+
+def make_optimizer(cfg: RunConfig):
+    """The config's optimizer, built as every optimizer is: ``Cls(dim, *, popsize, seed, **options)``."""
+    from evogm.search import OPTIMIZERS
+
+    dim = len(cfg.models.experts) * cfg.models.groups
+    return OPTIMIZERS[cfg.search.optimizer](dim, popsize=cfg.search.popsize, seed=cfg.seed, **cfg.search.options)

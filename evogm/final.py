@@ -1,9 +1,8 @@
 """The final stage of a search: the test split, once; the static baselines; the export; final.json.
 
 Dev picks, test reports: the best candidate of the search and the initial best (the best of the
-first population) keep their logged dev scores and are scored on test once; the best single
-expert is picked on dev and the static merges (uniform, task arithmetic, TIES, DARE) choose their
-global scale on dev, then each is scored on test once. Then the best merge is exported and final.json and the report are written.
+first population) keep their logged dev scores and are scored on test once; the static baselines
+(`baselines`) pick on dev, then each is scored on test once. Then the best merge is exported and final.json and the report are written.
 
 >>> run_dir = RunDir("runs/zoo")                                                 # doctest: +SKIP
 >>> finalize(cfg, run_dir, MULTI_TASK, run_dir.records(), Progress())           # doctest: +SKIP
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evogm import report
+from evogm import baselines, report
 from evogm.config import RunConfig
 from evogm.errors import EvogmError
 from evogm.rundir import RunDir, best_entry
@@ -33,7 +32,7 @@ def finalize(cfg: RunConfig, run_dir: RunDir, target: str, records: list[dict], 
                   "initial_best": searched(best_entry([r for r in records if r["gen"] == 0], experts), scoring)}
     for method in cfg.baselines.methods:
         progress.stage(f"baseline: {method}")
-        candidates[method] = baseline(method, cfg, ws, scoring)
+        candidates[method] = baselines.evaluate(method, cfg, ws, scoring)
     progress.stage("export")
     export(cfg, ws, best["coefficients"], run_dir.model)
     run_dir.write_final({
@@ -47,44 +46,6 @@ def searched(entry: dict, scoring: "Scoring") -> dict:
     return {"evaluation": entry["evaluation"], "coefficients": entry["coefficients"],
             "dev": {"score": entry["fitness"], "metrics": entry["metrics"]},
             "test": scoring.merged(entry["coefficients"], "test")}
-
-
-def baseline(method: str, cfg: RunConfig, ws: Workspace, scoring: "Scoring") -> dict:
-    """A static merge at its best global scale on dev (uniform: 1/N, no choice), then test once."""
-    if method == "best_expert":
-        return best_expert(list(cfg.models.experts), ws.merger.dim, scoring)
-    options = dict(cfg.baselines.options.get(method, {}))
-    if method == "uniform":
-        scales = [1.0 / len(ws.merger.experts)]
-    else:
-        scales = [options.pop("scale")] if "scale" in options else list(cfg.baselines.scales)
-    linear = method in ("uniform", "task_arithmetic")  # λ = scale · 1: exact and fast through the merger
-
-    def score(scale: float, split: str) -> dict:
-        if linear:
-            return scoring.merged([scale] * ws.merger.dim, split)
-        ws.merger.static(method, seed=cfg.seed, scale=scale, **options)
-        return scoring.resident(split)
-
-    sweep = [score(scale, "dev") for scale in scales]
-    pick = int(np.argmax([s["score"] for s in sweep]))  # first of equals
-    entry = {"scale": scales[pick], "options": options, "dev": sweep[pick], "test": score(scales[pick], "test")}
-    if linear:
-        entry["coefficients"] = [scales[pick]] * ws.merger.dim
-    if len(scales) > 1:
-        entry["sweep"] = {f"{s:g}": d["score"] for s, d in zip(scales, sweep)}
-    return entry
-
-
-def best_expert(experts: list[str], dim: int, scoring: "Scoring") -> dict:
-    """Each expert alone (λ = 1 on its every group, 0 elsewhere) on dev; the best one on test, once."""
-    groups = dim // len(experts)
-    one_hots = [np.kron(np.eye(len(experts))[e], np.ones(groups)).tolist() for e in range(len(experts))]
-    sweep = [scoring.merged(x, "dev") for x in one_hots]
-    pick = int(np.argmax([s["score"] for s in sweep]))  # first of equals
-    return {"expert": experts[pick], "coefficients": one_hots[pick], "dev": sweep[pick],
-            "test": scoring.merged(one_hots[pick], "test"),
-            "sweep": {name: d["score"] for name, d in zip(experts, sweep)}}
 
 
 def export(cfg: RunConfig, ws: Workspace, coefficients, out_dir: Path) -> None:

@@ -18,9 +18,9 @@ import pytest
 from evogm.errors import EvogmError
 from evogm.executors import LocalExecutor
 from evogm.runlog import Result
-from evogm.run import search
 from evogm.runlog import RunLog, record, to_result
 from evogm.search import OPTIMIZERS
+from evogm.search.loop import search
 
 
 # --- the log ------------------------------------------------------------------------------------

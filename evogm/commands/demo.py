@@ -11,9 +11,9 @@ from importlib import resources
 from pathlib import Path
 
 from evogm import run as runner
-from evogm.commands.run import RichProgress
 from evogm.config import load_config
 from evogm.errors import EvogmError
+from evogm.progress import RichProgress
 from evogm.rundir import fresh_dir
 
 ZOO_CONFIG = "run.yaml"  # written by `evogm zoo build` next to base/, experts/ and tasks/

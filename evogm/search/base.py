@@ -32,6 +32,7 @@ class Optimizer(Protocol):
     """What the runner drives: ``while evals < budget: xs = ask(); tell(xs, losses)``."""
 
     budget: int | None  # evaluations the optimizer's own schedule plans; None = no plan
+    round: int  # the round the next ask belongs to (0-based; an optimizer without rounds stays at 0)
 
     def ask(self) -> np.ndarray: ...  # (n, dim) candidates in original-expert coordinates
 

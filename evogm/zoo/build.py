@@ -25,7 +25,9 @@ import numpy as np
 import torch
 import yaml
 
+from evogm.baselines import BASELINES
 from evogm.errors import EvogmError
+from evogm.scoring import MULTI_TASK
 from evogm.zoo import experts as expert_lib
 from evogm.zoo import landscape, pretrain, skills
 from evogm.zoo.experts import ExpertSpec
@@ -149,13 +151,13 @@ def write_run_config(folder: Path, plan: Preset, specs: list[dict]) -> None:
     """run.yaml with paths relative to the zoo folder (the config reads them from its own folder)."""
     config = {
         "seed": 42,
-        "mode": "multi_task",
+        "mode": MULTI_TASK,
         "output": "runs/zoo",
         "models": {"base": "base", "experts": {s.name: f"experts/{s.name}" for s in plan.experts},
                    "dtype": "float32", "device": "cpu", "groups": 1},
         "tasks": [{**s, "path": str(Path(s["path"]).relative_to(folder))} for s in specs],
         "search": {"optimizer": "evogm", "budget": 160},
-        "baselines": {"methods": ["best_expert", "uniform", "task_arithmetic", "ties", "dare"], "scales": [0.1, 0.3, 0.5, 0.7, 1.0]},
+        "baselines": {"methods": list(BASELINES), "scales": [0.1, 0.3, 0.5, 0.7, 1.0]},
     }
     header = "# The tiny zoo: EvoGM with the paper's settings (160 evaluations), on a CPU.\n"
     (folder / "run.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))

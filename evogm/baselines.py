@@ -1,0 +1,61 @@
+"""The static baselines of a run's final stage: each picks on dev, then is scored on test once.
+
+The best single expert is picked on dev; the static merges (uniform, task arithmetic, TIES, DARE)
+choose their global scale on dev (uniform: 1/N, no choice). `BASELINES` is the one list of their
+names (the config's `baselines.methods`, the comparison's static rows, the zoo's run.yaml).
+
+>>> BASELINES
+('best_expert', 'uniform', 'task_arithmetic', 'ties', 'dare')
+>>> entry = evaluate("ties", cfg, workspace(cfg), Scoring(workspace(cfg), MULTI_TASK))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from evogm.config import RunConfig
+    from evogm.final import Scoring
+    from evogm.workspace import Workspace
+
+BASELINES = ("best_expert", "uniform", "task_arithmetic", "ties", "dare")
+
+
+def evaluate(method: str, cfg: RunConfig, ws: Workspace, scoring: Scoring) -> dict:
+    """A static merge at its best global scale on dev (uniform: 1/N, no choice), then test once."""
+    if method == "best_expert":
+        return best_expert(list(cfg.models.experts), ws.merger.dim, scoring)
+    options = dict(cfg.baselines.options.get(method, {}))
+    if method == "uniform":
+        scales = [1.0 / len(ws.merger.experts)]
+    else:
+        scales = [options.pop("scale")] if "scale" in options else list(cfg.baselines.scales)
+    linear = method in ("uniform", "task_arithmetic")  # λ = scale · 1: exact and fast through the merger
+
+    def score(scale: float, split: str) -> dict:
+        if linear:
+            return scoring.merged([scale] * ws.merger.dim, split)
+        ws.merger.static(method, seed=cfg.seed, scale=scale, **options)
+        return scoring.resident(split)
+
+    sweep = [score(scale, "dev") for scale in scales]
+    pick = int(np.argmax([s["score"] for s in sweep]))  # first of equals
+    entry = {"scale": scales[pick], "options": options, "dev": sweep[pick], "test": score(scales[pick], "test")}
+    if linear:
+        entry["coefficients"] = [scales[pick]] * ws.merger.dim
+    if len(scales) > 1:
+        entry["sweep"] = {f"{s:g}": d["score"] for s, d in zip(scales, sweep)}
+    return entry
+
+
+def best_expert(experts: list[str], dim: int, scoring: Scoring) -> dict:
+    """Each expert alone (λ = 1 on its every group, 0 elsewhere) on dev; the best one on test, once."""
+    groups = dim // len(experts)
+    one_hots = [np.kron(np.eye(len(experts))[e], np.ones(groups)).tolist() for e in range(len(experts))]
+    sweep = [scoring.merged(x, "dev") for x in one_hots]
+    pick = int(np.argmax([s["score"] for s in sweep]))  # first of equals
+    return {"expert": experts[pick], "coefficients": one_hots[pick], "dev": sweep[pick],
+            "test": scoring.merged(one_hots[pick], "test"),
+            "sweep": {name: d["score"] for name, d in zip(experts, sweep)}}
