@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evogm.commands.demo import zoo_config
+from evogm.zoo.packaged import zoo_config
 from evogm.config import load_config, make_optimizer, resolve
 from evogm.objective import Result
 from evogm.runlog import RunLog, record

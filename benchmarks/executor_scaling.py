@@ -76,7 +76,7 @@ def zoo_config(args) -> Path:
     if args.zoo:
         path = Path(args.zoo)
         return path / "run.yaml" if path.is_dir() else path
-    from evogm.commands.demo import zoo_config as packaged
+    from evogm.zoo.packaged import zoo_config as packaged
 
     return packaged()
 

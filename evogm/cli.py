@@ -9,19 +9,20 @@ Each subcommand lives in `evogm/commands/<name>.py` with `add_parser(subparsers)
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from evogm.commands import compare, demo, merge, run, zoo
+from evogm.commands import eval as eval_
 from evogm.errors import EvogmError
 
-COMMANDS = ["merge", "run", "demo", "eval", "compare", "zoo"]  # modules of evogm.commands, in --help order
+COMMANDS = [merge, run, demo, eval_, compare, zoo]  # modules of evogm.commands, in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evogm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"evogm.commands.{name}").add_parser(sub)
+    for command in COMMANDS:
+        command.add_parser(sub)
     return parser
 
 

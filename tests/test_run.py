@@ -161,7 +161,7 @@ def test_demo_runs_a_zoo_and_prints_where_the_report_is(zoo: Path, tmp_path: Pat
 
 def test_the_packaged_zoo_config_reads(monkeypatch):
     """configs/zoo.yaml and `evogm demo` both read the zoo shipped in the package."""
-    from evogm.commands.demo import zoo_config
+    from evogm.zoo.packaged import zoo_config
 
     path = zoo_config()
     assert path.resolve() == (Path(__file__).parent.parent / "evogm" / "zoo" / "data" / "run.yaml").resolve()

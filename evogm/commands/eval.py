@@ -15,10 +15,9 @@ and the runner's final report are the only ways to score the test split.
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
-from evogm.errors import EvogmError
+from evogm.evaluate import Evaluation, evaluate
+from evogm.weights import parse_pairs
 
 
 def add_parser(sub) -> None:
@@ -45,132 +44,27 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    base, experts, specs, weights = plan(args)
-    tasks = build_tasks(specs, args.limit, args.scoring)
-    model, tokenizer, label = load_merged(args, base, experts, weights)
-    rows, seconds = score(model, tokenizer, tasks, args.split)
-    mean = weighted_mean(model, tokenizer, tasks, args.split, rows)
-    print(json.dumps(as_json(label, args.split, rows, tasks, seconds, mean), indent=2) if args.json
-          else table(label, args.split, rows, tasks, mean))
+    load = dict(dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle,
+                trust_remote_code=args.trust_remote_code)
+    result = evaluate(args.model, tasks=args.tasks, split=args.split, base=args.base,
+                      experts=parse_pairs(args.expert, "--expert"), weights=args.weights, limit=args.limit,
+                      scoring=args.scoring, load=load)
+    print(json.dumps(as_json(result), indent=2) if args.json else table(result))
     return 0
 
 
-def plan(args) -> tuple[str, dict[str, str], list, list[str]]:
-    """(base folder, {expert: folder}, task specs, --weights) from the positional and the flags."""
-    from evogm.commands.merge import parse_pairs
-
-    experts = parse_pairs(args.expert, "--expert")
-    specs: list = list(args.tasks)
-    weights = list(args.weights)
-    if args.model and Path(args.model).suffix in (".yaml", ".yml"):
-        cfg = _config(args.model)
-        base, experts = cfg.models.base, {**cfg.models.experts, **experts}
-        specs = specs or list(cfg.tasks)
-        weights = [f"{name}=0" for name in experts] + weights  # a config's experts are optional: 0 unless weighted
-    elif args.model:
-        base, adapter = _model_folder(Path(args.model), args.base)
-        experts = {**({Path(args.model).name: str(adapter)} if adapter else {}), **experts}
-    elif args.base:
-        base = args.base
-    else:
-        raise EvogmError("no model to score", "give a model folder, a run config, or --base",
-                         "e.g. evogm eval zoo/base --tasks t.json")
-    if not specs:
-        raise EvogmError("no tasks to score", "--tasks is empty", "add --tasks FILE.json ...")
-    if weights and not experts:
-        raise EvogmError("--weights without experts", "there is nothing to weight", "add --expert NAME=PATH")
-    return str(base), experts, specs, weights
-
-
-def _config(path: str):
-    from evogm.config import load_config
-
-    return load_config(path)
-
-
-def _model_folder(folder: Path, base: str | None) -> tuple[str, Path | None]:
-    """(base folder, adapter folder or None) for a model folder given as MODEL."""
-    config = folder / "adapter_config.json"
-    if not config.is_file():
-        return str(folder), None
-    base = base or json.loads(config.read_text()).get("base_model_name_or_path")
-    if not base or not Path(base).is_dir():
-        raise EvogmError(f"{folder} is a PEFT adapter whose base {base!r} is not a local folder",
-                         "evogm loads models from local folders only", "give the base with --base BASE_FOLDER")
-    return base, folder
-
-
-def build_tasks(specs: list, limit: int | None, scoring: str | None) -> list:
-    from evogm.tasks import load_tasks
-
-    full = []
-    for spec in specs:
-        spec = {"path": str(spec)} if isinstance(spec, (str, Path)) else dict(spec)
-        if limit is not None:
-            spec["limit"] = limit
-        kind = spec.get("type") or _file_type(spec.get("path"))
-        if scoring and kind in ("multiple_choice", "abstain"):
-            spec["scoring"] = scoring
-        full.append(spec)
-    return load_tasks(full)
-
-
-def _file_type(path: str | None) -> str:
-    from evogm.tasks.data import infer_type, read_task_file
-
-    return infer_type(next(iter(read_task_file(path).splits.values()), [])) if path else "python"
-
-
-def load_merged(args, base: str, experts: dict[str, str], weights: list[str]):
-    """(model, tokenizer, label): the base, or the experts merged into it with the given weights."""
-    from evogm.commands.merge import parse_weights
-    from evogm.merge import Merger
-    from evogm.models import load_models
-
-    models = load_models(base, experts, dtype=args.dtype, device=args.device,
-                         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
-    if not experts:
-        return models.model, models.tokenizer, base
-    lam = parse_weights(weights, models.names)
-    model = Merger(models.model, models.experts, groups=lam.shape[1])(lam)
-    return model, models.tokenizer, f"{base} + " + " + ".join(f"{v:g}·{n}" for n, v in zip(models.names, lam[:, 0]))
-
-
-def score(model, tokenizer, tasks: list, split: str) -> tuple[dict[str, dict], dict[str, float]]:
-    """Per task: its metrics and its seconds. A failure here is the user's to see: one line, exit 2."""
-    from evogm import scoring
-
-    rows, seconds = {}, {}
-    for task in tasks:
-        start = time.perf_counter()
-        try:
-            metrics = scoring.score(model, tokenizer, [task], split)
-            rows[task.name] = {key.split("/", 1)[1]: value for key, value in metrics.items()}
-        except EvogmError:
-            raise
-        except Exception as exc:  # noqa: BLE001 — a CLI user gets one line, not a traceback
-            raise EvogmError(f"scoring task {task.name} failed", f"{type(exc).__name__}: {exc}", "") from exc
-        seconds[task.name] = time.perf_counter() - start
-    return rows, seconds
-
-
-def weighted_mean(model, tokenizer, tasks: list, split: str, rows: dict[str, dict]) -> float:
-    """The search's fitness of these scores: the objective's own rule (weighted mean of primaries)."""
-    from evogm.scoring import fitness, scored_tasks
-
-    return fitness({f"{name}/{k}": v for name, metrics in rows.items() for k, v in metrics.items()}, scored_tasks(tasks))
-
-
-def as_json(label: str, split: str, rows: dict, tasks: list, seconds: dict, mean: float) -> dict:
-    return {"model": label, "split": split, "score": mean,
+def as_json(result: Evaluation) -> dict:
+    rows, seconds = result.rows, result.seconds
+    return {"model": result.label, "split": result.split, "score": result.score,
             "tasks": {t.name: {"type": type(t).__name__, "primary": t.primary, "weight": t.weight,
-                               "metrics": rows[t.name], "seconds": round(seconds[t.name], 4)} for t in tasks}}
+                               "metrics": rows[t.name], "seconds": round(seconds[t.name], 4)} for t in result.tasks}}
 
 
-def table(label: str, split: str, rows: dict, tasks: list, mean: float) -> str:
-    lines = [f"{label} on {split}", f"{'task':<20} {'metric':<22} {'score':>7}  other metrics"]
-    for t in tasks:
+def table(result: Evaluation) -> str:
+    rows = result.rows
+    lines = [f"{result.label} on {result.split}", f"{'task':<20} {'metric':<22} {'score':>7}  other metrics"]
+    for t in result.tasks:
         others = ", ".join(f"{k}={v:.3f}" for k, v in rows[t.name].items() if k != t.primary)
         lines.append(f"{t.name:<20} {t.primary:<22} {rows[t.name][t.primary]:>7.3f}  {others}")
-    lines.append(f"{'weighted mean':<43} {mean:>7.3f}")
+    lines.append(f"{'weighted mean':<43} {result.score:>7.3f}")
     return "\n".join(lines)
