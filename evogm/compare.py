@@ -112,11 +112,10 @@ def make_jobs(config, overrides, specs, seeds, budget, out: Path, workers: int) 
 
 def _norounds_iterations(config: str, overrides: list[str]) -> int:
     """One round of R·(T+1) − 1 iterations spends what R rounds of T iterations spend."""
-    from evogm.config import load_config
+    from evogm.config import load_config, optimizer_defaults
 
-    options = load_config(config, overrides).search.options
-    rounds, iterations = options.get("rounds", 2), options.get("iterations", 3)
-    return rounds * (iterations + 1) - 1
+    options = {**optimizer_defaults("evogm"), **load_config(config, overrides).search.options}
+    return options["rounds"] * (options["iterations"] + 1) - 1
 
 
 def run_jobs(jobs: list[Job], workers: int, on_done) -> None:
