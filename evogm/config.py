@@ -4,9 +4,10 @@ Unknown keys are errors that name the closest valid key; missing files name the 
 options are checked against the optimizer constructor's signature. Paths in the file are relative
 to the file's folder, paths given as overrides relative to the working directory.
 
->>> cfg = load_config("configs/zoo.yaml", ["search.budget=40", "seed=1"])  # doctest: +SKIP
->>> cfg.search.budget, cfg.seed
-(40, 1)
+>>> from evogm.zoo.packaged import zoo_config
+>>> cfg = load_config(zoo_config(), ["search.budget=40", "seed=1"])   # the packaged zoo's run.yaml
+>>> cfg.search.budget, cfg.seed, cfg.mode
+(40, 1, 'multi_task')
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 `evogm demo` runs the packaged zoo (evogm/zoo/data/, shipped with the package); an install without
 it builds the full zoo once into ~/.cache/evogm (or $XDG_CACHE_HOME/evogm) and reuses it.
 
->>> zoo_config().name                      # the packaged zoo (or the cached build)  # doctest: +SKIP
-'run.yaml'
+>>> zoo_config().parent.name               # the packaged zoo (an install without it: the cached build)
+'data'
 """
 
 from __future__ import annotations
