@@ -22,6 +22,27 @@ from evogm.errors import EvogmError
 MERGEKIT_METHODS = {"task_arithmetic": "task_arithmetic", "ties": "ties", "dare": "dare_linear"}
 
 
+def merge_and_export(base: str, experts: dict[str, str], lam: np.ndarray, out_dir, *,
+                     method: str = "task_arithmetic", force: bool = False, load: dict | None = None,
+                     **options) -> Path:
+    """Load the base and experts, merge them (task arithmetic with λ (experts × groups), or a static
+    method with λ as per-expert weights and its options) and export the folder; what `evogm merge` does.
+    `load`: load_models' keywords (dtype, device, allow_pickle, trust_remote_code)."""
+    from evogm.merge import Merger
+    from evogm.models import load_models
+
+    check_output(out_dir, force)
+    models = load_models(base, experts, **(load or {}))
+    merger = Merger(models.model, models.experts, groups=lam.shape[1])
+    common = dict(base=base, experts=experts, force=force)
+    if method == "task_arithmetic" and options.get("scale", 1.0) == 1.0:
+        return export_merged(merger, models.tokenizer, lam, out_dir, **common)
+    if lam.shape[1] > 1:
+        raise EvogmError(f"--method {method} takes one weight per expert", "group weights are for task arithmetic",
+                         "give one value per expert")
+    return export_static(merger, models.tokenizer, method, out_dir, weights=lam[:, 0], **common, **options)
+
+
 def export_merged(merger, tokenizer, coefficients, out_dir, *, base: str, experts: dict[str, str],
                   groups: int = 1, force: bool = True, extra: dict | None = None) -> Path:
     """Merge `coefficients` (task arithmetic) into the resident model and export it."""

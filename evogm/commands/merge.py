@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-from evogm.errors import EvogmError
 from evogm.merge import STATIC_METHODS
 from evogm.weights import parse_pairs, parse_weights
 
@@ -34,28 +33,18 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from evogm.export import check_output, export_merged, export_static
-    from evogm.merge import Merger
-    from evogm.models import load_models
+    from evogm.export import merge_and_export
 
     experts = parse_pairs(args.expert, "--expert")
     lam = parse_weights(args.weights, list(experts))
-    check_output(args.out, args.force)
-    models = load_models(args.base, experts, dtype=args.dtype, device=args.device,
-                         allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
-    merger = Merger(models.model, models.experts, groups=lam.shape[1])
-    common = dict(base=args.base, experts=experts, force=args.force)
-    if args.method == "task_arithmetic" and args.scale == 1.0:
-        out = export_merged(merger, models.tokenizer, lam, args.out, **common)
-    else:
-        if lam.shape[1] > 1:
-            raise EvogmError(f"--method {args.method} takes one weight per expert", "group weights are for task arithmetic",
-                             "give one value per expert")
-        options = {"scale": args.scale}
-        if args.density is not None:
-            options["density"] = args.density
-        if args.method == "dare":
-            options |= {"seed": args.seed, "consensus": args.consensus}
-        out = export_static(merger, models.tokenizer, args.method, args.out, weights=lam[:, 0], **common, **options)
+    options = {"scale": args.scale}
+    if args.density is not None:
+        options["density"] = args.density
+    if args.method == "dare":
+        options |= {"seed": args.seed, "consensus": args.consensus}
+    load = dict(dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle,
+                trust_remote_code=args.trust_remote_code)
+    out = merge_and_export(args.base, experts, lam, args.out, method=args.method, force=args.force, load=load,
+                           **options)
     print(f"merged {len(experts)} experts ({args.method}) into {out}")
     return 0
