@@ -317,7 +317,8 @@ def check_optimizer(name: str, options: dict) -> None:
     from evogm.search import OPTIMIZERS
 
     if name not in OPTIMIZERS:
-        raise EvogmError(f"search.optimizer {name!r} is unknown", did_you_mean(name, OPTIMIZERS, "no optimizer like it"),
+        raise EvogmError(f"search.optimizer {name!r} is unknown",
+                         did_you_mean(name, OPTIMIZERS, "no optimizer like it"),
                          f"choose one of {', '.join(sorted(OPTIMIZERS))}")
     params = inspect.signature(OPTIMIZERS[name]).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -326,7 +327,8 @@ def check_optimizer(name: str, options: dict) -> None:
     for key in options:
         if key not in valid:
             raise EvogmError(f"search.options.{key} is not an option of optimizer {name!r}",
-                             did_you_mean(key, valid, "no option like it"), f"its options: {', '.join(valid) or 'none'}")
+                             did_you_mean(key, valid, "no option like it"),
+                             f"its options: {', '.join(valid) or 'none'}")
 
 
 def optimizer_defaults(name: str) -> dict[str, Any]:

@@ -129,4 +129,5 @@ def score_each(model, tokenizer, tasks: list, split: str) -> tuple[dict[str, dic
 
 def weighted_mean(tasks: list, rows: dict[str, dict]) -> float:
     """The search's fitness of these scores: the objective's own rule (weighted mean of primaries)."""
-    return fitness({f"{name}/{k}": v for name, metrics in rows.items() for k, v in metrics.items()}, scored_tasks(tasks))
+    metrics = {f"{name}/{k}": v for name, values in rows.items() for k, v in values.items()}
+    return fitness(metrics, scored_tasks(tasks))

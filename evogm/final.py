@@ -2,7 +2,8 @@
 
 Dev picks, test reports: the best candidate of the search and the initial best (the best of the
 first population) keep their logged dev scores and are scored on test once; the static baselines
-(`baselines`) pick on dev, then each is scored on test once. Then the best merge is exported and final.json and the report are written.
+(`baselines`) pick on dev, then each is scored on test once. Then the best merge is exported and
+final.json and the report are written.
 
 >>> run_dir = RunDir("runs/zoo")                                                 # doctest: +SKIP
 >>> finalize(cfg, run_dir, MULTI_TASK, run_dir.records(), Progress())           # doctest: +SKIP

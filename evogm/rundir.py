@@ -96,8 +96,10 @@ class RunDir:
         if any((self.path / name).exists() for name in OUTPUTS):
             if not force:
                 state = "a finished run" if self.finished() else "an unfinished run"
-                raise EvogmError(f"{self.path} already holds {state}", "a run directory is never overwritten silently",
-                                 f"resume it with `evogm run --resume {self.path}`, pick another output, or pass --force")
+                raise EvogmError(f"{self.path} already holds {state}",
+                                 "a run directory is never overwritten silently",
+                                 f"resume it with `evogm run --resume {self.path}`, pick another output, "
+                                 "or pass --force")
             self.clear(cfg.task_names)
         write_atomic(self.config, dump_yaml(cfg))
 

@@ -22,7 +22,8 @@ def parse_pairs(pairs: list[str], what: str) -> dict[str, str]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name or not value:
-            raise EvogmError(f"bad {what} {pair!r}", "expected NAME=VALUE", f"write it as {what.split()[-1]} NAME=VALUE")
+            raise EvogmError(f"bad {what} {pair!r}", "expected NAME=VALUE",
+                             f"write it as {what.split()[-1]} NAME=VALUE")
         out[name] = value
     return out
 

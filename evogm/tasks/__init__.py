@@ -58,8 +58,8 @@ def load_task(spec: dict | str | Path) -> Task:
     spec = {"path": str(spec)} if isinstance(spec, (str, Path)) else dict(spec)
     kind = spec.get("type")
     if kind is not None and kind not in TASK_TYPES:
-        raise EvogmError(f"unknown task type {kind!r}", did_you_mean(kind, TASK_TYPES, f"known: {sorted(TASK_TYPES)}", 0.6),
-                         "")
+        raise EvogmError(f"unknown task type {kind!r}",
+                         did_you_mean(kind, TASK_TYPES, f"known: {sorted(TASK_TYPES)}", 0.6))
     if kind == "python":
         return _build(PythonTask, _name(spec), spec, ())
     if not spec.get("path"):
@@ -86,7 +86,8 @@ def _build(cls: type, name: str, spec: dict, positional: tuple) -> Task:
     valid = _option_names(cls)
     for key in options:
         if key not in valid:
-            raise EvogmError(f"task {name}: unknown key {key!r}", did_you_mean(key, (*valid, *_SELECTION_KEYS), cutoff=0.6),
+            raise EvogmError(f"task {name}: unknown key {key!r}",
+                             did_you_mean(key, (*valid, *_SELECTION_KEYS), cutoff=0.6),
                              f"valid keys: {sorted((*valid, *_SELECTION_KEYS))}")
     try:
         return cls(name, *positional, **options)
