@@ -3,7 +3,7 @@
 >>> import numpy as np
 >>> from evogm.search import OPTIMIZERS, build
 >>> sorted(OPTIMIZERS)
-['cmaes', 'de', 'evogm', 'pso', 'random']
+['bo', 'cmaes', 'de', 'evogm', 'evogm-plus', 'pso', 'random', 'tpe']
 >>> opt = build("cmaes", 4, popsize=6, seed=1, rounds=2)   # any optimizer, with rounds
 >>> while opt.round == 0:
 ...     xs = opt.ask(); opt.tell(xs, np.sum((xs - 0.3) ** 2, axis=1))
@@ -26,9 +26,11 @@ import difflib
 
 from evogm.errors import EvogmError
 from evogm.search.base import Optimizer
+from evogm.search.bayes import BayesGP, BayesTPE
 from evogm.search.cmaes import CMAES
 from evogm.search.de import DE
 from evogm.search.evogm import EvoGM
+from evogm.search.evogm_plus import EvoGMPlus
 from evogm.search.pso import PSO
 from evogm.search.random_search import RandomSearch
 
@@ -38,6 +40,9 @@ OPTIMIZERS: dict[str, type] = {
     "pso": PSO,
     "de": DE,
     "random": RandomSearch,
+    "bo": BayesGP,
+    "tpe": BayesTPE,
+    "evogm-plus": EvoGMPlus,
 }
 
 
@@ -50,4 +55,5 @@ def build(name: str, dim: int, **options) -> Optimizer:
     return OPTIMIZERS[name](dim, **options)
 
 
-__all__ = ["OPTIMIZERS", "build", "Optimizer", "EvoGM", "CMAES", "PSO", "DE", "RandomSearch"]
+__all__ = ["OPTIMIZERS", "build", "Optimizer", "EvoGM", "EvoGMPlus", "CMAES", "PSO", "DE", "RandomSearch",
+           "BayesGP", "BayesTPE"]
