@@ -93,18 +93,18 @@ class EvoGMPlusRound:
         winners, losers = split_winners_losers(self.history_rows, self.history_losses, self.winner_portion)
         if len(winners):
             self.generators.train(winners, losers, steps=self.steps, rng=self.rng)
-        pool = self._pool(winners)
+        pool = self._pool()  # original coordinates
         if not self.use_surrogate or np.isfinite(self.archive.losses).sum() < 2:
-            return pool[self.rng.choice(len(pool), self.popsize, replace=False)]
+            return self._to_round(pool[self.rng.choice(len(pool), self.popsize, replace=False)])
         self.gp.fit(self.archive.rows, self.archive.losses)
-        mean, _ = self.gp.predict(pool @ self.basis)
-        starts = pool[np.argsort(mean)[: self.popsize // 2]] @ self.basis
-        pool = np.vstack([pool, self._to_round(self.gp.descend(starts))])
-        return pool[self.gp.thompson(pool @ self.basis, self.popsize, self.rng)]
+        mean, _ = self.gp.predict(pool)
+        pool = np.vstack([pool, self.gp.descend(pool[np.argsort(mean)[: self.popsize // 2]])])
+        return self._to_round(pool[self.gp.thompson(pool, self.popsize, self.rng)])
 
     def _to_round(self, xs: np.ndarray) -> np.ndarray:
-        """Original coordinates → this round's (least squares), clipped to the box."""
-        return np.clip(np.linalg.lstsq(self.basis.T, xs.T, rcond=None)[0].T, -1.0, 1.0)
+        """Original coordinates → this round's, by least squares: exact when the basis is invertible
+        (K = N independent elites), else the nearest point of the elites' span."""
+        return np.linalg.lstsq(self.basis.T, xs.T, rcond=None)[0].T
 
     def tell(self, xs: np.ndarray, losses: np.ndarray) -> None:
         self.history_rows = np.vstack([self.history_rows, xs])
@@ -117,12 +117,16 @@ class EvoGMPlusRound:
 
     # --- the pool ------------------------------------------------------------------------------
 
-    def _pool(self, winners: np.ndarray) -> np.ndarray:
-        n = self.pool_size
-        generated = self._generated(n // 4)
-        local = self._local(winners, (13 * n) // 20) if len(winners) else np.empty((0, self.dim))
-        uniform = self.rng.uniform(-1.0, 1.0, size=(n - len(generated) - len(local), self.dim))
-        return np.clip(np.vstack([generated, local, uniform]), -1.0, 1.0)
+    def _pool(self) -> np.ndarray:
+        """Candidates in original coordinates: the generators' (made in round coordinates), sparse
+        steps around the best rows evaluated so far, uniform draws in the box."""
+        n, dim = self.pool_size, self.basis.shape[1]
+        generated = self._generated(n // 4) @ self.basis
+        finite = np.flatnonzero(np.isfinite(self.archive.losses))
+        best = self.archive.rows[finite[np.argsort(self.archive.losses[finite], kind="stable")[:3]]]
+        local = np.clip(self._local(best, (13 * n) // 20), -1.0, 1.0) if len(best) else np.empty((0, dim))
+        uniform = self.rng.uniform(-1.0, 1.0, size=(n - len(generated) - len(local), dim))
+        return np.vstack([generated, local, uniform])
 
     def _generated(self, n: int) -> np.ndarray:
         """G₋₊ on the population, on rows of H and on jittered population rows; then pushed further."""
@@ -133,16 +137,15 @@ class EvoGMPlusRound:
         pushed = [np.clip(inputs + a * (out - inputs), -1.0, 1.0) for a in (1.5, 2.0)]
         return np.vstack([out, *pushed])[:n]
 
-    def _local(self, winners: np.ndarray, n: int) -> np.ndarray:
-        """Sparse steps around the best rows of H: each changes 1 to 3 coordinates (a merge's
-        experts are switched on, off or re-weighted a few at a time) by σ log-uniform in
-        [0.01, 1]."""
-        centers = winners[: max(1, min(3, len(winners)))]
+    def _local(self, centers: np.ndarray, n: int) -> np.ndarray:
+        """Sparse steps around the centers: each changes 1 to 3 coefficients (a merge's experts are
+        switched on, off or re-weighted a few at a time) by σ log-uniform in [0.01, 1]."""
+        dim = centers.shape[1]
         base = centers[self.rng.integers(len(centers), size=n)]
-        changed = np.minimum(self.rng.integers(1, 4, size=n), self.dim)
-        mask = np.argsort(self.rng.random((n, self.dim)), axis=1) < changed[:, None]
+        changed = np.minimum(self.rng.integers(1, 4, size=n), dim)
+        mask = np.argsort(self.rng.random((n, dim)), axis=1) < changed[:, None]
         sigma = 10.0 ** self.rng.uniform(np.log10(LOCAL_SIGMA[0]), np.log10(LOCAL_SIGMA[1]), size=(n, 1))
-        return base + mask * sigma * self.rng.standard_normal((n, self.dim))
+        return base + mask * sigma * self.rng.standard_normal((n, dim))
 
 
 class EvoGMPlus(Rounds):
@@ -151,7 +154,7 @@ class EvoGMPlus(Rounds):
 
     def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, rounds: int = 2, iterations: int = 3,
                  top_k: int | None = None, winner_portion: float = 0.3, hidden_sizes: tuple[int, ...] = (32, 32),
-                 lr: float = 1e-3, steps: int = 50, cycle_scale: float = 100.0, opt_scale: float = 1.0,
+                 lr: float = 1e-3, steps: int = 30, cycle_scale: float = 100.0, opt_scale: float = 1.0,
                  pool: int | None = None, surrogate: bool = True, threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads)
         check_fraction(winner_portion=winner_portion)

@@ -42,7 +42,7 @@ class GaussianProcess:
 
     NOISE_FLOOR = 1e-4  # variance, in standardized units
 
-    def __init__(self, steps: int = 30, threads: int | None = 1):
+    def __init__(self, steps: int = 15, threads: int | None = 1):
         self.steps, self.threads = steps, threads
         self.raw: torch.Tensor | None = None  # log length scales (d), log signal var, log noise var
 
@@ -71,8 +71,16 @@ class GaussianProcess:
             var = (sf2 - (v * v).sum(0)).clamp_min(1e-12)
         return (mean.numpy() * self.scale + self.shift, var.sqrt().numpy() * self.scale)
 
-    def thompson(self, Xc: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-        """Indices of ``n`` distinct candidates: each the minimizer of one joint posterior sample."""
+    def thompson(self, Xc: np.ndarray, n: int, rng: np.random.Generator, shortlist: int = 300) -> np.ndarray:
+        """Indices of ``n`` distinct candidates: each the minimizer of one joint posterior sample.
+
+        The joint sample is drawn over the ``shortlist`` candidates with the lowest mean − 2·sd (a
+        candidate outside it is almost never a sample's minimizer), so its cost does not grow with
+        the pool."""
+        if len(Xc) > shortlist:
+            mean, sd = self.predict(Xc)
+            keep = np.argsort(mean - 2.0 * sd, kind="stable")[:shortlist]
+            return keep[self.thompson(Xc[keep], n, rng, shortlist)]
         with torch_threads(self.threads), torch.no_grad():
             ls, sf2, _ = self._params(self.raw)
             Xc_t = torch.as_tensor(np.asarray(Xc, dtype=np.float64))
