@@ -24,7 +24,8 @@ minutes). Every landscape is one ``evogm compare`` (OUT/LANDSCAPE/), so finished
 a killed suite resumes. ``--quick`` scores 50 items per task split instead of 200 dev / 1000 test.
 
 Prints, and writes to OUT/suite.md and suite.json: per landscape, each optimizer's best dev and its
-test score (mean ± std over seeds) at 80 and at the full budget; the mean rank of each optimizer's
+test score (mean ± std over seeds) at half the budget and at the full budget (the best of the first
+80 evaluations is scored on test once, with ``evogm eval``); the mean rank of each optimizer's
 mean test score over landscapes; and for every landscape whether each optimizer is within one
 standard error of the best mean test score.
 """
@@ -34,6 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,12 +142,35 @@ def quick_overrides(config: Path, overrides: list[str]) -> list[str]:
 
 
 def at_budget(summary: dict, evaluations: int) -> dict:
-    """Per method: best dev after ``evaluations`` (mean ± std over seeds) from the best-so-far curves."""
+    """Per method: the best dev after ``evaluations`` and that candidate's test score, each as
+    (mean, std) over seeds."""
     out = {}
     for name, method in summary["methods"].items():
-        values = [r["curve"][min(evaluations, len(r["curve"])) - 1] for r in method["runs"] if r["curve"]]
-        values = [v for v in values if v is not None]
-        out[name] = (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+        pairs = [test_at(Path(r["run_dir"]), evaluations) for r in method["runs"]]
+        out[name] = {split: _mean_std([p[split] for p in pairs]) for split in ("dev", "test")}
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def test_at(run_dir: Path, evaluations: int) -> dict:
+    """The best of a run's first ``evaluations`` evaluations: its dev score, and its test score
+    from ``evogm eval`` on the run's own config (computed once, kept in the run directory)."""
+    cache = run_dir / f"test_at_{evaluations}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    records = [json.loads(line) for line in (run_dir / "evaluations.jsonl").open()][:evaluations]
+    best = min((r for r in records if r["loss"] is not None and not r.get("error")), key=lambda r: r["loss"])
+    experts = list(yaml.safe_load((run_dir / "config.yaml").read_text())["models"]["experts"])
+    lam = np.reshape(best["coefficients"], (len(experts), -1))
+    weights = [f"--weights={name}={','.join(map(repr, row.tolist()))}" for name, row in zip(experts, lam)]
+    evogm = Path(sys.executable).parent / "evogm"
+    shown = subprocess.run([str(evogm), "eval", str(run_dir / "config.yaml"), "--split", "test", "--json", *weights],
+                           check=True, capture_output=True, text=True).stdout
+    out = {"dev": -best["loss"], "test": json.loads(shown)["score"], "evaluations": evaluations}
+    cache.write_text(json.dumps(out))
     return out
 
 
@@ -153,13 +179,15 @@ def suite_table(summaries: dict[str, dict]) -> tuple[str, dict]:
     lines, ranks, close = [], {m: [] for m in methods}, {m: 0 for m in methods}
     for landscape, summary in summaries.items():
         stats = summary["methods"]
-        half = at_budget(summary, summary["budget"] // 2)
+        half_budget = summary["budget"] // 2
+        half = at_budget(summary, half_budget)
         lines += [f"\n### {landscape} (budget {summary['budget']}, seeds {summary['seeds']})\n",
-                  f"| method | best dev at {summary['budget'] // 2} | best dev | its test |", "|---|---|---|---|"]
+                  f"| method | best dev at {half_budget} | its test | best dev at {summary['budget']} | its test |",
+                  "|---|---|---|---|---|"]
         for m in methods:
             s = stats[m]
-            lines.append(f"| {m} | {half[m][0]:.4f} ± {half[m][1]:.4f} | {s['dev_mean']:.4f} ± {s['dev_std']:.4f} "
-                         f"| {s['test_mean']:.4f} ± {s['test_std']:.4f} |")
+            cells = [*half[m]["dev"], *half[m]["test"], s["dev_mean"], s["dev_std"], s["test_mean"], s["test_std"]]
+            lines.append(f"| {m} | " + " | ".join(f"{a:.4f} ± {b:.4f}" for a, b in zip(cells[::2], cells[1::2])) + " |")
         best = max(methods, key=lambda m: stats[m]["test_mean"])
         order = sorted(methods, key=lambda m: -stats[m]["test_mean"])
         for rank, m in enumerate(order, 1):
