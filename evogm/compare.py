@@ -33,6 +33,9 @@ ABLATIONS = {
 # name → (optimizer, options): variants beyond the paper, compared by name, never by --ablations
 VARIANTS = {
     "evogm-local": ("evogm", {"local_share": 0.25}),
+    "evogm-plus-1round": ("evogm-plus", {"rounds": 1, "iterations": 7}),
+    "cmaes-pycma": ("cmaes", {"pycma_popsize": True}),  # the library's population size, not P
+    "bo-seq": ("bo", {"batch": 1}),  # sequential BO: one candidate per model update
 }
 NAMED = {**ABLATIONS, **VARIANTS}  # every method name that is an optimizer with options
 

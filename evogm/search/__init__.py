@@ -2,7 +2,7 @@
 
 >>> import numpy as np
 >>> from evogm.search import OPTIMIZERS
->>> {"evogm", "cmaes", "pso", "de", "random"} <= set(OPTIMIZERS)
+>>> {"evogm", "evogm-plus", "cmaes", "pso", "de", "random", "bo", "tpe"} <= set(OPTIMIZERS)
 True
 >>> opt = OPTIMIZERS["cmaes"](4, popsize=6, seed=1, rounds=2)   # any optimizer, with rounds
 >>> while opt.round == 0:
@@ -23,9 +23,11 @@ equal the logged ones (check it), and the optimizer is then exactly where it was
 from __future__ import annotations
 
 from evogm.search.base import Optimizer
+from evogm.search.bayes import BayesGP, BayesTPE
 from evogm.search.cmaes import CMAES
 from evogm.search.de import DE
 from evogm.search.evogm import EvoGM
+from evogm.search.evogm_plus import EvoGMPlus
 from evogm.search.pso import PSO
 from evogm.search.random_search import RandomSearch
 
@@ -35,7 +37,11 @@ OPTIMIZERS: dict[str, type] = {
     "pso": PSO,
     "de": DE,
     "random": RandomSearch,
+    "bo": BayesGP,
+    "tpe": BayesTPE,
+    "evogm-plus": EvoGMPlus,
 }
 
 
-__all__ = ["OPTIMIZERS", "Optimizer", "EvoGM", "CMAES", "PSO", "DE", "RandomSearch"]
+__all__ = ["OPTIMIZERS", "Optimizer", "EvoGM", "EvoGMPlus", "CMAES", "PSO", "DE", "RandomSearch",
+           "BayesGP", "BayesTPE"]

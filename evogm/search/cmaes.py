@@ -64,17 +64,20 @@ class CMAES(Rounds):
     elites), ``x0="center"`` at the middle of the box. ``sigma0`` is pycma's initial step size in
     the same units as the box (about a quarter of its width is the usual advice). ``budget`` is the
     planned number of evaluations; with ``rounds > 1`` each round gets an equal share.
+    ``pycma_popsize=True`` uses pycma's own population size for the round's dimension k,
+    4 + ⌊3 ln k⌋, instead of ``popsize`` (the library's recommendation, for a fair comparison).
     """
 
     def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, budget: int = 160, rounds: int = 1,
                  top_k: int | None = None, sigma0: float = 0.5, x0: str = "uniform",
-                 bounds: Bounds = (-1.0, 1.0)):
+                 pycma_popsize: bool = False, bounds: Bounds = (-1.0, 1.0)):
         check_positive(popsize=popsize)
         if popsize < 2:
             raise EvogmError(f"popsize={popsize} is too small for CMA-ES", "it ranks at least two samples",
                              "use popsize ≥ 2")
         check_choice("x0", x0, ("uniform", "center"))
         bounds = check_bounds(bounds)
-        start_round = lambda k, s: CMAESRound(k, popsize=popsize, seed=s, sigma0=sigma0, x0=x0, bounds=bounds)
+        size = lambda k: 4 + int(3 * np.log(max(k, 2))) if pycma_popsize else popsize
+        start_round = lambda k, s: CMAESRound(k, popsize=size(k), seed=s, sigma0=sigma0, x0=x0, bounds=bounds)
         super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k,
                          round_budget=round_share(budget, rounds, popsize), start_round=start_round)

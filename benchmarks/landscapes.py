@@ -1,0 +1,241 @@
+"""The landscape suite: every optimizer × seed on merge problems of different shape, one table.
+
+    python benchmarks/landscapes.py --quick --seeds 3 --workers 2         # while iterating
+    python benchmarks/landscapes.py --seeds 5 --workers 2                 # for the record
+    python benchmarks/landscapes.py --landscapes zoo zoo-groups --optimizers evogm-plus,pso --seeds 2
+
+Each landscape is a real merge of real experts scored by evogm's own objective on the zoo's ten
+tasks (multi-task mode, 160 evaluations unless --budget):
+
+- ``zoo``: the packaged zoo (8 experts). Its best known merge uses three experts at λ = 1 and the
+  rest at 0: a corner of the box.
+- ``zoo-groups``: the same experts with one λ per expert and layer group (4 groups: 32 dimensions).
+- ``zoo-seed1``: a zoo built from seed 1 (another base, other experts, another optimum).
+- ``zoo-interior``: experts τ'ᵢ = 1.6·(τᵢ + 0.6·τᵢ₊₁) (cyclic) made from the zoo's task vectors. The
+  zoo's best merge is then at about (0.48, 0.34, −0.2, 0.12, −0.07, 0.67, −0.4, 0.24): inside the
+  box, with negative coefficients.
+- ``zoo-correlated``: experts τ'ᵢ = τᵢ + c, with c = (3/8)·Σⱼ (ν/‖τⱼ‖)·τⱼ a component every expert
+  shares (ν the mean norm), as instruction-tuned adapters share one. Pairwise cosine 0.69 on
+  average (0.02 in the zoo); the best merge needs negative weights to cancel c.
+
+The derived experts are full fine-tunes written once, with evogm's own exact merge, into
+``--cache`` (default ``~/.cache/evogm/landscapes``); ``zoo-seed1`` is built there once (about 8
+minutes). Every landscape is one ``evogm compare`` (OUT/LANDSCAPE/), so finished runs are reused and
+a killed suite resumes. ``--quick`` scores 50 items per task split instead of 200 dev / 1000 test.
+
+Prints, and writes to OUT/suite.md and suite.json: per landscape, each optimizer's best dev and its
+test score (mean ± std over seeds) at half the budget and at the full budget (the best of the first
+80 evaluations is scored on test once, with ``evogm eval``); the mean rank of each optimizer's
+mean test score over landscapes; and for every landscape whether each optimizer is within one
+standard error of the best mean test score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ZOO_CONFIG = ROOT / "configs" / "zoo.yaml"
+ZOO = ROOT / "evogm" / "zoo" / "data"
+LANDSCAPES = ("zoo", "zoo-groups", "zoo-seed1", "zoo-interior", "zoo-correlated")
+OPTIMIZERS = "evogm,evogm-plus,pso,cmaes,cmaes-pycma,de,random,bo,tpe"
+
+
+def interior_matrix(n: int) -> np.ndarray:
+    """τ'ᵢ = 1.6·(τᵢ + 0.6·τᵢ₊₁): row i holds expert i's weights on the zoo's experts."""
+    return 1.6 * (np.eye(n) + 0.6 * np.roll(np.eye(n), 1, axis=1))
+
+
+def correlated_matrix(norms: np.ndarray, share: float = 3.0) -> np.ndarray:
+    """τ'ᵢ = τᵢ + (share/n)·Σⱼ (ν/‖τⱼ‖)·τⱼ."""
+    n = len(norms)
+    return np.eye(n) + (share / n) * np.outer(np.ones(n), norms.mean() / norms)
+
+
+def landscape_config(name: str, cache: Path) -> tuple[Path, list[str]]:
+    """The config file and overrides of one landscape, building what it needs into the cache once."""
+    if name == "zoo":
+        return ZOO_CONFIG, []
+    if name == "zoo-groups":
+        return ZOO_CONFIG, ["models.groups=4"]
+    if name == "zoo-seed1":
+        from evogm.zoo.build import build
+
+        build(cache / "zoo-seed1", seed=1, threads=1)
+        return _write_config(cache / "zoo-seed1.yaml", cache / "zoo-seed1" / "run.yaml", {}), []
+    if name in ("zoo-interior", "zoo-correlated"):
+        folder = cache / name
+        if not (folder / "experts.json").exists():
+            derive_experts(folder, name)
+        experts = json.loads((folder / "experts.json").read_text())["experts"]
+        return _write_config(cache / f"{name}.yaml", ZOO / "run.yaml", {"models": {"experts": experts}}), []
+    raise SystemExit(f"unknown landscape {name!r}: the landscapes are {', '.join(LANDSCAPES)}")
+
+
+def _write_config(path: Path, include: Path, over: dict) -> Path:
+    search = yaml.safe_load(ZOO_CONFIG.read_text())
+    body = {"include": str(include), **{k: search[k] for k in ("seed", "mode", "search", "executor")}, **over}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def derive_experts(folder: Path, name: str) -> None:
+    """Write the derived experts as full fine-tunes: expert i = the zoo's merge at row i of M."""
+    import torch
+
+    from evogm.merge import Merger
+    from evogm.models import load_models
+
+    spec = yaml.safe_load((ZOO / "run.yaml").read_text())["models"]
+    models = load_models(ZOO / spec["base"], {k: ZOO / v for k, v in spec["experts"].items()},
+                         dtype="float32", device="cpu")
+    norms = np.sqrt(np.diag(gram(models.experts)))
+    matrix = interior_matrix(len(norms)) if name == "zoo-interior" else correlated_matrix(norms)
+    merger = Merger(models.model, models.experts)
+    paths = {}
+    for row, expert in zip(matrix, models.experts):
+        out = folder / "experts" / expert.name
+        with torch.no_grad():
+            merger(row).save_pretrained(out, safe_serialization=True)
+        models.tokenizer.save_pretrained(out)
+        paths[expert.name] = str(out)
+    merger.reset()
+    derived = matrix @ gram(models.experts) @ matrix.T
+    scale = np.sqrt(np.diag(derived))
+    cosines = derived / np.outer(scale, scale)
+    (folder / "experts.json").write_text(json.dumps({
+        "matrix": matrix.tolist(), "experts": paths,
+        "mean_cosine": float(cosines[~np.eye(len(scale), dtype=bool)].mean())}, indent=1))
+
+
+def gram(experts) -> np.ndarray:
+    """⟨τᵢ, τⱼ⟩ over every parameter the experts touch."""
+    import torch
+
+    n = len(experts)
+    out = np.zeros((n, n))
+    for param in sorted(set().union(*(e.params for e in experts))):
+        dense = [e.dense(param) for e in experts]
+        like = next(d for d in dense if d is not None)
+        flat = torch.stack([(torch.zeros_like(like) if d is None else d).reshape(-1).double() for d in dense])
+        out += (flat @ flat.T).numpy()
+    return out
+
+
+def quick_overrides(config: Path, overrides: list[str]) -> list[str]:
+    from evogm.config import load_config
+
+    tasks = load_config(config, overrides).tasks
+    return [f"tasks.{i}.limit=50" for i in range(len(tasks))]
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+
+def at_budget(summary: dict, evaluations: int) -> dict:
+    """Per method: the best dev after ``evaluations`` and that candidate's test score, each as
+    (mean, std) over seeds."""
+    out = {}
+    for name, method in summary["methods"].items():
+        pairs = [test_at(Path(r["run_dir"]), evaluations) for r in method["runs"]]
+        out[name] = {split: _mean_std([p[split] for p in pairs]) for split in ("dev", "test")}
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def test_at(run_dir: Path, evaluations: int) -> dict:
+    """The best of a run's first ``evaluations`` evaluations: its dev score, and its test score
+    from ``evogm eval`` on the run's own config (computed once, kept in the run directory)."""
+    cache = run_dir / f"test_at_{evaluations}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    records = [json.loads(line) for line in (run_dir / "evaluations.jsonl").open()][:evaluations]
+    best = min((r for r in records if r["loss"] is not None and not r.get("error")), key=lambda r: r["loss"])
+    experts = list(yaml.safe_load((run_dir / "config.yaml").read_text())["models"]["experts"])
+    lam = np.reshape(best["coefficients"], (len(experts), -1))
+    weights = [f"--weights={name}={','.join(map(repr, row.tolist()))}" for name, row in zip(experts, lam)]
+    evogm = Path(sys.executable).parent / "evogm"
+    shown = subprocess.run([str(evogm), "eval", str(run_dir / "config.yaml"), "--split", "test", "--json", *weights],
+                           check=True, capture_output=True, text=True).stdout
+    out = {"dev": -best["loss"], "test": json.loads(shown)["score"], "evaluations": evaluations}
+    cache.write_text(json.dumps(out))
+    return out
+
+
+def suite_table(summaries: dict[str, dict]) -> tuple[str, dict]:
+    methods = list(next(iter(summaries.values()))["methods"])
+    lines, ranks, close = [], {m: [] for m in methods}, {m: 0 for m in methods}
+    for landscape, summary in summaries.items():
+        stats = summary["methods"]
+        half_budget = summary["budget"] // 2
+        half = at_budget(summary, half_budget)
+        lines += [f"\n### {landscape} (budget {summary['budget']}, seeds {summary['seeds']})\n",
+                  f"| method | best dev at {half_budget} | its test | best dev at {summary['budget']} | its test |",
+                  "|---|---|---|---|---|"]
+        for m in methods:
+            s = stats[m]
+            cells = [*half[m]["dev"], *half[m]["test"], s["dev_mean"], s["dev_std"], s["test_mean"], s["test_std"]]
+            lines.append(f"| {m} | " + " | ".join(f"{a:.4f} ± {b:.4f}" for a, b in zip(cells[::2], cells[1::2])) + " |")
+        best = max(methods, key=lambda m: stats[m]["test_mean"])
+        order = sorted(methods, key=lambda m: -stats[m]["test_mean"])
+        for rank, m in enumerate(order, 1):
+            ranks[m].append(rank)
+        for m in methods:  # within one standard error (of the difference of means) of the best
+            se = math.hypot(*(stats[k]["test_std"] / math.sqrt(len(stats[k]["runs"])) for k in (m, best)))
+            close[m] += stats[best]["test_mean"] - stats[m]["test_mean"] <= se
+        static = summary["static"]
+        lines.append("\nstatic merges (dev / test): " + ", ".join(
+            f"{k} {v['dev']:.4f} / {v['test']:.4f}" for k, v in static.items()))
+    head = ["| method | mean rank of mean test | landscapes within 1 SE of the best |", "|---|---|---|"]
+    head += [f"| {m} | {np.mean(ranks[m]):.2f} | {close[m]} of {len(summaries)} |"
+             for m in sorted(methods, key=lambda m: np.mean(ranks[m]))]
+    return "\n".join(head + lines), {"mean_rank": {m: float(np.mean(r)) for m, r in ranks.items()},
+                                     "within_one_se": close}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--landscapes", nargs="+", default=list(LANDSCAPES), choices=LANDSCAPES)
+    parser.add_argument("--optimizers", default=OPTIMIZERS, help="comma-separated, as for evogm compare")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--budget", type=int, default=160)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="50 items per task split (for iterating)")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "evogm" / "landscapes")
+    parser.add_argument("--out", type=Path, default=None, help="default runs/landscapes[-quick]")
+    args = parser.parse_args()
+
+    from evogm.compare import compare
+
+    out = args.out or ROOT / "runs" / ("landscapes-quick" if args.quick else "landscapes")
+    summaries = {}
+    for name in args.landscapes:
+        config, overrides = landscape_config(name, args.cache)
+        if args.quick:
+            overrides += quick_overrides(config, overrides)
+        print(f"== {name}: {config} {' '.join(overrides)}", flush=True)
+        summaries[name] = compare(
+            str(config), methods=args.optimizers.split(","), seeds=list(range(args.seeds)), out=out / name,
+            budget=args.budget, overrides=overrides, workers=args.workers,
+            on_done=lambda job, how: print(f"  {job.method} seed {job.seed}: {how}", flush=True))
+    text, totals = suite_table(summaries)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "suite.md").write_text(text + "\n")
+    (out / "suite.json").write_text(json.dumps({"summaries": summaries, **totals}, indent=1))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

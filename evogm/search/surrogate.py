@@ -1,0 +1,154 @@
+"""A small Gaussian-process model of the search history, to screen candidates before evaluating them.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> X = rng.uniform(-1, 1, (30, 2)); y = np.sum(X**2, axis=1)
+>>> gp = GaussianProcess().fit(X, y)
+>>> mean, _ = gp.predict(np.array([[0.0, 0.0], [0.9, 0.9]]))
+>>> bool(mean[0] < mean[1])
+True
+>>> gp.thompson(rng.uniform(-1, 1, (200, 2)), 3, rng).shape   # 3 distinct picks from 200 candidates
+(3,)
+
+Matérn-5/2 kernel with one length scale per coordinate (ARD), a signal variance and a noise
+variance (the dev score of a merge is a sample mean, so its noise is real), fitted by maximizing
+the marginal likelihood with L-BFGS. The length scales have the log-normal prior that makes
+vanilla GPs work in dozens of dimensions (Hvarfner, Hellsten & Nardi, ICML 2024: location
+√2 + ½·log d, scale √3), which is also BoTorch's default. Losses are standardized; inputs are
+coefficients in [−1, 1], used as they are. A refit starts from the last fit's parameters, so it
+is cheap when one batch is added. Everything runs in float64 on the CPU and draws its random
+numbers from the caller's numpy generator only, so it is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from evogm.search.generators import torch_threads
+
+
+def matern52(a: torch.Tensor, b: torch.Tensor, lengthscales: torch.Tensor) -> torch.Tensor:
+    """k(a, b) / σ² for rows of a and b: (1 + √5 r + 5r²/3) · exp(−√5 r), r the scaled distance."""
+    d = torch.cdist(a / lengthscales, b / lengthscales).clamp_min(1e-12)
+    s = math.sqrt(5.0) * d
+    return (1.0 + s + s * s / 3.0) * torch.exp(-s)
+
+
+class GaussianProcess:
+    """fit(X, y) then predict / thompson; ``steps``: L-BFGS iterations per fit."""
+
+    NOISE_FLOOR = 1e-4  # variance, in standardized units
+
+    def __init__(self, steps: int = 15, threads: int | None = 1):
+        self.steps, self.threads = steps, threads
+        self.raw: torch.Tensor | None = None  # log length scales (d), log signal var, log noise var
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "GaussianProcess":
+        finite = np.isfinite(y)
+        X, y = np.asarray(X, dtype=np.float64)[finite], np.asarray(y, dtype=np.float64)[finite]
+        self.shift, self.scale = float(y.mean()), float(y.std()) or 1.0
+        self.X = torch.as_tensor(X)
+        self.y = torch.as_tensor((y - self.shift) / self.scale)
+        dim = X.shape[1]
+        self.prior_loc = math.sqrt(2.0) + 0.5 * math.log(dim)
+        if self.raw is None or len(self.raw) != dim + 2:
+            self.raw = torch.tensor([self.prior_loc] * dim + [0.0, math.log(0.1)], dtype=torch.float64)
+        with torch_threads(self.threads):
+            self._optimize()
+            self._factorize()
+        return self
+
+    def predict(self, Xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation of the loss (original units) at the rows of Xc."""
+        with torch_threads(self.threads), torch.no_grad():
+            ls, sf2, _ = self._params(self.raw)
+            Ks = sf2 * matern52(torch.as_tensor(np.asarray(Xc, dtype=np.float64)), self.X, ls)
+            mean = Ks @ self.alpha
+            v = torch.linalg.solve_triangular(self.L, Ks.T, upper=False)
+            var = (sf2 - (v * v).sum(0)).clamp_min(1e-12)
+        return (mean.numpy() * self.scale + self.shift, var.sqrt().numpy() * self.scale)
+
+    def thompson(self, Xc: np.ndarray, n: int, rng: np.random.Generator, shortlist: int = 300) -> np.ndarray:
+        """Indices of ``n`` distinct candidates: each the minimizer of one joint posterior sample.
+
+        The joint sample is drawn over the ``shortlist`` candidates with the lowest mean − 2·sd (a
+        candidate outside it is almost never a sample's minimizer), so its cost does not grow with
+        the pool."""
+        if len(Xc) > shortlist:
+            mean, sd = self.predict(Xc)
+            keep = np.argsort(mean - 2.0 * sd, kind="stable")[:shortlist]
+            return keep[self.thompson(Xc[keep], n, rng, shortlist)]
+        with torch_threads(self.threads), torch.no_grad():
+            ls, sf2, _ = self._params(self.raw)
+            Xc_t = torch.as_tensor(np.asarray(Xc, dtype=np.float64))
+            Ks = sf2 * matern52(Xc_t, self.X, ls)
+            v = torch.linalg.solve_triangular(self.L, Ks.T, upper=False)
+            cov = sf2 * matern52(Xc_t, Xc_t, ls) - v.T @ v
+            cov.diagonal().add_(1e-6 * float(sf2))
+            chol, _ = torch.linalg.cholesky_ex(cov)
+            z = torch.as_tensor(rng.standard_normal((len(Xc), n)))
+            samples = (Ks @ self.alpha)[:, None] + chol @ z  # (m, n) standardized
+        chosen: list[int] = []
+        for column in samples.T.numpy():
+            order = np.argsort(column, kind="stable")
+            chosen.append(int(next(i for i in order if i not in chosen)))
+        return np.array(chosen)
+
+    def descend(self, starts: np.ndarray, steps: int = 20, bounds=(-1.0, 1.0)) -> np.ndarray:
+        """Each start moved downhill on the posterior mean (projected gradient steps in the box)."""
+        with torch_threads(self.threads):
+            ls, sf2, _ = (p.detach() for p in self._params(self.raw))
+            x = torch.as_tensor(np.asarray(starts, dtype=np.float64)).clone().requires_grad_(True)
+            adam = torch.optim.Adam([x], lr=0.02)
+            for _ in range(steps):
+                adam.zero_grad()
+                (sf2 * matern52(x, self.X, ls) @ self.alpha).sum().backward()
+                adam.step()
+                with torch.no_grad():
+                    x.clamp_(*bounds)
+        return x.detach().numpy()
+
+    # --- fitting ---------------------------------------------------------------------------------
+
+    def _params(self, raw: torch.Tensor):
+        dim = len(raw) - 2
+        return raw[:dim].exp(), raw[dim].exp(), raw[dim + 1].exp() + self.NOISE_FLOOR
+
+    def _neg_log_posterior(self, raw: torch.Tensor) -> torch.Tensor:
+        ls, sf2, noise = self._params(raw)
+        K = sf2 * matern52(self.X, self.X, ls) + noise * torch.eye(len(self.X), dtype=torch.float64)
+        L, _ = torch.linalg.cholesky_ex(K)
+        alpha = torch.cholesky_solve(self.y[:, None], L)[:, 0]
+        nll = 0.5 * self.y @ alpha + L.diagonal().log().sum()
+        log_ls = raw[:-2]
+        prior = ((log_ls - self.prior_loc) ** 2).sum() / 6.0  # log-normal(loc, √3) on each length scale
+        prior = prior + 0.5 * (raw[-2] / 2.0) ** 2 + 0.5 * ((raw[-1] - math.log(0.01)) / 3.0) ** 2
+        return nll + prior
+
+    def _optimize(self) -> None:
+        raw = self.raw.clone().requires_grad_(True)
+        lbfgs = torch.optim.LBFGS([raw], lr=0.5, max_iter=self.steps, line_search_fn="strong_wolfe")
+
+        def closure():
+            lbfgs.zero_grad()
+            loss = self._neg_log_posterior(raw)
+            loss.backward()
+            return loss
+
+        try:
+            lbfgs.step(closure)
+            candidate = raw.detach().clamp(-6.0, 6.0)
+            if torch.isfinite(self._neg_log_posterior(candidate)):
+                self.raw = candidate
+        except RuntimeError:  # a singular step: keep the previous parameters
+            pass
+
+    def _factorize(self) -> None:
+        with torch.no_grad():
+            ls, sf2, noise = self._params(self.raw)
+            K = sf2 * matern52(self.X, self.X, ls) + noise * torch.eye(len(self.X), dtype=torch.float64)
+            self.L, _ = torch.linalg.cholesky_ex(K)
+            self.alpha = torch.cholesky_solve(self.y[:, None], self.L)[:, 0]
