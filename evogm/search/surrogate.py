@@ -12,12 +12,15 @@ True
 
 Matérn-5/2 kernel with one length scale per coordinate (ARD), a signal variance and a noise
 variance (the dev score of a merge is a sample mean, so its noise is real), fitted by maximizing
-the marginal likelihood with L-BFGS. The length scales have the log-normal prior that makes
-vanilla GPs work in dozens of dimensions (Hvarfner, Hellsten & Nardi, ICML 2024: location
-√2 + ½·log d, scale √3), which is also BoTorch's default. Losses are standardized; inputs are
-coefficients in [−1, 1], used as they are. A refit starts from the last fit's parameters, so it
-is cheap when one batch is added. Everything runs in float64 on the CPU and draws its random
-numbers from the caller's numpy generator only, so it is reproducible.
+the marginal likelihood with L-BFGS from three starts (smooth, short length scales, the last fit):
+from a single start the fit can end at a flat model that calls every difference noise. The
+length scales have the log-normal prior that makes vanilla GPs work in dozens of dimensions
+(Hvarfner, Hellsten & Nardi, ICML 2024: location √2 + ½·log d, scale √3). The losses are replaced
+by the normal scores of their ranks before fitting (``warp``): merge landscapes are mostly bad
+merges with a few good ones, a heavy tail a stationary GP fits badly, and only the order of the
+losses matters to the search. Inputs are coefficients, used as they are. Everything runs in
+float64 on the CPU and draws its random numbers from the caller's numpy generator only, so it is
+reproducible.
 """
 
 from __future__ import annotations
