@@ -25,9 +25,9 @@ SHORT_BASELINE = dict(budget=20)
 # and a larger learning rate (the same algorithm, ten times cheaper to train).
 SEARCH = {"evogm": dict(hidden_sizes=(64, 64), steps=100, lr=1e-3), "evogm-plus": {}}
 SEARCH_BASELINE = dict(budget=160)
-# Optuna's GP sampler spends about a second per candidate: its quality test uses 60 evaluations, for
+# Optuna's GP sampler spends about a second per candidate: its quality test uses 40 evaluations, for
 # it and for the random search it is compared with.
-EVALUATIONS = {"bo": 60}
+EVALUATIONS = {"bo": 40}
 
 
 def make(name, dim, **kw):

@@ -8,7 +8,8 @@ import pytest
 from evogm.search import OPTIMIZERS
 
 NAMES = sorted(OPTIMIZERS)
-SHORT = {"evogm": dict(iterations=1, hidden_sizes=(16,), steps=5)}  # two generations per round
+SHORT = {"evogm": dict(iterations=1, hidden_sizes=(16,), steps=5),  # two generations per round
+         "evogm-plus": dict(iterations=1, hidden_sizes=(16,), steps=5, pool=60)}
 SHORT_BASELINE = dict(budget=30)  # with rounds=3 and popsize=5: two generations per round
 
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evogm.search.base import check_fraction, check_positive, child_seed, hybrid_population
+from evogm.search.base import check_choice, check_fraction, check_positive, child_seed, hybrid_population
 from evogm.search.evogm import split_winners_losers, truncate
 from evogm.search.generators import GeneratorPair
 from evogm.search.rounds import Rounds
@@ -73,9 +73,10 @@ class EvoGMPlusRound:
     """One round in round coordinates (box [−1, 1]^k); ``basis`` maps rows to original coordinates."""
 
     def __init__(self, dim: int, *, popsize: int, seed: int, basis: np.ndarray, archive: Archive,
-                 winner_portion: float, steps: int, pool: int, surrogate: bool, make_generators):
+                 winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str, make_generators):
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
+        self.acquisition = acquisition
         self.rng = np.random.default_rng(seed)
         self.generators: GeneratorPair = make_generators(child_seed(seed, 1, 0))
         self.gp = GaussianProcess()
@@ -99,6 +100,8 @@ class EvoGMPlusRound:
         self.gp.fit(self.archive.rows, self.archive.losses)
         mean, _ = self.gp.predict(pool)
         pool = np.vstack([pool, self.gp.descend(pool[np.argsort(mean)[: self.popsize // 2]])])
+        if self.acquisition == "ei":
+            return self._to_round(pool[self.gp.expected_improvement(pool, self.popsize)])
         return self._to_round(pool[self.gp.thompson(pool, self.popsize, self.rng)])
 
     def _to_round(self, xs: np.ndarray) -> np.ndarray:
@@ -155,9 +158,11 @@ class EvoGMPlus(Rounds):
     def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, rounds: int = 2, iterations: int = 3,
                  top_k: int | None = None, winner_portion: float = 0.3, hidden_sizes: tuple[int, ...] = (32, 32),
                  lr: float = 1e-3, steps: int = 30, cycle_scale: float = 100.0, opt_scale: float = 1.0,
-                 pool: int | None = None, surrogate: bool = True, threads: int | None = 1):
+                 pool: int | None = None, surrogate: bool = True, acquisition: str = "thompson",
+                 threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads)
         check_fraction(winner_portion=winner_portion)
+        check_choice("acquisition", acquisition, ("thompson", "ei"))
         pool = pool or 50 * popsize
         self.archive = Archive(dim)
 
@@ -166,7 +171,7 @@ class EvoGMPlus(Rounds):
                                                       cycle_scale=cycle_scale, opt_scale=opt_scale, threads=threads)
             return EvoGMPlusRound(k, popsize=popsize, seed=round_seed, basis=self.basis, archive=self.archive,
                                   winner_portion=winner_portion, steps=steps, pool=max(pool, popsize),
-                                  surrogate=surrogate, make_generators=make_generators)
+                                  surrogate=surrogate, acquisition=acquisition, make_generators=make_generators)
 
         super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k,
                          round_budget=popsize * (1 + iterations), start_round=start_round)

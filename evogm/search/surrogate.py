@@ -12,12 +12,15 @@ True
 
 Matérn-5/2 kernel with one length scale per coordinate (ARD), a signal variance and a noise
 variance (the dev score of a merge is a sample mean, so its noise is real), fitted by maximizing
-the marginal likelihood with L-BFGS. The length scales have the log-normal prior that makes
-vanilla GPs work in dozens of dimensions (Hvarfner, Hellsten & Nardi, ICML 2024: location
-√2 + ½·log d, scale √3), which is also BoTorch's default. Losses are standardized; inputs are
-coefficients in [−1, 1], used as they are. A refit starts from the last fit's parameters, so it
-is cheap when one batch is added. Everything runs in float64 on the CPU and draws its random
-numbers from the caller's numpy generator only, so it is reproducible.
+the marginal likelihood with L-BFGS from three starts (smooth, short length scales, the last fit):
+from a single start the fit can end at a flat model that calls every difference noise. The
+length scales have the log-normal prior that makes vanilla GPs work in dozens of dimensions
+(Hvarfner, Hellsten & Nardi, ICML 2024: location √2 + ½·log d, scale √3). The losses are replaced
+by the normal scores of their ranks before fitting (``warp``): merge landscapes are mostly bad
+merges with a few good ones, a heavy tail a stationary GP fits badly, and only the order of the
+losses matters to the search. Inputs are coefficients, used as they are. Everything runs in
+float64 on the CPU and draws its random numbers from the caller's numpy generator only, so it is
+reproducible.
 """
 
 from __future__ import annotations
@@ -28,6 +31,28 @@ import numpy as np
 import torch
 
 from evogm.search.generators import torch_threads
+
+
+def normal_scores(y: np.ndarray) -> np.ndarray:
+    """Each value replaced by the normal quantile of its rank, (rank − ½)/n; ties share a score.
+
+    >>> normal_scores(np.array([5.0, -1.0, 100.0])).round(3).tolist()
+    [0.0, -0.967, 0.967]
+    """
+    order = np.argsort(y, kind="stable")
+    ranks = np.empty(len(y))
+    ranks[order] = np.arange(len(y))
+    for value in np.unique(y[np.r_[False, np.diff(y[order]) == 0]] if len(y) > 1 else []):
+        ranks[y == value] = ranks[y == value].mean()
+    return torch.special.ndtri(torch.as_tensor((ranks + 0.5) / len(y))).numpy()
+
+
+def _normal_pdf(z: np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+
+
+def _normal_cdf(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
 
 
 def matern52(a: torch.Tensor, b: torch.Tensor, lengthscales: torch.Tensor) -> torch.Tensor:
@@ -42,22 +67,27 @@ class GaussianProcess:
 
     NOISE_FLOOR = 1e-4  # variance, in standardized units
 
-    def __init__(self, steps: int = 15, threads: int | None = 1):
-        self.steps, self.threads = steps, threads
+    def __init__(self, steps: int = 15, warp: bool = True, threads: int | None = 1):
+        self.steps, self.warp, self.threads = steps, warp, threads
         self.raw: torch.Tensor | None = None  # log length scales (d), log signal var, log noise var
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "GaussianProcess":
         finite = np.isfinite(y)
         X, y = np.asarray(X, dtype=np.float64)[finite], np.asarray(y, dtype=np.float64)[finite]
+        if self.warp:
+            y = normal_scores(y)
         self.shift, self.scale = float(y.mean()), float(y.std()) or 1.0
         self.X = torch.as_tensor(X)
         self.y = torch.as_tensor((y - self.shift) / self.scale)
         dim = X.shape[1]
         self.prior_loc = math.sqrt(2.0) + 0.5 * math.log(dim)
-        if self.raw is None or len(self.raw) != dim + 2:
-            self.raw = torch.tensor([self.prior_loc] * dim + [0.0, math.log(0.1)], dtype=torch.float64)
+        starts = [torch.tensor([loc] * dim + [0.0, math.log(noise)], dtype=torch.float64)
+                  for loc, noise in ((self.prior_loc, 0.1), (0.0, 0.01))]  # smooth, and short length scales
+        if self.raw is not None and len(self.raw) == dim + 2:
+            starts.append(self.raw)
         with torch_threads(self.threads):
-            self._optimize()
+            fits = [self._optimize(start) for start in starts]
+            self.raw = min(fits, key=lambda fit: fit[0])[1]
             self._factorize()
         return self
 
@@ -97,6 +127,33 @@ class GaussianProcess:
             chosen.append(int(next(i for i in order if i not in chosen)))
         return np.array(chosen)
 
+    def expected_improvement(self, Xc: np.ndarray, n: int) -> np.ndarray:
+        """Indices of ``n`` distinct candidates chosen greedily by expected improvement (below the
+        best observed loss), each pick added to the data at its posterior mean before the next
+        (the "kriging believer"), so a batch spreads out instead of repeating one point."""
+        Xc = np.asarray(Xc, dtype=np.float64)
+        X, y, L, alpha = self.X, self.y, self.L, self.alpha
+        chosen: list[int] = []
+        try:
+            for _ in range(n):
+                mean, sd = (v / self.scale for v in self.predict(Xc))  # standardized units
+                mean -= self.shift / self.scale
+                gain = (self.y.min().item() - mean) / sd
+                ei = sd * (gain * _normal_cdf(gain) + _normal_pdf(gain))
+                ei[chosen] = -np.inf
+                pick = int(np.argmax(ei))
+                chosen.append(pick)
+                self._condition(np.vstack([self.X.numpy(), Xc[pick]]), np.append(self.y.numpy(), mean[pick]))
+        finally:
+            self.X, self.y, self.L, self.alpha = X, y, L, alpha
+        return np.array(chosen)
+
+    def _condition(self, X: np.ndarray, y_standardized: np.ndarray) -> None:
+        """The same kernel on other data (no refit)."""
+        self.X, self.y = torch.as_tensor(X), torch.as_tensor(y_standardized)
+        with torch_threads(self.threads):
+            self._factorize()
+
     def descend(self, starts: np.ndarray, steps: int = 20, bounds=(-1.0, 1.0)) -> np.ndarray:
         """Each start moved downhill on the posterior mean (projected gradient steps in the box)."""
         with torch_threads(self.threads):
@@ -128,8 +185,9 @@ class GaussianProcess:
         prior = prior + 0.5 * (raw[-2] / 2.0) ** 2 + 0.5 * ((raw[-1] - math.log(0.01)) / 3.0) ** 2
         return nll + prior
 
-    def _optimize(self) -> None:
-        raw = self.raw.clone().requires_grad_(True)
+    def _optimize(self, start: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """L-BFGS from ``start``: (negative log posterior, parameters); a failed step keeps the start."""
+        raw = start.clone().requires_grad_(True)
         lbfgs = torch.optim.LBFGS([raw], lr=0.5, max_iter=self.steps, line_search_fn="strong_wolfe")
 
         def closure():
@@ -140,11 +198,14 @@ class GaussianProcess:
 
         try:
             lbfgs.step(closure)
-            candidate = raw.detach().clamp(-6.0, 6.0)
-            if torch.isfinite(self._neg_log_posterior(candidate)):
-                self.raw = candidate
-        except RuntimeError:  # a singular step: keep the previous parameters
+        except RuntimeError:  # a singular step
             pass
+        for candidate in (raw.detach().clamp(-6.0, 6.0), start):
+            with torch.no_grad():
+                value = float(self._neg_log_posterior(candidate))
+            if math.isfinite(value):
+                return value, candidate
+        return math.inf, start
 
     def _factorize(self) -> None:
         with torch.no_grad():
