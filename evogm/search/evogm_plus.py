@@ -33,7 +33,8 @@ What it changes, each for a measured failure of the paper's algorithm (docs/resu
    at once, and random rows take their place in the P rows evaluated. The GP lives in the
    original coordinates and keeps every round's evaluations.
 
-Failed evaluations (inf) are never winners, elites or GP data. ``surrogate=False`` turns off the
+Failed evaluations (inf) are never winners, elites or GP data. ``dense_share`` > 0 makes that share
+of the local steps move every coefficient at once (off by default; see docs/results.md). ``surrogate=False`` turns off the
 screening (P pool rows drawn at random: the generators and local steps alone), for ablations.
 """
 
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from evogm.errors import EvogmError
 from evogm.search.base import check_choice, check_fraction, check_positive, child_seed, hybrid_population
 from evogm.search.evogm import split_winners_losers, truncate
 from evogm.search.generators import GeneratorPair
@@ -73,10 +75,11 @@ class EvoGMPlusRound:
     """One round in round coordinates (box [−1, 1]^k); ``basis`` maps rows to original coordinates."""
 
     def __init__(self, dim: int, *, popsize: int, seed: int, basis: np.ndarray, archive: Archive,
-                 winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str, make_generators):
+                 winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str,
+                 dense_share: float, make_generators):
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
-        self.acquisition = acquisition
+        self.acquisition, self.dense_share = acquisition, dense_share
         self.rng = np.random.default_rng(seed)
         self.generators: GeneratorPair = make_generators(child_seed(seed, 1, 0))
         self.gp = GaussianProcess()
@@ -146,6 +149,8 @@ class EvoGMPlusRound:
         dim = centers.shape[1]
         base = centers[self.rng.integers(len(centers), size=n)]
         changed = np.minimum(self.rng.integers(1, 4, size=n), dim)
+        if self.dense_share:  # that share of the steps moves every coefficient
+            changed[: int(round(self.dense_share * n))] = dim
         mask = np.argsort(self.rng.random((n, dim)), axis=1) < changed[:, None]
         sigma = 10.0 ** self.rng.uniform(np.log10(LOCAL_SIGMA[0]), np.log10(LOCAL_SIGMA[1]), size=(n, 1))
         return base + mask * sigma * self.rng.standard_normal((n, dim))
@@ -159,10 +164,13 @@ class EvoGMPlus(Rounds):
                  top_k: int | None = None, winner_portion: float = 0.3, hidden_sizes: tuple[int, ...] = (32, 32),
                  lr: float = 1e-3, steps: int = 30, cycle_scale: float = 100.0, opt_scale: float = 1.0,
                  pool: int | None = None, surrogate: bool = True, acquisition: str = "thompson",
-                 threads: int | None = 1):
+                 dense_share: float = 0.0, threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads)
         check_fraction(winner_portion=winner_portion)
         check_choice("acquisition", acquisition, ("thompson", "ei"))
+        if not 0.0 <= dense_share <= 1.0:
+            raise EvogmError(f"dense_share={dense_share!r} is not allowed", "it is a share of the local steps",
+                             "give a number in [0, 1]")
         pool = pool or 50 * popsize
         self.archive = Archive(dim)
 
@@ -171,7 +179,8 @@ class EvoGMPlus(Rounds):
                                                       cycle_scale=cycle_scale, opt_scale=opt_scale, threads=threads)
             return EvoGMPlusRound(k, popsize=popsize, seed=round_seed, basis=self.basis, archive=self.archive,
                                   winner_portion=winner_portion, steps=steps, pool=max(pool, popsize),
-                                  surrogate=surrogate, acquisition=acquisition, make_generators=make_generators)
+                                  surrogate=surrogate, acquisition=acquisition, dense_share=dense_share,
+                                  make_generators=make_generators)
 
         super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k,
                          round_budget=popsize * (1 + iterations), start_round=start_round)
