@@ -35,7 +35,7 @@ VARIANTS = {
     "evogm-local": ("evogm", {"local_share": 0.25}),
     "evogm-plus-1round": ("evogm-plus", {"rounds": 1, "iterations": 7}),
     "evogm-plus-ei": ("evogm-plus", {"acquisition": "ei"}),
-    "evogm-plus-dense": ("evogm-plus", {"dense_share": 0.5}),
+    "evogm-plus-sparse": ("evogm-plus", {"dense_share": 0.0}),
     "cmaes-pycma": ("cmaes", {"pycma_popsize": True}),  # the library's population size, not P
     "bo-seq": ("bo", {"batch": 1}),  # sequential BO: one candidate per model update
 }

@@ -33,8 +33,10 @@ What it changes, each for a measured failure of the paper's algorithm (docs/resu
    at once, and random rows take their place in the P rows evaluated. The GP lives in the
    original coordinates and keeps every round's evaluations.
 
-Failed evaluations (inf) are never winners, elites or GP data. ``dense_share`` > 0 makes that share
-of the local steps move every coefficient at once (off by default; see docs/results.md). ``surrogate=False`` turns off the
+Failed evaluations (inf) are never winners, elites or GP data. ``dense_share`` (default 0.5) of the
+local steps move every coefficient at once instead of 1 to 3: correlated experts need that (their
+best merge shifts every coefficient to cancel what they share; docs/results.md); 0 keeps every step
+sparse. ``surrogate=False`` turns off the
 screening (P pool rows drawn at random: the generators and local steps alone), for ablations.
 """
 
@@ -164,7 +166,7 @@ class EvoGMPlus(Rounds):
                  top_k: int | None = None, winner_portion: float = 0.3, hidden_sizes: tuple[int, ...] = (32, 32),
                  lr: float = 1e-3, steps: int = 30, cycle_scale: float = 100.0, opt_scale: float = 1.0,
                  pool: int | None = None, surrogate: bool = True, acquisition: str = "thompson",
-                 dense_share: float = 0.0, threads: int | None = 1):
+                 dense_share: float = 0.5, threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads)
         check_fraction(winner_portion=winner_portion)
         check_choice("acquisition", acquisition, ("thompson", "ei"))
