@@ -23,9 +23,10 @@ What it changes, each for a measured failure of the paper's algorithm (docs/resu
    on the model's mean. A Gaussian process fitted to every evaluation so far (``surrogate.py``)
    picks P of them by Thompson sampling, so a batch goes where the history says a gain is likely,
    and the batch stays diverse.
-2. **Steps of every size, a few experts at a time.** A local step changes 1 to 3 coordinates (an
-   expert switched on, off or re-weighted) by σ log-uniform in [0.01, 1]; the model, not a fixed
-   schedule, decides which sizes pay. Merges that use some experts at full weight and others not
+2. **Steps of every size, a few experts or all at once.** Half the local steps change 1 to 3
+   coordinates (an expert switched on, off or re-weighted), half change every coordinate (what
+   correlated experts need), each by σ log-uniform in [0.01, 1]; the model, not a fixed schedule,
+   decides which pay. Merges that use some experts at full weight and others not
    at all (the zoo's best merges) are a few such steps from one expert; a first version that
    moved every coordinate at once stayed at the best single expert for 80 evaluations there.
 3. **No evaluation is spent twice.** A new round's hybrid population starts with the elites
