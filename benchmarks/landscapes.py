@@ -98,7 +98,8 @@ def derive_experts(folder: Path, name: str) -> None:
     spec = yaml.safe_load((ZOO / "run.yaml").read_text())["models"]
     models = load_models(ZOO / spec["base"], {k: ZOO / v for k, v in spec["experts"].items()},
                          dtype="float32", device="cpu")
-    norms = np.sqrt(np.diag(gram(models.experts)))
+    products = gram(models.experts)  # one pass over every parameter
+    norms = np.sqrt(np.diag(products))
     matrix = interior_matrix(len(norms)) if name == "zoo-interior" else correlated_matrix(norms)
     merger = Merger(models.model, models.experts)
     paths = {}
@@ -109,7 +110,7 @@ def derive_experts(folder: Path, name: str) -> None:
         models.tokenizer.save_pretrained(out)
         paths[expert.name] = str(out)
     merger.reset()
-    derived = matrix @ gram(models.experts) @ matrix.T
+    derived = matrix @ products @ matrix.T
     scale = np.sqrt(np.diag(derived))
     cosines = derived / np.outer(scale, scale)
     (folder / "experts.json").write_text(json.dumps({

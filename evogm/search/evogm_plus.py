@@ -87,7 +87,6 @@ class EvoGMPlusRound:
         self.generators: GeneratorPair = make_generators(child_seed(seed, 1, 0))
         self.gp = GaussianProcess()
         self.population = self.population_losses = None
-        self.history_rows, self.history_losses = np.empty((0, dim)), np.empty(0)
         start = hybrid_population(dim, popsize, self.rng, (-1.0, 1.0))
         known = archive.lookup(start @ basis)  # a later round's one-hots are the elites: known
         self.history_rows, self.history_losses = start[~np.isnan(known)], known[~np.isnan(known)]

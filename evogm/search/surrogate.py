@@ -52,7 +52,7 @@ def _normal_pdf(z: np.ndarray) -> np.ndarray:
 
 
 def _normal_cdf(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
+    return torch.special.ndtr(torch.as_tensor(z)).numpy()
 
 
 def matern52(a: torch.Tensor, b: torch.Tensor, lengthscales: torch.Tensor) -> torch.Tensor:
