@@ -357,6 +357,8 @@ def resolve(cfg: RunConfig, output) -> RunConfig:
     options = {**defaults, **cfg.search.options}
     if "budget" in defaults and "budget" not in cfg.search.options and cfg.search.budget:
         options["budget"] = cfg.search.budget  # an optimizer that plans by budget plans for this one
+    if "groups" in defaults and "groups" not in cfg.search.options:
+        options["groups"] = cfg.models.groups  # its start knows which coefficients belong to one expert
     search = dataclasses.replace(cfg.search, popsize=popsize, options=options)
     budget = search.budget or make_optimizer(dataclasses.replace(cfg, search=search)).budget
     if not budget:

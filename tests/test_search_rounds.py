@@ -78,3 +78,36 @@ def test_round_rows_map_to_asked_rows():
         opt.tell(xs, np.sum(xs**2, axis=1))
     np.testing.assert_allclose(opt.ask(), opt.round_rows @ opt.basis)
     assert np.all(np.abs(opt.round_rows) <= 1)  # the box applies in round coordinates
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("evogm", "random")])
+def test_grouped_start_sets_each_expert_alone_in_every_layer_group(name):
+    """With groups, "each expert alone" means all of that expert's coefficients at 1, in round 1 only."""
+    opt = make(name, 6, popsize=8, seed=0, rounds=2, top_k=2, groups=2)
+    xs = opt.ask()
+    alone = np.kron(np.eye(3), np.ones(2))
+    if name == "cmaes":  # a mean, not a population: the average merge, 1/experts per coefficient
+        assert np.allclose(opt.strategy.es.x0, 1 / 3)
+    else:
+        assert np.allclose(xs[:3], alone) and np.allclose(xs[3], 1 / 3)
+    while opt.round == 0:
+        opt.tell(xs, np.sum((xs - 0.2) ** 2, axis=1))
+        xs = opt.ask()
+    assert opt.round_groups == 1 and len(opt.basis) == 2
+
+
+def test_groups_must_divide_the_coefficients():
+    from evogm.errors import EvogmError
+
+    with pytest.raises(EvogmError, match="groups=4 does not divide"):
+        OPTIMIZERS["pso"](6, groups=4)
+
+
+def test_resolve_hands_the_layer_groups_to_optimizers_that_take_them(tmp_path):
+    from evogm.config import load_config, resolve
+
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    for optimizer, expected in (("pso", 4), ("evogm-plus", 4), ("evogm", None)):
+        cfg = load_config(root / "configs" / "zoo.yaml", ["models.groups=4", f"search.optimizer={optimizer}",
+                                                          "search.options={}"])
+        assert resolve(cfg, tmp_path).search.options.get("groups") == expected

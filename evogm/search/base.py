@@ -84,23 +84,31 @@ def ranking(losses: np.ndarray) -> np.ndarray:
 # --- populations ----------------------------------------------------------------------------------
 
 
-def hybrid_population(dim: int, popsize: int, rng: np.random.Generator, bounds: Bounds) -> np.ndarray:
+def hybrid_population(dim: int, popsize: int, rng: np.random.Generator, bounds: Bounds,
+                      groups: int = 1) -> np.ndarray:
     """The paper's initial population: every one-hot vector (each expert alone), the uniform vector
-    (1/dim each), then uniform-random vectors in the box until there are ``popsize`` (truncated if
-    dim + 1 > popsize). Shape (popsize, dim).
+    (each expert at 1/experts), then uniform-random vectors in the box until there are ``popsize``
+    (truncated if experts + 1 > popsize). Shape (popsize, dim).
+
+    With ``groups`` coefficients per expert (layer groups, expert-major: expert e owns coordinates
+    e·groups … e·groups + groups − 1), "each expert alone" sets all of that expert's groups to 1.
 
     >>> hybrid_population(2, 4, np.random.default_rng(0), (-1, 1))[:3].tolist()
     [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]
+    >>> hybrid_population(4, 3, np.random.default_rng(0), (-1, 1), groups=2).tolist()
+    [[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5]]
     """
-    structured = np.vstack([np.eye(dim), np.full((1, dim), 1.0 / dim)])[:popsize]
+    experts = dim // groups
+    alone = np.kron(np.eye(experts), np.ones(groups))
+    structured = np.vstack([alone, np.full((1, dim), 1.0 / experts)])[:popsize]
     random_rows = rng.uniform(*bounds, size=(popsize - len(structured), dim))
     return np.vstack([structured, random_rows])
 
 
-def initial_population(init: str, dim: int, popsize: int, rng, bounds: Bounds) -> np.ndarray:
+def initial_population(init: str, dim: int, popsize: int, rng, bounds: Bounds, groups: int = 1) -> np.ndarray:
     """``hybrid`` (the paper's) or ``random`` (uniform in the box) initial population."""
     if init == "hybrid":
-        return hybrid_population(dim, popsize, rng, bounds)
+        return hybrid_population(dim, popsize, rng, bounds, groups)
     return rng.uniform(*bounds, size=(popsize, dim))
 
 

@@ -43,12 +43,13 @@ def _optuna():
 class OptunaRound:
     """One Optuna study over [lo, hi]^k: the initial design first, then ``batch`` trials per ask."""
 
-    def __init__(self, dim: int, *, sampler, popsize: int, batch: int, seed: int, init: str, bounds: Bounds):
+    def __init__(self, dim: int, *, sampler, popsize: int, batch: int, seed: int, init: str, bounds: Bounds,
+                 groups: int = 1):
         optuna = _optuna()
         self.dim, self.batch = dim, batch
         self.distributions = {f"x{i}": optuna.distributions.FloatDistribution(*bounds) for i in range(dim)}
         self.study = optuna.create_study(sampler=sampler, direction="minimize")
-        for row in initial_population(init, dim, popsize, np.random.default_rng(seed), bounds):
+        for row in initial_population(init, dim, popsize, np.random.default_rng(seed), bounds, groups):
             self.study.enqueue_trial({f"x{i}": float(v) for i, v in enumerate(row)})
         self.popsize, self.trials = popsize, []
 
@@ -71,13 +72,14 @@ class _Bayes(Rounds):
     """Shared constructor: the rounds wrapper around one Optuna study per round."""
 
     def __init__(self, dim: int, make_sampler, *, popsize: int, seed: int, budget: int, rounds: int,
-                 top_k: int | None, batch: int | None, init: str, bounds: Bounds):
+                 top_k: int | None, batch: int | None, init: str, bounds: Bounds, groups: int):
         check_positive(popsize=popsize, batch=batch)
         check_choice("init", init, ("hybrid", "random"))
         bounds = check_bounds(bounds)
         start_round = lambda k, s: OptunaRound(k, sampler=make_sampler(s), popsize=popsize,
-                                               batch=batch or popsize, seed=s, init=init, bounds=bounds)
-        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k,
+                                               batch=batch or popsize, seed=s, init=init, bounds=bounds,
+                                               groups=self.round_groups)
+        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
                          round_budget=round_share(budget, rounds, popsize),
                          start_round=start_round)
 
@@ -88,13 +90,13 @@ class BayesGP(_Bayes):
 
     def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, budget: int = 160, rounds: int = 1,
                  top_k: int | None = None, batch: int | None = None, init: str = "hybrid",
-                 deterministic: bool = False, bounds: Bounds = (-1.0, 1.0)):
+                 deterministic: bool = False, bounds: Bounds = (-1.0, 1.0), groups: int = 1):
         def make_sampler(s):
             return _optuna().samplers.GPSampler(seed=s, n_startup_trials=1, deterministic_objective=deterministic,
                                                 warn_independent_sampling=False)
 
         super().__init__(dim, make_sampler, popsize=popsize, seed=seed, budget=budget, rounds=rounds,
-                         top_k=top_k, batch=batch, init=init, bounds=bounds)
+                         top_k=top_k, batch=batch, init=init, bounds=bounds, groups=groups)
 
 
 class BayesTPE(_Bayes):
@@ -104,10 +106,10 @@ class BayesTPE(_Bayes):
 
     def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, budget: int = 160, rounds: int = 1,
                  top_k: int | None = None, batch: int | None = None, init: str = "hybrid", multivariate: bool = True,
-                 bounds: Bounds = (-1.0, 1.0)):
+                 bounds: Bounds = (-1.0, 1.0), groups: int = 1):
         def make_sampler(s):
             return _optuna().samplers.TPESampler(seed=s, n_startup_trials=1, multivariate=multivariate,
                                                  constant_liar=(batch or popsize) > 1)
 
         super().__init__(dim, make_sampler, popsize=popsize, seed=seed, budget=budget, rounds=rounds,
-                         top_k=top_k, batch=batch, init=init, bounds=bounds)
+                         top_k=top_k, batch=batch, init=init, bounds=bounds, groups=groups)

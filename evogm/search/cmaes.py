@@ -29,10 +29,11 @@ from evogm.search.rounds import Rounds, round_share
 class CMAESRound:
     """One pycma ``CMAEvolutionStrategy`` over [lo, hi]^k, starting at ``x0`` with step ``sigma0``."""
 
-    def __init__(self, dim: int, *, popsize: int, seed: int, sigma0: float, x0: str, bounds: Bounds):
+    def __init__(self, dim: int, *, popsize: int, seed: int, sigma0: float, x0: str, bounds: Bounds,
+                 groups: int = 1):
         rng = np.random.default_rng(seed)
         self.dim = dim
-        start = np.full(dim, 1.0 / dim) if x0 == "uniform" else np.full(dim, (bounds[0] + bounds[1]) / 2)
+        start = np.full(dim, groups / dim) if x0 == "uniform" else np.full(dim, (bounds[0] + bounds[1]) / 2)
         start = np.append(start, start) if dim == 1 else start  # pycma needs two coordinates
         options = {
             "popsize": popsize,
@@ -60,7 +61,7 @@ class CMAESRound:
 class CMAES(Rounds):
     """CMA-ES (Sakana-style evolutionary merge search) over the coefficients.
 
-    ``x0="uniform"`` starts at the average merge (1/k each; in later rounds, the average of the
+    ``x0="uniform"`` starts at the average merge (1/experts each; in later rounds, the average of the
     elites), ``x0="center"`` at the middle of the box. ``sigma0`` is pycma's initial step size in
     the same units as the box (about a quarter of its width is the usual advice). ``budget`` is the
     planned number of evaluations; with ``rounds > 1`` each round gets an equal share.
@@ -70,7 +71,7 @@ class CMAES(Rounds):
 
     def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, budget: int = 160, rounds: int = 1,
                  top_k: int | None = None, sigma0: float = 0.5, x0: str = "uniform",
-                 pycma_popsize: bool = False, bounds: Bounds = (-1.0, 1.0)):
+                 pycma_popsize: bool = False, bounds: Bounds = (-1.0, 1.0), groups: int = 1):
         check_positive(popsize=popsize)
         if popsize < 2:
             raise EvogmError(f"popsize={popsize} is too small for CMA-ES", "it ranks at least two samples",
@@ -78,6 +79,7 @@ class CMAES(Rounds):
         check_choice("x0", x0, ("uniform", "center"))
         bounds = check_bounds(bounds)
         size = lambda k: 4 + int(3 * np.log(max(k, 2))) if pycma_popsize else popsize
-        start_round = lambda k, s: CMAESRound(k, popsize=size(k), seed=s, sigma0=sigma0, x0=x0, bounds=bounds)
-        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k,
+        start_round = lambda k, s: CMAESRound(k, popsize=size(k), seed=s, sigma0=sigma0, x0=x0, bounds=bounds,
+                                             groups=self.round_groups)
+        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
                          round_budget=round_share(budget, rounds, popsize), start_round=start_round)

@@ -27,10 +27,10 @@ class DERound:
     """One DE population of ``popsize`` members in [lo, hi]^k."""
 
     def __init__(self, dim: int, *, popsize: int, seed: int, mutation: float, crossover: float, init: str,
-                 bounds: Bounds):
+                 bounds: Bounds, groups: int = 1):
         self.rng = np.random.default_rng(seed)
         self.mutation, self.crossover, self.bounds = mutation, crossover, bounds
-        self.population = initial_population(init, dim, popsize, self.rng, bounds)  # (P, k)
+        self.population = initial_population(init, dim, popsize, self.rng, bounds, groups)  # (P, k)
         self.losses = None  # (P,) once the initial population is told
 
     def ask(self) -> np.ndarray:
@@ -63,12 +63,12 @@ class DE(Rounds):
 
     def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, budget: int = 160, rounds: int = 1,
                  top_k: int | None = None, mutation: float = 0.5, crossover: float = 0.9,
-                 init: str = "hybrid", bounds: Bounds = (-1.0, 1.0)):
+                 init: str = "hybrid", bounds: Bounds = (-1.0, 1.0), groups: int = 1):
         check_positive(popsize=popsize)
         check_choice("init", init, ("hybrid", "random"))
         check_fraction(crossover=crossover)
         bounds = check_bounds(bounds)
         start_round = lambda k, s: DERound(k, popsize=popsize, seed=s, mutation=mutation, crossover=crossover,
-                                           init=init, bounds=bounds)
-        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k,
+                                           init=init, bounds=bounds, groups=self.round_groups)
+        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
                          round_budget=round_share(budget, rounds, popsize), start_round=start_round)

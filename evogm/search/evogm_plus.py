@@ -79,7 +79,7 @@ class EvoGMPlusRound:
 
     def __init__(self, dim: int, *, popsize: int, seed: int, basis: np.ndarray, archive: Archive,
                  winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str,
-                 dense_share: float, make_generators):
+                 dense_share: float, make_generators, groups: int = 1):
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
         self.acquisition, self.dense_share = acquisition, dense_share
@@ -87,7 +87,7 @@ class EvoGMPlusRound:
         self.generators: GeneratorPair = make_generators(child_seed(seed, 1, 0))
         self.gp = GaussianProcess()
         self.population = self.population_losses = None
-        start = hybrid_population(dim, popsize, self.rng, (-1.0, 1.0))
+        start = hybrid_population(dim, popsize, self.rng, (-1.0, 1.0), groups)
         known = archive.lookup(start @ basis)  # a later round's one-hots are the elites: known
         self.history_rows, self.history_losses = start[~np.isnan(known)], known[~np.isnan(known)]
         extra = self.rng.uniform(-1.0, 1.0, size=(len(start) - int(np.isnan(known).sum()), dim))
@@ -166,7 +166,7 @@ class EvoGMPlus(Rounds):
                  top_k: int | None = None, winner_portion: float = 0.3, hidden_sizes: tuple[int, ...] = (32, 32),
                  lr: float = 1e-3, steps: int = 30, cycle_scale: float = 100.0, opt_scale: float = 1.0,
                  pool: int | None = None, surrogate: bool = True, acquisition: str = "thompson",
-                 dense_share: float = 0.5, threads: int | None = 1):
+                 dense_share: float = 0.5, groups: int = 1, threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads)
         check_fraction(winner_portion=winner_portion)
         check_choice("acquisition", acquisition, ("thompson", "ei"))
@@ -182,9 +182,9 @@ class EvoGMPlus(Rounds):
             return EvoGMPlusRound(k, popsize=popsize, seed=round_seed, basis=self.basis, archive=self.archive,
                                   winner_portion=winner_portion, steps=steps, pool=max(pool, popsize),
                                   surrogate=surrogate, acquisition=acquisition, dense_share=dense_share,
-                                  make_generators=make_generators)
+                                  make_generators=make_generators, groups=self.round_groups)
 
-        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k,
+        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
                          round_budget=popsize * (1 + iterations), start_round=start_round)
 
     def _finish_generation(self) -> None:

@@ -32,11 +32,11 @@ class PSORound:
     """One swarm of ``popsize`` particles in [lo, hi]^k."""
 
     def __init__(self, dim: int, *, popsize: int, seed: int, inertia: float, cognitive: float, social: float,
-                 repel: float, max_velocity: float, init: str, bounds: Bounds):
+                 repel: float, max_velocity: float, init: str, bounds: Bounds, groups: int = 1):
         self.rng = np.random.default_rng(seed)
         self.coef = (inertia, cognitive, social, repel)
         self.bounds, self.vmax = bounds, max_velocity * (bounds[1] - bounds[0])
-        self.x = initial_population(init, dim, popsize, self.rng, bounds)  # (P, k) positions
+        self.x = initial_population(init, dim, popsize, self.rng, bounds, groups)  # (P, k) positions
         self.v = np.zeros_like(self.x)  # (P, k) velocities
         self.personal, self.personal_loss = self.x.copy(), np.full(popsize, np.inf)
         self.worst, self.worst_loss = None, -np.inf  # worst finite position seen
@@ -74,12 +74,12 @@ class PSO(Rounds):
     def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, budget: int = 160, rounds: int = 1,
                  top_k: int | None = None, inertia: float = 0.729, cognitive: float = 1.49445,
                  social: float = 1.49445, repel: float = 0.0, max_velocity: float = 0.5,
-                 init: str = "hybrid", bounds: Bounds = (-1.0, 1.0)):
+                 init: str = "hybrid", bounds: Bounds = (-1.0, 1.0), groups: int = 1):
         check_positive(popsize=popsize)
         check_choice("init", init, ("hybrid", "random"))
         bounds = check_bounds(bounds)
         start_round = lambda k, s: PSORound(k, popsize=popsize, seed=s, inertia=inertia, cognitive=cognitive,
                                             social=social, repel=repel, max_velocity=max_velocity,
-                                            init=init, bounds=bounds)
-        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k,
+                                            init=init, bounds=bounds, groups=self.round_groups)
+        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
                          round_budget=round_share(budget, rounds, popsize), start_round=start_round)

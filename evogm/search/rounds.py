@@ -25,6 +25,10 @@ Bookkeeping lives here too, so strategies only see whole generations and clean l
   budget); the strategy is told when the generation is complete. Non-finite losses become inf.
 - A round ends at the first generation boundary at or after ``round_budget`` evaluations. In the
   last round the strategy simply goes on, so asking past ``budget`` keeps working.
+- ``groups`` (coefficients per expert, for layer groups) is known to round 1 only, as
+  ``round_groups``: a strategy's structured start ("each expert alone") uses it; later rounds'
+  experts are whole merges, one coefficient each. ``resolve`` sets it from ``models.groups`` for
+  every optimizer that takes it (the paper's ``evogm`` does not: its start stays the paper's).
 - Elites are the best finite rows of the round (failed rows are never experts). If the round had
   fewer than K finite rows the next round has fewer experts; with none, the basis stays as it was.
 """
@@ -35,6 +39,7 @@ from typing import Callable
 
 import numpy as np
 
+from evogm.errors import EvogmError
 from evogm.search.base import Strategy, check_positive, child_seed, failed_as_inf, ranking
 
 StartRound = Callable[[int, int], Strategy]  # (round dimension k, round seed) -> a fresh strategy
@@ -44,9 +49,12 @@ class Rounds:
     """The ask/tell optimizer every entry of OPTIMIZERS is: a strategy run for ``rounds`` rounds."""
 
     def __init__(self, dim: int, *, seed: int, rounds: int, top_k: int | None, round_budget: int,
-                 start_round: StartRound):
-        check_positive(dim=dim, rounds=rounds, top_k=top_k, round_budget=round_budget)
-        self.dim, self.rounds, self.round_budget = dim, rounds, round_budget
+                 start_round: StartRound, groups: int = 1):
+        check_positive(dim=dim, rounds=rounds, top_k=top_k, round_budget=round_budget, groups=groups)
+        if dim % groups:
+            raise EvogmError(f"groups={groups} does not divide the {dim} coefficients",
+                             "each expert has one coefficient per layer group", "set groups to models.groups")
+        self.dim, self.rounds, self.round_budget, self.groups = dim, rounds, round_budget, groups
         self.top_k = top_k or dim  # K = N by default (the paper)
         self.seed = seed
         self._start_round = start_round
@@ -60,6 +68,12 @@ class Rounds:
     def budget(self) -> int:
         """Evaluations the schedule plans: ``rounds · round_budget``."""
         return self.rounds * self.round_budget
+
+    @property
+    def round_groups(self) -> int:
+        """Coefficients per expert in the current round's coordinates: ``groups`` in round 1, then 1
+        (the next rounds' experts are whole merges)."""
+        return self.groups if self.round == 0 else 1
 
     @property
     def strategy(self) -> Strategy:
