@@ -36,6 +36,7 @@ VARIANTS = {
     "evogm-plus-1round": ("evogm-plus", {"rounds": 1, "iterations": 7}),
     "evogm-plus-ei": ("evogm-plus", {"acquisition": "ei"}),
     "evogm-plus-sparse": ("evogm-plus", {"dense_share": 0.0}),
+    "evogm-plus-norecomb": ("evogm-plus", {"recombine": 0.0}),
     "cmaes-pycma": ("cmaes", {"pycma_popsize": True}),  # the library's population size, not P
     "bo-seq": ("bo", {"batch": 1}),  # sequential BO: one candidate per model update
 }

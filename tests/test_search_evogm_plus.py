@@ -68,3 +68,17 @@ def test_the_gp_ignores_failed_rows_and_ranks_by_its_fit():
     picks = gp.thompson(probe, 5, rng)
     assert len(set(picks.tolist())) == 5
     assert shifted_sphere(probe[picks]).mean() < shifted_sphere(probe).mean()
+
+
+def test_the_pool_holds_good_rows_added_together():
+    """Recombination puts the sum of two good merges (task arithmetic of two merges) into the pool;
+    ``recombine=0`` leaves it out."""
+    def pool_after_start(recombine):
+        opt = EvoGMPlus(4, popsize=6, seed=0, iterations=1, recombine=recombine, **SMALL)
+        xs = opt.ask()
+        opt.tell(xs, np.arange(6.0))                 # the first two experts alone are the best rows
+        return opt.strategy._pool()
+
+    target = np.array([1.0, 1.0, 0.0, 0.0])         # expert 0 + expert 1
+    assert np.isclose(pool_after_start(0.2), target, atol=1e-12).all(axis=1).any()
+    assert not np.isclose(pool_after_start(0.0), target, atol=1e-12).all(axis=1).any()

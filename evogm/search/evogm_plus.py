@@ -19,7 +19,9 @@ What it changes, each for a measured failure of the paper's algorithm (docs/resu
    ``pool`` candidates (default 50·P) instead of P: G₋₊ applied to the population, to rows of H
    and to jittered population rows, those proposals pushed further along their direction
    (x + α·(G₋₊(x) − x), α ∈ {1.5, 2}, against the generator's contraction); sparse steps around
-   the best rows of H; uniform draws in the box; and the P/2 most promising of these moved downhill
+   the best rows of H; pairs of the P best rows recombined (``recombine``, default 20% of the pool:
+   added, as task arithmetic adds experts, crossed coordinate by coordinate, or a differential step
+   as large as their spread); uniform draws in the box; and the P/2 most promising moved downhill
    on the model's mean. A Gaussian process fitted to every evaluation so far (``surrogate.py``)
    picks P of them by Thompson sampling, so a batch goes where the history says a gain is likely,
    and the batch stays diverse.
@@ -79,10 +81,10 @@ class EvoGMPlusRound:
 
     def __init__(self, dim: int, *, popsize: int, seed: int, basis: np.ndarray, archive: Archive,
                  winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str,
-                 dense_share: float, make_generators, groups: int = 1):
+                 dense_share: float, recombine: float, make_generators, groups: int = 1):
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
-        self.acquisition, self.dense_share = acquisition, dense_share
+        self.acquisition, self.dense_share, self.recombine = acquisition, dense_share, recombine
         self.rng = np.random.default_rng(seed)
         self.generators: GeneratorPair = make_generators(child_seed(seed, 1, 0))
         self.gp = GaussianProcess()
@@ -126,15 +128,30 @@ class EvoGMPlusRound:
     # --- the pool ------------------------------------------------------------------------------
 
     def _pool(self) -> np.ndarray:
-        """Candidates in original coordinates: the generators' (made in round coordinates), sparse
-        steps around the best rows evaluated so far, uniform draws in the box."""
+        """Candidates in original coordinates: the generators' (made in round coordinates), pairs of
+        good rows recombined, steps around the best rows evaluated so far, uniform draws in the box."""
         n, dim = self.pool_size, self.basis.shape[1]
         generated = self._generated(n // 4) @ self.basis
         finite = np.flatnonzero(np.isfinite(self.archive.losses))
-        best = self.archive.rows[finite[np.argsort(self.archive.losses[finite], kind="stable")[:3]]]
-        local = np.clip(self._local(best, (13 * n) // 20), -1.0, 1.0) if len(best) else np.empty((0, dim))
-        uniform = self.rng.uniform(-1.0, 1.0, size=(n - len(generated) - len(local), dim))
-        return np.vstack([generated, local, uniform])
+        top = self.archive.rows[finite[np.argsort(self.archive.losses[finite], kind="stable")[: self.popsize]]]
+        n_recombined = int(round(self.recombine * n)) if len(top) >= 2 else 0
+        recombined = np.clip(self._recombined(top, n_recombined), -1.0, 1.0)
+        local = np.clip(self._local(top[:3], (13 * n) // 20 - n_recombined), -1.0, 1.0) if len(top) \
+            else np.empty((0, dim))
+        uniform = self.rng.uniform(-1.0, 1.0, size=(n - len(generated) - len(recombined) - len(local), dim))
+        return np.vstack([generated, recombined, local, uniform])
+
+    def _recombined(self, top: np.ndarray, n: int) -> np.ndarray:
+        """Two of the P best rows evaluated so far, combined: added (their task vectors summed, as
+        task arithmetic adds experts), crossed coordinate by coordinate, or the best row moved by
+        F·(a − b) with F uniform in [0.5, 1] (a step as large as the good rows' spread)."""
+        if n == 0:
+            return np.empty((0, top.shape[1]))
+        a, b = top[self.rng.integers(len(top), size=(2, n))]
+        kind = self.rng.integers(3, size=(n, 1))
+        crossed = np.where(self.rng.random(a.shape) < 0.5, a, b)
+        moved = top[0] + self.rng.uniform(0.5, 1.0, size=(n, 1)) * (a - b)
+        return np.where(kind == 0, a + b, np.where(kind == 1, crossed, moved))
 
     def _generated(self, n: int) -> np.ndarray:
         """G₋₊ on the population, on rows of H and on jittered population rows; then pushed further."""
@@ -166,13 +183,16 @@ class EvoGMPlus(Rounds):
                  top_k: int | None = None, winner_portion: float = 0.3, hidden_sizes: tuple[int, ...] = (32, 32),
                  lr: float = 1e-3, steps: int = 30, cycle_scale: float = 100.0, opt_scale: float = 1.0,
                  pool: int | None = None, surrogate: bool = True, acquisition: str = "thompson",
-                 dense_share: float = 0.5, groups: int = 1, threads: int | None = 1):
+                 dense_share: float = 0.5, recombine: float = 0.2, groups: int = 1, threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads)
         check_fraction(winner_portion=winner_portion)
         check_choice("acquisition", acquisition, ("thompson", "ei"))
         if not 0.0 <= dense_share <= 1.0:
             raise EvogmError(f"dense_share={dense_share!r} is not allowed", "it is a share of the local steps",
                              "give a number in [0, 1]")
+        if not 0.0 <= recombine <= 0.6:
+            raise EvogmError(f"recombine={recombine!r} is not allowed", "it is a share of the pool taken from "
+                             "the local steps' 65%", "give a number in [0, 0.6]")
         pool = pool or 50 * popsize
         self.archive = Archive(dim)
 
@@ -182,6 +202,7 @@ class EvoGMPlus(Rounds):
             return EvoGMPlusRound(k, popsize=popsize, seed=round_seed, basis=self.basis, archive=self.archive,
                                   winner_portion=winner_portion, steps=steps, pool=max(pool, popsize),
                                   surrogate=surrogate, acquisition=acquisition, dense_share=dense_share,
+                                  recombine=recombine,
                                   make_generators=make_generators, groups=self.round_groups)
 
         super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
