@@ -38,7 +38,8 @@ def finalize(cfg: RunConfig, run_dir: RunDir, target: str, records: list[dict], 
     export(cfg, ws, best["coefficients"], run_dir.model)
     run_dir.write_final({
         "target": target, "tasks": scoring.primary, "experts": list(cfg.models.experts),
-        "groups": cfg.models.groups, "evaluations": len(records), "candidates": candidates})
+        "groups": cfg.models.groups, "evaluations": len(records), "dev_items": scoring.dev_items(),
+        "candidates": candidates})
     report.write_report(run_dir.path)
 
 
@@ -72,6 +73,10 @@ class Scoring:
         self.model, self.tokenizer = ws.merger.model, ws.models.tokenizer
         self.primary = {t.name: f"{t.name}/{t.primary}" for t in self.tasks}
         self._merger, self._memo = ws.merger, {}
+
+    def dev_items(self) -> dict[str, int]:
+        """Items each scored task has on dev (tasks from a data file; a Python fitness has none)."""
+        return {t.name: len(t.data.items("dev")) for t in self.tasks if hasattr(t, "data")}
 
     def merged(self, coefficients, split: str) -> dict:
         """The score of a task-arithmetic merge; a merge scored before (the best may be the initial

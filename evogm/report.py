@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from evogm.rundir import RunDir
 from evogm.runlog import flip, write_atomic
+from evogm.scoring import MULTI_TASK
 
 LABELS = {"best": "best (search)", "initial_best": "initial best", "best_expert": "best single expert",
           "uniform": "uniform",
@@ -73,7 +74,32 @@ def header(run_dir: Path, config: dict, final: dict, records: list[dict]) -> str
         f"- evaluations: {len(records)} ({failed} failed), {np.mean(seconds) if seconds else 0:.2f} s each on average",
         f"- experts: {', '.join(final['experts'])}; {final['groups']} coefficient group(s) each",
         f"- best: evaluation {best['evaluation']} — dev {_fmt(best['dev']['score'])}, "
-        f"test {_fmt(best['test']['score'])}; exported to [model/](model/)\n"])
+        f"test {_fmt(best['test']['score'])}; exported to [model/](model/)",
+        search_gain(config, final), ""])
+
+
+def search_gain(config: dict, final: dict) -> str:
+    """The best's dev gain over the initial population's best, against the dev split's noise: the
+    standard error of that difference, bounded as for scores in [0, 1] (SE² ≤ Σ w²·p(1−p)/n / (Σ w)²
+    per candidate, the two added as if independent; a conservative bound)."""
+    best, initial, items = final["candidates"]["best"], final["candidates"].get("initial_best"), final.get("dev_items")
+    if not initial:
+        return "- search gain: no initial population logged"
+    difference = best["dev"]["score"] - initial["dev"]["score"]
+    gain = f"- search gain over the initial population's best: {difference:+.4f} dev"
+    if not items or set(items) != set(final["tasks"]):
+        return gain
+    weights = {t: 1.0 for t in final["tasks"]} if final["target"] != MULTI_TASK else \
+        {t["name"]: float(t.get("weight", 1.0)) for t in config["tasks"]}
+
+    def variance(entry: dict) -> float:
+        p = {t: min(max(entry["dev"]["metrics"][m], 0.0), 1.0) for t, m in final["tasks"].items()}
+        return sum(weights[t] ** 2 * p[t] * (1 - p[t]) / items[t] for t in p) / sum(weights[t] for t in p) ** 2
+
+    noise = math.sqrt(variance(best) + variance(initial))
+    ratio = difference / noise if noise else math.inf
+    return f"{gain}, {ratio:.1f} × the dev split's noise (one standard error: ±{noise:.4f})"
+
 
 
 def results_table(final: dict) -> str:

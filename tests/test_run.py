@@ -167,3 +167,19 @@ def test_the_packaged_zoo_config_reads(monkeypatch):
     assert path.resolve() == (Path(__file__).parent.parent / "evogm" / "zoo" / "data" / "run.yaml").resolve()
     cfg = load_config(Path(__file__).parent.parent / "configs" / "zoo.yaml")
     assert cfg.models.base == str(path.parent / "base") and cfg.search.budget == 160
+
+
+def test_the_report_weighs_the_search_gain_against_the_dev_noise(multi: Path):
+    """The gain over the initial best, and its ratio to a binomial bound on the dev noise computed
+    from final.json's per-task dev scores and item counts."""
+    final = json.loads((multi / "final.json").read_text())
+    cfg = load_config(multi / "config.yaml")
+    assert final["dev_items"] == {t["name"]: t.get("limit") or len(json.loads(Path(t["path"]).read_text())["dev"])
+                                  for t in yaml.safe_load((multi / "config.yaml").read_text())["tasks"]}
+    best, initial = final["candidates"]["best"], final["candidates"]["initial_best"]
+    variance = lambda e: sum(p * (1 - p) / final["dev_items"][t] for t, p in
+                             ((t, e["dev"]["metrics"][m]) for t, m in final["tasks"].items())) / len(cfg.tasks) ** 2
+    noise = math.sqrt(variance(best) + variance(initial))
+    gain = best["dev"]["score"] - initial["dev"]["score"]
+    line = next(x for x in (multi / "report.md").read_text().splitlines() if x.startswith("- search gain"))
+    assert f"{gain:+.4f} dev" in line and f"±{noise:.4f}" in line and f"{gain / noise:.1f} ×" in line
