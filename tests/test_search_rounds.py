@@ -80,7 +80,7 @@ def test_round_rows_map_to_asked_rows():
     assert np.all(np.abs(opt.round_rows) <= 1)  # the box applies in round coordinates
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("evogm", "random")])
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "random"])
 def test_grouped_start_sets_each_expert_alone_in_every_layer_group(name):
     """With groups, "each expert alone" means all of that expert's coefficients at 1, in round 1 only."""
     opt = make(name, 6, popsize=8, seed=0, rounds=2, top_k=2, groups=2)
@@ -107,7 +107,7 @@ def test_resolve_hands_the_layer_groups_to_optimizers_that_take_them(tmp_path):
     from evogm.config import load_config, resolve
 
     root = __import__("pathlib").Path(__file__).resolve().parent.parent
-    for optimizer, expected in (("pso", 4), ("evogm-plus", 4), ("evogm", None)):
+    for optimizer, expected in (("pso", 4), ("evogm-plus", 4), ("evogm", 4), ("random", None)):
         cfg = load_config(root / "configs" / "zoo.yaml", ["models.groups=4", f"search.optimizer={optimizer}",
                                                           "search.options={}"])
         assert resolve(cfg, tmp_path).search.options.get("groups") == expected

@@ -77,12 +77,12 @@ class EvoGMRound:
     """One EvoGM round in round coordinates; ``make_generators(seed)`` builds a GeneratorPair."""
 
     def __init__(self, dim: int, *, popsize: int, seed: int, winner_portion: float, steps: int,
-                 reset: str, make_generators, local_share: float = 0.0):
+                 reset: str, make_generators, local_share: float = 0.0, groups: int = 1):
         self.dim, self.popsize, self.seed = dim, popsize, seed
         self.winner_portion, self.steps, self.reset = winner_portion, steps, reset
         self.local_share, self.local_sigma = local_share, LOCAL_SIGMA[0]
         self.local_asked = 0  # how many of the last proposals were local steps
-        self.make_generators = make_generators
+        self.make_generators, self.groups = make_generators, groups
         self.rng = np.random.default_rng(seed)  # hybrid population, then training batches
         self.population = self.population_losses = None  # (P, k), (P,)
         self.history_rows, self.history_losses = np.empty((0, dim)), np.empty(0)  # H
@@ -92,7 +92,7 @@ class EvoGMRound:
 
     def ask(self) -> np.ndarray:
         if self.population is None:
-            return hybrid_population(self.dim, self.popsize, self.rng, (-1.0, 1.0))
+            return hybrid_population(self.dim, self.popsize, self.rng, (-1.0, 1.0), self.groups)
         winners, losers = split_winners_losers(self.history_rows, self.history_losses, self.winner_portion)
         generators = self._generators_for_iteration()
         if len(winners):
@@ -131,13 +131,15 @@ class EvoGM(Rounds):
     and the cycle term; ``cycle_scale=0`` keeps both generators but drops the cycle term;
     ``reset="iteration"`` re-initializes the generators every iteration (the paper's text).
     ``threads``: torch intra-op threads while training (restored afterwards); None leaves torch's.
+    ``groups`` (set from ``models.groups``): with layer groups, the hybrid start's "each expert
+    alone" sets all of an expert's coefficients; with one coefficient per expert it is the paper's.
     """
 
     def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, rounds: int = 2, iterations: int = 3,
                  top_k: int | None = None, winner_portion: float = 0.3,
                  hidden_sizes: tuple[int, ...] = PAPER_HIDDEN_SIZES, lr: float = 1e-4, steps: int = 200,
                  cycle_scale: float = 100.0, opt_scale: float = 1.0, generator: str = "dual",
-                 reset: str = "round", threads: int | None = 1, local_share: float = 0.0):
+                 reset: str = "round", threads: int | None = 1, local_share: float = 0.0, groups: int = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, threads=threads)
         if not 0.0 <= local_share < 1.0:
             raise EvogmError(f"local_share={local_share!r} is not allowed",
@@ -153,7 +155,7 @@ class EvoGM(Rounds):
                 cycle_scale=cycle_scale, opt_scale=opt_scale, threads=threads)
             return EvoGMRound(k, popsize=popsize, seed=round_seed, winner_portion=winner_portion,
                               steps=steps, reset=reset, make_generators=make_generators,
-                              local_share=local_share)
+                              local_share=local_share, groups=self.round_groups)
 
-        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k,
+        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
                          round_budget=popsize * (1 + iterations), start_round=start_round)

@@ -28,7 +28,7 @@ Bookkeeping lives here too, so strategies only see whole generations and clean l
 - ``groups`` (coefficients per expert, for layer groups) is known to round 1 only, as
   ``round_groups``: a strategy's structured start ("each expert alone") uses it; later rounds'
   experts are whole merges, one coefficient each. ``resolve`` sets it from ``models.groups`` for
-  every optimizer that takes it (the paper's ``evogm`` does not: its start stays the paper's).
+  every optimizer that takes it (all but ``random``; with one group every start is as before).
 - Elites are the best finite rows of the round (failed rows are never experts). If the round had
   fewer than K finite rows the next round has fewer experts; with none, the basis stays as it was.
 """
