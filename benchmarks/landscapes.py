@@ -3,6 +3,7 @@
     python benchmarks/landscapes.py --quick --seeds 3 --workers 2         # while iterating
     python benchmarks/landscapes.py --seeds 5 --workers 2                 # for the record
     python benchmarks/landscapes.py --landscapes zoo zoo-groups --optimizers evogm-plus,pso --seeds 2
+    python benchmarks/landscapes.py --quick --seeds 5 --report     # the table of what has finished
 
 Each landscape is a real merge of real experts scored by evogm's own objective on the zoo's ten
 tasks (multi-task mode, 160 evaluations unless --budget):
@@ -142,6 +143,17 @@ def quick_overrides(config: Path, overrides: list[str]) -> list[str]:
 # --- the table -----------------------------------------------------------------------------------
 
 
+def finished(config: Path, overrides: list[str], methods: list[str], seeds: int, budget: int, out: Path) -> dict:
+    """The comparison's summary over the runs already finished (the first method's seed 0 among
+    them: it holds the static baselines), without running anything."""
+    from evogm.compare import make_jobs, method_specs, summarize
+
+    specs = method_specs(methods, ablations=False)
+    jobs = [j for j in make_jobs(str(config), overrides, specs, list(range(seeds)), budget, out.resolve(), 1)
+            if (j.run_dir / "final.json").exists()]
+    return summarize(jobs, {m: s for m, s in specs.items() if any(j.method == m for j in jobs)}, budget)
+
+
 def at_budget(summary: dict, evaluations: int) -> dict:
     """Per method: the best dev after ``evaluations`` and that candidate's test score, each as
     (mean, std) over seeds."""
@@ -176,31 +188,35 @@ def test_at(run_dir: Path, evaluations: int) -> dict:
 
 
 def suite_table(summaries: dict[str, dict]) -> tuple[str, dict]:
-    methods = list(next(iter(summaries.values()))["methods"])
+    """Per landscape, each method's mean ± std over its seeds; then each method's mean rank over the
+    landscapes it ran on, and on how many it is within one standard error of the best."""
+    methods = list(dict.fromkeys(m for s in summaries.values() for m in s["methods"]))
     lines, ranks, close = [], {m: [] for m in methods}, {m: 0 for m in methods}
     for landscape, summary in summaries.items():
         stats = summary["methods"]
+        present = [m for m in methods if m in stats]
         half_budget = summary["budget"] // 2
         half = at_budget(summary, half_budget)
-        lines += [f"\n### {landscape} (budget {summary['budget']}, seeds {summary['seeds']})\n",
-                  f"| method | best dev at {half_budget} | its test | best dev at {summary['budget']} | its test |",
-                  "|---|---|---|---|---|"]
-        for m in methods:
+        lines += [f"\n### {landscape} (budget {summary['budget']})\n",
+                  f"| method | seeds | best dev at {half_budget} | its test | best dev at {summary['budget']} | its test |",
+                  "|---|---|---|---|---|---|"]
+        for m in present:
             s = stats[m]
             cells = [*half[m]["dev"], *half[m]["test"], s["dev_mean"], s["dev_std"], s["test_mean"], s["test_std"]]
-            lines.append(f"| {m} | " + " | ".join(f"{a:.4f} ± {b:.4f}" for a, b in zip(cells[::2], cells[1::2])) + " |")
-        best = max(methods, key=lambda m: stats[m]["test_mean"])
-        order = sorted(methods, key=lambda m: -stats[m]["test_mean"])
+            lines.append(f"| {m} | {len(s['runs'])} | "
+                         + " | ".join(f"{a:.4f} ± {b:.4f}" for a, b in zip(cells[::2], cells[1::2])) + " |")
+        best = max(present, key=lambda m: stats[m]["test_mean"])
+        order = sorted(present, key=lambda m: -stats[m]["test_mean"])
         for rank, m in enumerate(order, 1):
             ranks[m].append(rank)
-        for m in methods:  # within one standard error (of the difference of means) of the best
+        for m in present:  # within one standard error (of the difference of means) of the best
             se = math.hypot(*(stats[k]["test_std"] / math.sqrt(len(stats[k]["runs"])) for k in (m, best)))
             close[m] += stats[best]["test_mean"] - stats[m]["test_mean"] <= se
         static = summary["static"]
         lines.append("\nstatic merges (dev / test): " + ", ".join(
             f"{k} {v['dev']:.4f} / {v['test']:.4f}" for k, v in static.items()))
     head = ["| method | mean rank of mean test | landscapes within 1 SE of the best |", "|---|---|---|"]
-    head += [f"| {m} | {np.mean(ranks[m]):.2f} | {close[m]} of {len(summaries)} |"
+    head += [f"| {m} | {np.mean(ranks[m]):.2f} | {close[m]} of {len(ranks[m])} |"
              for m in sorted(methods, key=lambda m: np.mean(ranks[m]))]
     return "\n".join(head + lines), {"mean_rank": {m: float(np.mean(r)) for m, r in ranks.items()},
                                      "within_one_se": close}
@@ -216,6 +232,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="50 items per task split (for iterating)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "evogm" / "landscapes")
     parser.add_argument("--out", type=Path, default=None, help="default runs/landscapes[-quick]")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: the table of the runs already finished (a suite grown in steps)")
     args = parser.parse_args()
 
     from evogm.compare import compare
@@ -227,6 +245,10 @@ def main() -> None:
         if args.quick:
             overrides += quick_overrides(config, overrides)
         print(f"== {name}: {config} {' '.join(overrides)}", flush=True)
+        if args.report:
+            summaries[name] = finished(config, overrides, args.optimizers.split(","), args.seeds, args.budget,
+                                       out / name)
+            continue
         summaries[name] = compare(
             str(config), methods=args.optimizers.split(","), seeds=list(range(args.seeds)), out=out / name,
             budget=args.budget, overrides=overrides, workers=args.workers,
