@@ -164,9 +164,24 @@ def executor_options(raw: dict) -> dict:
     return {**raw, "executor": {**kind, "options": {**(section.get("options") or {}), **own}}}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key repeated in one mapping is an error (not: the last wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict:
+    """A YAML mapping; a repeated key is refused (it would silently replace the first)."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 — a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise EvogmError(f"config {path} is not valid YAML", str(exc).replace("\n", " "), "fix the syntax") from None
     if not isinstance(data, dict):

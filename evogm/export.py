@@ -65,28 +65,52 @@ def export_static(merger, tokenizer, method: str, out_dir, *, base: str, experts
 def export_model(model, tokenizer, out_dir, recipe: dict, *, force: bool = True) -> Path:
     """Save model (safetensors) + tokenizer + recipe.yaml + mergekit.yaml into out_dir, atomically."""
     out = check_output(out_dir, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    check_finite_model(model)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        _write_yaml(tmp / "recipe.yaml", recipe)
-        _write_yaml(tmp / "mergekit.yaml", mergekit_config(recipe))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            _write_yaml(tmp / "recipe.yaml", recipe)
+            _write_yaml(tmp / "mergekit.yaml", mergekit_config(recipe))
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        raise _unwritable(out, exc) from None
     return out
 
 
 def check_output(out_dir, force: bool) -> Path:
-    """Refuse to replace a non-empty folder unless forced (call it before any long work)."""
+    """Refuse to replace a non-empty folder unless forced, and a place that cannot be written
+    (call it before any long work)."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise EvogmError(f"{out} already exists and is not empty", "evogm does not overwrite outputs silently",
                          "choose another --out, or pass --force")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent).cleanup()
+    except OSError as exc:
+        raise _unwritable(out, exc) from None
     return out
+
+
+def check_finite_model(model) -> None:
+    """Refuse to export a model holding nan or inf (it would load, and answer nonsense)."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise EvogmError(f"the merged model's {name} holds non-finite values (nan or inf)",
+                             "an exported model must be usable", "check the experts and the weights; nothing was written")
+
+
+def _unwritable(out: Path, exc: OSError) -> EvogmError:
+    return EvogmError(f"cannot write {out}", f"{type(exc).__name__}: {exc}",
+                      "choose an output folder you can write to (and free disk space); nothing already there was changed")
 
 
 def make_recipe(method: str, lam: np.ndarray, *, base: str, experts: dict[str, str], kinds: dict[str, str],

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from evogm.errors import EvogmError
 from evogm.models import Expert
 
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
@@ -123,7 +124,8 @@ class Merger:
         self.model, self.experts, self.groups = model, list(experts), groups
         self.n_layers = model.config.num_hidden_layers
         if groups > self.n_layers:
-            raise ValueError(f"groups={groups} exceeds the model's {self.n_layers} layers")
+            raise EvogmError(f"{groups} layer groups asked for", f"the model has only {self.n_layers} layers",
+                             f"use at most {self.n_layers} groups (models.groups, or fewer comma-separated --weights)")
         order = [name for name, _ in model.named_parameters()]
         touched = set().union(*(e.params for e in experts)) if experts else set()
         first_layer = next((i for i, n in enumerate(order) if _LAYER.search(n)), len(order))
