@@ -60,6 +60,10 @@ def test_cli_merge_then_load(tiny_models, tmp_path):
     (["qv=abc"], "not a number"),
     (["nope=1"], "unknown expert 'nope'"),
     (["qv"], "expected NAME=VALUE"),
+    (["qv=nan"], "--weights qv=nan is not a finite number"),
+    (["qv=0.5,inf"], "--weights qv=0.5,inf is not a finite number"),
+    (["qv=0.5", "qv=0.7"], "--weights 'qv' is given twice"),
+    (["qv=1,1,1"], "3 layer groups asked for: the model has only 2 layers"),
 ])
 def test_cli_merge_bad_weights(tiny_models, tmp_path, capsys, weights, message):
     argv = ["merge", "--base", str(tiny_models["base"]), "--expert", f"qv={tiny_models['lora_qv']}", "--out", str(tmp_path / "x")]
@@ -68,3 +72,36 @@ def test_cli_merge_bad_weights(tiny_models, tmp_path, capsys, weights, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def merge_argv(tiny_models, out, *extra):
+    return ["merge", "--base", str(tiny_models["base"]), "--expert", f"qv={tiny_models['lora_qv']}",
+            "--out", str(out), *extra]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_cli_merge_refuses_an_expert_name_given_twice(tiny_models, tmp_path, capsys):
+    argv = merge_argv(tiny_models, tmp_path / "x", "--expert", f"qv={tiny_models['full_all']}")
+    assert main(argv) == 2
+    assert "--expert 'qv' is given twice" in one_line_error(capsys) and not (tmp_path / "x").exists()
+
+
+def test_cli_merge_refuses_an_out_that_cannot_be_written(tiny_models, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert main(merge_argv(tiny_models, blocker / "merged")) == 2
+    assert f"cannot write {blocker / 'merged'}" in one_line_error(capsys) and blocker.read_text() == "not a folder"
+
+
+def test_cli_merge_never_writes_a_non_finite_model(tiny_models, tmp_path, capsys):
+    out = tmp_path / "overflow"  # finite λ, but float16 overflows: refused, and nothing is written
+    argv = ["merge", "--base", str(tiny_models["base"]), "--expert", f"full={tiny_models['full_all']}",
+            "--weights", "full=1e9", "--dtype", "float16", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 2
+    assert "holds non-finite values" in one_line_error(capsys)
+    assert not out.exists() or not any(out.iterdir())
