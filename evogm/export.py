@@ -19,7 +19,20 @@ import yaml
 
 from evogm.errors import EvogmError
 
-MERGEKIT_METHODS = {"task_arithmetic": "task_arithmetic", "ties": "ties", "dare": "dare_linear"}
+# evogm method → (mergekit method, its `normalize`): TIES and DARE-TIES divide by the agreeing experts'
+# weights (normalize: true), task arithmetic and DARE sum (normalize: false)
+MERGEKIT_METHODS = {"task_arithmetic": ("task_arithmetic", False), "ties": ("ties", True),
+                    "dare": ("dare_linear", False), "dare-ties": ("dare_ties", True)}
+MERGEKIT_HEADER = """\
+# The same merge for mergekit:  mergekit-yaml mergekit.yaml OUT_DIR --lora-merge-cache CACHE_DIR
+# (--lora-merge-cache is needed for the BASE+ADAPTER entries of LoRA experts)
+"""
+DARE_NOTE = """\
+# DARE in mergekit is not evogm's DARE tensor for tensor, by definition: its drops are random
+# (unseeded) where evogm's are seeded per parameter, and its `rescale` matches the L1 norm of the
+# kept entries to the task vector's where evogm (as the DARE paper) divides them by the density.
+# Both have the same expectation; only evogm's recipe.yaml reproduces evogm's tensors exactly.
+"""
 
 
 def merge_and_export(base: str, experts: dict[str, str], lam: np.ndarray, out_dir, *,
@@ -56,6 +69,9 @@ def export_merged(merger, tokenizer, coefficients, out_dir, *, base: str, expert
 def export_static(merger, tokenizer, method: str, out_dir, *, base: str, experts: dict[str, str],
                   weights=None, force: bool = True, **options) -> Path:
     """Write a static merge (task_arithmetic, ties, dare) into the resident model and export it."""
+    from evogm.merge import static_options
+
+    options = static_options(method, **options)  # the recipe names every option the merge ran with
     merger.static(method, weights=weights, **options)
     lam = np.ones((len(experts), 1)) if weights is None else np.asarray(weights, dtype=float)[:, None]
     recipe = make_recipe(method, lam, base=base, experts=experts, kinds=_kinds(merger), options=options)
@@ -72,7 +88,8 @@ def export_model(model, tokenizer, out_dir, recipe: dict, *, force: bool = True)
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             _write_yaml(tmp / "recipe.yaml", recipe)
-            _write_yaml(tmp / "mergekit.yaml", mergekit_config(recipe))
+            _write_yaml(tmp / "mergekit.yaml", mergekit_config(recipe), MERGEKIT_HEADER
+                    + (DARE_NOTE if recipe["method"] == "dare" else ""))
             if out.exists():
                 shutil.rmtree(out)
             os.replace(tmp, out)
@@ -137,26 +154,28 @@ def make_recipe(method: str, lam: np.ndarray, *, base: str, experts: dict[str, s
 
 
 def mergekit_config(recipe: dict) -> dict:
-    """The same merge as a mergekit YAML config (LoRA experts as `base+adapter` references).
+    """The same merge as a mergekit YAML config (LoRA experts as `base+adapter` references, which
+    need mergekit's `--lora-merge-cache DIR`).
 
-    Layer groups become per-layer weight filters (`layers.K.`); mergekit's own normalization is off,
-    since evogm's λ are raw task-arithmetic coefficients.
+    Layer groups become per-layer weight filters (`layers.K.`). `normalize` is what evogm does: off
+    for task arithmetic and DARE (λ are raw coefficients), on for TIES and DARE-TIES (the disjoint
+    mean divides by the agreeing experts' weights); the density evogm used is written for every expert,
+    since mergekit's default is 1 (no trimming).
     """
-    base = recipe["base"]
+    base, options = recipe["base"], recipe.get("options", {})
+    method = "dare-ties" if recipe["method"] == "dare" and options.get("consensus") else recipe["method"]
+    name, normalize = MERGEKIT_METHODS[method]
     models = []
-    for name, spec in recipe["experts"].items():
+    for spec in recipe["experts"].values():
         reference = f"{base}+{spec['path']}" if spec["kind"] == "lora" else spec["path"]
-        models.append({"model": reference, "parameters": {"weight": _mergekit_weight(spec["weight"], recipe.get("layers"))}})
-    parameters = {"normalize": False}
-    options = recipe.get("options", {})
-    if "density" in options:
-        parameters["density"] = options["density"]
-    if "scale" in options:
-        parameters["lambda"] = options["scale"]
-    method = MERGEKIT_METHODS[recipe["method"]]
-    if recipe["method"] == "dare" and options.get("consensus"):
-        method = "dare_ties"
-    return {"merge_method": method, "base_model": base, "models": models, "parameters": parameters,
+        parameters = {"weight": _mergekit_weight(spec["weight"], recipe.get("layers"))}
+        if "density" in options:
+            parameters["density"] = options["density"]
+        models.append({"model": reference, "parameters": parameters})
+    parameters = {"normalize": normalize, "lambda": options.get("scale", 1.0)}
+    if recipe["method"] == "dare":
+        parameters["rescale"] = True
+    return {"merge_method": name, "base_model": base, "models": models, "parameters": parameters,
             "dtype": "float32"}
 
 
@@ -173,5 +192,5 @@ def _kinds(merger) -> dict[str, str]:
     return {e.name: e.kind for e in merger.experts}
 
 
-def _write_yaml(path: Path, data: dict) -> None:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+def _write_yaml(path: Path, data: dict, header: str = "") -> None:
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False))
