@@ -129,6 +129,17 @@ def test_force_clears_only_the_run_files(tmp_path: Path, multi: Path):
     assert not (out / "evaluations.jsonl").exists() and (out / "notes.txt").exists() and (out / "config.yaml").exists()
 
 
+def test_a_failed_start_leaves_nothing_that_blocks_the_corrected_run(zoo: Path, tmp_path: Path, capsys):
+    from evogm.rundir import OUTPUTS
+
+    out, not_a_model = tmp_path / "failed", tmp_path / "not_a_model"
+    not_a_model.mkdir()  # exists, so the config is valid; loading it fails
+    assert cli(["run", str(zoo / "run.yaml"), *FAST, f"models.experts.extra={not_a_model}", f"output={out}", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is neither a PEFT adapter nor a model folder" in err and len(err.splitlines()) == 1
+    assert not [name for name in OUTPUTS if (out / name).exists()]  # the corrected run needs no --force
+
+
 def test_single_task_mode_runs_one_search_per_task(zoo: Path, tmp_path: Path):
     out = tmp_path / "single"
     two = yaml.safe_load((zoo / "run.yaml").read_text())["tasks"][:2]  # two tasks are enough to show the shape
