@@ -52,6 +52,7 @@ class SearchConfig:
     budget: int | None = None  # evaluations; None: the optimizer's own schedule decides
     popsize: int | None = None  # None: 2 × number of experts (the paper's P = 2N)
     options: dict[str, Any] = field(default_factory=dict)  # the optimizer constructor's keywords
+    timeout: float | None = None  # seconds per evaluation; a longer one fails (loss inf) and the search goes on
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,7 @@ def check(cfg: RunConfig, *, run: bool = True) -> None:
         raise EvogmError("models.experts is empty", "a merge needs at least one expert", "add name: path entries")
     _check_number("search.budget", cfg.search.budget)
     _check_number("search.popsize", cfg.search.popsize)
+    _check_number("search.timeout", cfg.search.timeout)
     _check_path("models.base", cfg.models.base)
     for name, path in cfg.models.experts.items():
         _check_path(f"models.experts.{name}", path)
@@ -297,8 +299,8 @@ def _check_choice(key: str, value: str, choices) -> None:
                          f"choose one of {', '.join(choices)}")
 
 
-def _check_number(key: str, value: int | None) -> None:
-    if value is not None and value < 1:
+def _check_number(key: str, value: float | None) -> None:
+    if value is not None and not value > 0:
         raise EvogmError(f"{key} must be a positive number", f"got {value}")
 
 

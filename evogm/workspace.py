@@ -62,5 +62,7 @@ def objective_factory(cfg: RunConfig, target: str):
 def make_objective(cfg_data: dict, target: str):
     from evogm.objective import Objective
 
-    ws = workspace(from_dict(cfg_data))
-    return Objective(ws.merger, ws.models.tokenizer, list(ws.tasks.values()), target=target)
+    cfg = from_dict(cfg_data)
+    ws = workspace(cfg)
+    return Objective(ws.merger, ws.models.tokenizer, list(ws.tasks.values()), target=target,
+                     timeout=cfg.search.timeout)
