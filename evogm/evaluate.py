@@ -52,6 +52,10 @@ def plan(model: str | None, base: str | None, experts: dict[str, str], specs: li
     """(base folder, {expert: folder}, task specs, weights) from MODEL_OR_CONFIG and the other inputs."""
     if model and Path(model).suffix in (".yaml", ".yml"):
         cfg = load_config(model, run=False)
+        both = sorted(set(cfg.models.experts) & set(experts))
+        if both:
+            raise EvogmError(f"--expert {both[0]} is also an expert of {model}", "one name stands for one expert",
+                             "give the added expert another name")
         base, experts = cfg.models.base, {**cfg.models.experts, **experts}
         specs = specs or list(cfg.tasks)
         weighted = {pair.partition("=")[0] for pair in weights}

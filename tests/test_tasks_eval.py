@@ -53,6 +53,8 @@ def test_a_run_config_gives_models_and_tasks(capsys, tiny_models, task_files, tm
     assert list(base["tasks"]) == ["mc"] and base["model"].endswith("0·a + 0·b")
     weighted = evaluate(capsys, config, "--weights", "b=0.5")
     assert weighted["model"].endswith("0·a + 0.5·b")
+    assert main(["eval", str(config), "--expert", f"a={tiny_models['full_all']}"]) == 2  # not: replace the config's a
+    assert "--expert a is also an expert of" in capsys.readouterr().err
 
 
 def test_the_table_and_the_one_line_errors(capsys, tiny_models, task_files, tmp_path):
