@@ -175,7 +175,7 @@ def summarize(jobs: list[Job], specs: dict, budget: int) -> dict:
     """Per method: best dev and its test score over seeds, curves, evaluations to reach the static best."""
     static = RunDir(jobs[0].run_dir).read_final()["candidates"]
     static = {k: {"dev": v["dev"]["score"], "test": v["test"]["score"]} for k, v in static.items() if k in BASELINES}
-    target = max((v["dev"] for v in static.values()), default=None)
+    target = max((v["dev"] for v in static.values() if v["dev"] is not None), default=None)
     methods = {}
     for name in specs:
         runs = []
