@@ -75,5 +75,8 @@ def _files(folder: Path) -> list[Path]:
 
 
 def file_hash(file: Path) -> str:
+    digest = hashlib.sha256()
     with open(file, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
