@@ -55,7 +55,8 @@ def test_a_second_call_reuses_finished_runs(comparison):
 def test_a_finished_run_whose_inputs_changed_is_run_again_not_reused(comparison, zoo_tiny, capsys):
     out, _ = comparison
     run = out / "runs" / "random" / "seed0"
-    argv = ["compare", str(zoo_tiny / "run.yaml"), *FAST, "tasks.0.limit=20", "--optimizers", "random", "--seeds", "1",
+    argv = ["compare", str(zoo_tiny / "run.yaml"), *FAST, "baselines.methods=[]", "tasks.0.limit=20",
+            "--optimizers", "random", "--seeds", "1",
             "--budget", "8", "--out", str(out)]
     assert cli(argv) == 0
     err = capsys.readouterr().err

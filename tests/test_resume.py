@@ -162,17 +162,19 @@ SHORT = ["search.popsize=4", "search.options.iterations=1", "search.options.step
 
 @pytest.fixture(scope="module")
 def stopped_run(zoo: Path, tmp_path_factory) -> Path:
-    """A run of a copy of the zoo (its files are edited below) stopped before its final stage."""
+    """A run of a copy of the zoo (its files are edited below), killed after it started: what the runner
+    writes first (config.yaml, inputs.json) and one logged evaluation."""
     import shutil
 
-    from evogm.cli import main as cli
+    from evogm.config import load_config, resolve
+    from evogm.rundir import RunDir
 
     root = tmp_path_factory.mktemp("changed")
     shutil.copytree(zoo, root / "zoo")
     out = root / "run"
-    assert cli(["run", str(root / "zoo" / "run.yaml"), "search.budget=4", *SHORT, f"output={out}", "--quiet"]) == 0
-    for name in ("report.md", "final.json"):
-        (out / name).unlink()  # as if killed in the final stage: a resume would finish it
+    cfg = resolve(load_config(root / "zoo" / "run.yaml", ["search.budget=4", *SHORT, f"output={out}"]), out)
+    RunDir(out).prepare(cfg, resume=False, force=False)
+    RunLog(out / "evaluations.jsonl").append(record(0, 0, result([0.5] * len(cfg.models.experts), -0.25)))
     return out
 
 
@@ -217,7 +219,7 @@ def test_a_resume_after_its_inputs_changed_is_refused_saying_what_changed(stoppe
         assert cli(["run", "--resume", str(stopped_run), "--quiet"]) == 2
         err = capsys.readouterr().err.strip()
         assert "was started with other inputs" in err and changed in err and len(err.splitlines()) == 1
-        assert RunLog(stopped_run / "evaluations.jsonl").records() == lines and not (stopped_run / "report.md").exists()
+        assert RunLog(stopped_run / "evaluations.jsonl").records() == lines and (stopped_run / "config.yaml").exists()
     finally:
         for item in ("zoo", "run"):
             shutil.rmtree(stopped_run.parent / item)
