@@ -29,9 +29,9 @@ MERGEKIT_HEADER = """\
 """
 DARE_NOTE = """\
 # DARE in mergekit is not evogm's DARE tensor for tensor, by definition: its drops are random
-# (unseeded) where evogm's are seeded per parameter, and its `rescale` matches the L1 norm of the
-# kept entries to the task vector's where evogm (as the DARE paper) divides them by the density.
-# Both have the same expectation; only evogm's recipe.yaml reproduces evogm's tensors exactly.
+# (unseeded) where evogm's are seeded per parameter, and in recent mergekit versions its `rescale`
+# matches the kept entries' L1 norm to the task vector's where evogm (as the DARE paper, and older
+# mergekit) divides them by the density. Only evogm's recipe.yaml reproduces evogm's tensors exactly.
 """
 
 
