@@ -41,7 +41,7 @@ def evaluate(method: str, cfg: RunConfig, ws: Workspace, scoring: Scoring) -> di
         return scoring.resident(split)
 
     sweep = [score(scale, "dev") for scale in scales]
-    pick = int(np.argmax([s["score"] for s in sweep]))  # first of equals
+    pick = best_of(sweep)
     entry = {"scale": scales[pick], "options": options, "dev": sweep[pick], "test": score(scales[pick], "test")}
     if linear:
         entry["coefficients"] = [scales[pick]] * ws.merger.dim
@@ -55,7 +55,13 @@ def best_expert(experts: list[str], dim: int, scoring: Scoring) -> dict:
     groups = dim // len(experts)
     one_hots = [np.kron(np.eye(len(experts))[e], np.ones(groups)).tolist() for e in range(len(experts))]
     sweep = [scoring.merged(x, "dev") for x in one_hots]
-    pick = int(np.argmax([s["score"] for s in sweep]))  # first of equals
+    pick = best_of(sweep)
     return {"expert": experts[pick], "coefficients": one_hots[pick], "dev": sweep[pick],
             "test": scoring.merged(one_hots[pick], "test"),
             "sweep": {name: d["score"] for name, d in zip(experts, sweep)}}
+
+
+def best_of(sweep: list[dict]) -> int:
+    """The index of the best dev score (first of equals; one that could not be scored is never picked
+    over one that could)."""
+    return int(np.argmax([-np.inf if s["score"] is None else s["score"] for s in sweep]))

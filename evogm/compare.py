@@ -137,19 +137,23 @@ def run_jobs(jobs: list[Job], workers: int, on_done) -> None:
 
 
 def run_job(job: Job) -> str:
-    """Run one job; reuse it if finished, resume it if started. Returns what happened."""
+    """Run one job; reuse it if finished, resume it if started, run it again if its inputs changed
+    (models, task files or config). Returns what happened."""
     import torch
 
     from evogm import run as runner
-    from evogm.config import load_config
+    from evogm.config import load_config, resolve
 
     torch.set_num_threads(job.threads)
     cfg, run_dir = load_config(job.config, list(job.overrides)), RunDir(job.run_dir)
-    if run_dir.finished():
-        _check_same(run_dir, cfg)
-        return "reused"
     if run_dir.config.exists():
         _check_same(run_dir, cfg)
+        changed = run_dir.changed_inputs(resolve(cfg, run_dir.path))
+        if changed:
+            runner.run(cfg, run_dir=job.run_dir, force=True)
+            return f"ran again ({', '.join(changed)} changed)"
+        if run_dir.finished():
+            return "reused"
         runner.run(run_dir.read_config(), run_dir=job.run_dir, resume=True)
         return "resumed"
     runner.run(cfg, run_dir=job.run_dir)
@@ -171,7 +175,7 @@ def summarize(jobs: list[Job], specs: dict, budget: int) -> dict:
     """Per method: best dev and its test score over seeds, curves, evaluations to reach the static best."""
     static = RunDir(jobs[0].run_dir).read_final()["candidates"]
     static = {k: {"dev": v["dev"]["score"], "test": v["test"]["score"]} for k, v in static.items() if k in BASELINES}
-    target = max((v["dev"] for v in static.values()), default=None)
+    target = max((v["dev"] for v in static.values() if v["dev"] is not None), default=None)
     methods = {}
     for name in specs:
         runs = []

@@ -52,6 +52,7 @@ class SearchConfig:
     budget: int | None = None  # evaluations; None: the optimizer's own schedule decides
     popsize: int | None = None  # None: 2 × number of experts (the paper's P = 2N)
     options: dict[str, Any] = field(default_factory=dict)  # the optimizer constructor's keywords
+    timeout: float | None = None  # seconds per evaluation; a longer one fails (loss inf) and the search goes on
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class BaselinesConfig:
 class RunConfig:
     models: ModelsConfig
     tasks: tuple[dict[str, Any], ...]  # each: name, path, type, and the task type's own keys (evogm.tasks)
-    output: str  # the run directory
+    output: str = ""  # the run directory (a run needs one; `evogm eval CONFIG` does not)
     seed: int = 42
     mode: str = MULTI_TASK  # multi_task | single_task (one full search per task)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -86,13 +87,14 @@ class RunConfig:
 # --- loading ------------------------------------------------------------------------------------
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML run config, apply `key.sub=value` overrides, check it, return it resolved."""
+def load_config(path: str | os.PathLike, overrides: list[str] = (), *, run: bool = True) -> RunConfig:
+    """Read a YAML run config, apply `key.sub=value` overrides, check it, return it resolved.
+    `run=False` reads it for scoring only (`evogm eval`): no output, no test split needed."""
     raw = read_raw(Path(path))
     for item in overrides:
         apply_override(raw, item)
     resolve_paths(raw, Path.cwd())
-    return from_dict(raw)
+    return from_dict(raw, run=run)
 
 
 def read_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
@@ -124,10 +126,10 @@ def deep_merge(under: dict, over: dict) -> dict:
     return out
 
 
-def from_dict(raw: dict) -> RunConfig:
+def from_dict(raw: dict, *, run: bool = True) -> RunConfig:
     """Build and check a RunConfig from a plain dict (paths already absolute)."""
     cfg = build(RunConfig, executor_options(name_tasks(without_split(raw))), "")
-    check(cfg)
+    check(cfg, run=run)
     return cfg
 
 
@@ -164,9 +166,24 @@ def executor_options(raw: dict) -> dict:
     return {**raw, "executor": {**kind, "options": {**(section.get("options") or {}), **own}}}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key repeated in one mapping is an error (not: the last wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict:
+    """A YAML mapping; a repeated key is refused (it would silently replace the first)."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 — a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise EvogmError(f"config {path} is not valid YAML", str(exc).replace("\n", " "), "fix the syntax") from None
     if not isinstance(data, dict):
@@ -251,8 +268,12 @@ def _absolute(path: str, root: Path) -> str:
 # --- checks -------------------------------------------------------------------------------------
 
 
-def check(cfg: RunConfig) -> None:
-    """Everything that can be checked before loading a model: values, files, optimizer options."""
+def check(cfg: RunConfig, *, run: bool = True) -> None:
+    """Everything that can be checked before loading a model: values, files, optimizer options; for
+    a run also its output and the splits it scores (dev in the search, test at the end)."""
+    if run and not cfg.output:
+        raise EvogmError("config key output is missing", "a run writes its results into that directory",
+                         "add output: runs/NAME (or the override output=runs/NAME)")
     _check_choice("models.dtype", cfg.models.dtype, DTYPES)
     _check_choice("mode", cfg.mode, MODES)
     _check_choice("executor.kind", cfg.executor.kind, tuple(EXECUTORS))
@@ -264,10 +285,11 @@ def check(cfg: RunConfig) -> None:
         raise EvogmError("models.experts is empty", "a merge needs at least one expert", "add name: path entries")
     _check_number("search.budget", cfg.search.budget)
     _check_number("search.popsize", cfg.search.popsize)
+    _check_number("search.timeout", cfg.search.timeout)
     _check_path("models.base", cfg.models.base)
     for name, path in cfg.models.experts.items():
         _check_path(f"models.experts.{name}", path)
-    _check_tasks(cfg.tasks)
+    _check_tasks(cfg.tasks, run)
     check_optimizer(cfg.search.optimizer, cfg.search.options)
 
 
@@ -277,8 +299,8 @@ def _check_choice(key: str, value: str, choices) -> None:
                          f"choose one of {', '.join(choices)}")
 
 
-def _check_number(key: str, value: int | None) -> None:
-    if value is not None and value < 1:
+def _check_number(key: str, value: float | None) -> None:
+    if value is not None and not value > 0:
         raise EvogmError(f"{key} must be a positive number", f"got {value}")
 
 
@@ -288,11 +310,13 @@ def _check_path(key: str, path: str) -> None:
                          "fix the path (relative paths in a config file start at the file's folder)")
 
 
-def _check_tasks(tasks: tuple[dict, ...]) -> None:
+def _check_tasks(tasks: tuple[dict, ...], run: bool) -> None:
     """Names usable as metric keys and folders, no test split, files present; then the task type's
-    own keys, checked by evogm.tasks.load_task (which reads the file, cheaply: no tokenizing)."""
-    from evogm.tasks import load_task
+    own keys and, for a run, its dev and test items, checked by evogm.tasks.load_task (which reads
+    the file, cheaply: no tokenizing)."""
+    from evogm.tasks import SPLITS, load_task
 
+    splits = SPLITS if run else ()
     if not tasks:
         raise EvogmError("tasks is empty", "the search needs at least one task to score", "add a task")
     seen = set()
@@ -309,7 +333,7 @@ def _check_tasks(tasks: tuple[dict, ...]) -> None:
             raise EvogmError(f"tasks.{i}.split is 'test'", "the test split is never used in the search")
         if task.get("path") is not None:
             _check_path(f"tasks.{i}.path", str(task["path"]))
-        load_task(task)
+        load_task(task, splits)
 
 
 def check_optimizer(name: str, options: dict) -> None:

@@ -42,7 +42,7 @@ def evaluate(model: str | None = None, *, tasks=(), split: str = "dev", base: st
     """Score MODEL_OR_CONFIG (or `base` with `experts` merged by `weights`, NAME=V[,V…]) on `tasks`.
     `load`: load_models' keywords (dtype, device, allow_pickle, trust_remote_code)."""
     base, experts, specs, weights = plan(model, base, dict(experts or {}), list(tasks), list(weights))
-    task_list = build_tasks(specs, limit, scoring)
+    task_list = build_tasks(specs, limit, scoring, split)
     loaded, tokenizer, label = load_merged(base, experts, weights, load or {})
     rows, seconds = score_each(loaded, tokenizer, task_list, split)
     return Evaluation(label, split, task_list, rows, seconds, weighted_mean(task_list, rows))
@@ -51,10 +51,15 @@ def evaluate(model: str | None = None, *, tasks=(), split: str = "dev", base: st
 def plan(model: str | None, base: str | None, experts: dict[str, str], specs: list, weights: list[str]):
     """(base folder, {expert: folder}, task specs, weights) from MODEL_OR_CONFIG and the other inputs."""
     if model and Path(model).suffix in (".yaml", ".yml"):
-        cfg = load_config(model)
+        cfg = load_config(model, run=False)
+        both = sorted(set(cfg.models.experts) & set(experts))
+        if both:
+            raise EvogmError(f"--expert {both[0]} is also an expert of {model}", "one name stands for one expert",
+                             "give the added expert another name")
         base, experts = cfg.models.base, {**cfg.models.experts, **experts}
         specs = specs or list(cfg.tasks)
-        weights = [f"{name}=0" for name in experts] + weights  # a config's experts are optional: 0 unless weighted
+        weighted = {pair.partition("=")[0] for pair in weights}
+        weights = [f"{name}=0" for name in experts if name not in weighted] + weights  # a config's experts: 0 unless weighted
     elif model:
         base, adapter = _model_folder(Path(model), base)
         experts = {**({Path(model).name: str(adapter)} if adapter else {}), **experts}
@@ -80,8 +85,9 @@ def _model_folder(folder: Path, base: str | None) -> tuple[str, Path | None]:
     return base, folder
 
 
-def build_tasks(specs: list, limit: int | None, scoring: str | None) -> list:
-    """The tasks of the specs (or bare paths), each cut to `limit` items and scored by `scoring` where it applies."""
+def build_tasks(specs: list, limit: int | None, scoring: str | None, split: str) -> list:
+    """The tasks of the specs (or bare paths), each cut to `limit` items and scored by `scoring` where it
+    applies; each must hold items in `split`."""
     full = []
     for spec in specs:
         spec = {"path": str(spec)} if isinstance(spec, (str, Path)) else dict(spec)
@@ -91,7 +97,7 @@ def build_tasks(specs: list, limit: int | None, scoring: str | None) -> list:
         if scoring and kind in ("multiple_choice", "abstain"):
             spec["scoring"] = scoring
         full.append(spec)
-    return load_tasks(full)
+    return load_tasks(full, (split,))
 
 
 def _file_type(path: str | None) -> str:

@@ -19,7 +19,20 @@ import yaml
 
 from evogm.errors import EvogmError
 
-MERGEKIT_METHODS = {"task_arithmetic": "task_arithmetic", "ties": "ties", "dare": "dare_linear"}
+# evogm method → (mergekit method, its `normalize`): TIES and DARE-TIES divide by the agreeing experts'
+# weights (normalize: true), task arithmetic and DARE sum (normalize: false)
+MERGEKIT_METHODS = {"task_arithmetic": ("task_arithmetic", False), "ties": ("ties", True),
+                    "dare": ("dare_linear", False), "dare-ties": ("dare_ties", True)}
+MERGEKIT_HEADER = """\
+# The same merge for mergekit:  mergekit-yaml mergekit.yaml OUT_DIR --lora-merge-cache CACHE_DIR
+# (--lora-merge-cache is needed for the BASE+ADAPTER entries of LoRA experts)
+"""
+DARE_NOTE = """\
+# DARE in mergekit is not evogm's DARE tensor for tensor, by definition: its drops are random
+# (unseeded) where evogm's are seeded per parameter, and in recent mergekit versions its `rescale`
+# matches the kept entries' L1 norm to the task vector's where evogm (as the DARE paper, and older
+# mergekit) divides them by the density. Only evogm's recipe.yaml reproduces evogm's tensors exactly.
+"""
 
 
 def merge_and_export(base: str, experts: dict[str, str], lam: np.ndarray, out_dir, *,
@@ -56,6 +69,9 @@ def export_merged(merger, tokenizer, coefficients, out_dir, *, base: str, expert
 def export_static(merger, tokenizer, method: str, out_dir, *, base: str, experts: dict[str, str],
                   weights=None, force: bool = True, **options) -> Path:
     """Write a static merge (task_arithmetic, ties, dare) into the resident model and export it."""
+    from evogm.merge import static_options
+
+    options = static_options(method, **options)  # the recipe names every option the merge ran with
     merger.static(method, weights=weights, **options)
     lam = np.ones((len(experts), 1)) if weights is None else np.asarray(weights, dtype=float)[:, None]
     recipe = make_recipe(method, lam, base=base, experts=experts, kinds=_kinds(merger), options=options)
@@ -65,28 +81,53 @@ def export_static(merger, tokenizer, method: str, out_dir, *, base: str, experts
 def export_model(model, tokenizer, out_dir, recipe: dict, *, force: bool = True) -> Path:
     """Save model (safetensors) + tokenizer + recipe.yaml + mergekit.yaml into out_dir, atomically."""
     out = check_output(out_dir, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    check_finite_model(model)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        _write_yaml(tmp / "recipe.yaml", recipe)
-        _write_yaml(tmp / "mergekit.yaml", mergekit_config(recipe))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            _write_yaml(tmp / "recipe.yaml", recipe)
+            _write_yaml(tmp / "mergekit.yaml", mergekit_config(recipe), MERGEKIT_HEADER
+                    + (DARE_NOTE if recipe["method"] == "dare" else ""))
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        raise _unwritable(out, exc) from None
     return out
 
 
 def check_output(out_dir, force: bool) -> Path:
-    """Refuse to replace a non-empty folder unless forced (call it before any long work)."""
+    """Refuse to replace a non-empty folder unless forced, and a place that cannot be written
+    (call it before any long work)."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise EvogmError(f"{out} already exists and is not empty", "evogm does not overwrite outputs silently",
                          "choose another --out, or pass --force")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent).cleanup()
+    except OSError as exc:
+        raise _unwritable(out, exc) from None
     return out
+
+
+def check_finite_model(model) -> None:
+    """Refuse to export a model holding nan or inf (it would load, and answer nonsense)."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise EvogmError(f"the merged model's {name} holds non-finite values (nan or inf)",
+                             "an exported model must be usable", "check the experts and the weights; nothing was written")
+
+
+def _unwritable(out: Path, exc: OSError) -> EvogmError:
+    return EvogmError(f"cannot write {out}", f"{type(exc).__name__}: {exc}",
+                      "choose an output folder you can write to (and free disk space); nothing already there was changed")
 
 
 def make_recipe(method: str, lam: np.ndarray, *, base: str, experts: dict[str, str], kinds: dict[str, str],
@@ -113,26 +154,28 @@ def make_recipe(method: str, lam: np.ndarray, *, base: str, experts: dict[str, s
 
 
 def mergekit_config(recipe: dict) -> dict:
-    """The same merge as a mergekit YAML config (LoRA experts as `base+adapter` references).
+    """The same merge as a mergekit YAML config (LoRA experts as `base+adapter` references, which
+    need mergekit's `--lora-merge-cache DIR`).
 
-    Layer groups become per-layer weight filters (`layers.K.`); mergekit's own normalization is off,
-    since evogm's λ are raw task-arithmetic coefficients.
+    Layer groups become per-layer weight filters (`layers.K.`). `normalize` is what evogm does: off
+    for task arithmetic and DARE (λ are raw coefficients), on for TIES and DARE-TIES (the disjoint
+    mean divides by the agreeing experts' weights); the density evogm used is written for every expert,
+    since mergekit's default is 1 (no trimming).
     """
-    base = recipe["base"]
+    base, options = recipe["base"], recipe.get("options", {})
+    method = "dare-ties" if recipe["method"] == "dare" and options.get("consensus") else recipe["method"]
+    name, normalize = MERGEKIT_METHODS[method]
     models = []
-    for name, spec in recipe["experts"].items():
+    for spec in recipe["experts"].values():
         reference = f"{base}+{spec['path']}" if spec["kind"] == "lora" else spec["path"]
-        models.append({"model": reference, "parameters": {"weight": _mergekit_weight(spec["weight"], recipe.get("layers"))}})
-    parameters = {"normalize": False}
-    options = recipe.get("options", {})
-    if "density" in options:
-        parameters["density"] = options["density"]
-    if "scale" in options:
-        parameters["lambda"] = options["scale"]
-    method = MERGEKIT_METHODS[recipe["method"]]
-    if recipe["method"] == "dare" and options.get("consensus"):
-        method = "dare_ties"
-    return {"merge_method": method, "base_model": base, "models": models, "parameters": parameters,
+        parameters = {"weight": _mergekit_weight(spec["weight"], recipe.get("layers"))}
+        if "density" in options:
+            parameters["density"] = options["density"]
+        models.append({"model": reference, "parameters": parameters})
+    parameters = {"normalize": normalize, "lambda": options.get("scale", 1.0)}
+    if recipe["method"] == "dare":
+        parameters["rescale"] = True
+    return {"merge_method": name, "base_model": base, "models": models, "parameters": parameters,
             "dtype": "float32"}
 
 
@@ -149,5 +192,5 @@ def _kinds(merger) -> dict[str, str]:
     return {e.name: e.kind for e in merger.experts}
 
 
-def _write_yaml(path: Path, data: dict) -> None:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+def _write_yaml(path: Path, data: dict, header: str = "") -> None:
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False))

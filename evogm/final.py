@@ -11,6 +11,7 @@ final.json and the report are written.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from evogm import baselines, report
 from evogm.config import RunConfig
 from evogm.errors import EvogmError
+from evogm.lora import EvogmWarning
 from evogm.rundir import RunDir, best_entry
 from evogm.scoring import fitness, score, scored_tasks
 from evogm.workspace import Workspace, workspace
@@ -41,6 +43,10 @@ def finalize(cfg: RunConfig, run_dir: RunDir, target: str, records: list[dict], 
         "groups": cfg.models.groups, "evaluations": len(records), "dev_items": scoring.dev_items(),
         "candidates": candidates})
     report.write_report(run_dir.path)
+    failures = report.final_failures(candidates)
+    if failures:
+        warnings.warn(f"the final stage could not score {len(failures)} candidate(s) ({failures[0]}); "
+                      f"{run_dir.report} lists them", EvogmWarning, stacklevel=2)
 
 
 def searched(entry: dict, scoring: "Scoring") -> dict:
@@ -88,12 +94,13 @@ class Scoring:
         return self._memo[key]
 
     def resident(self, split: str) -> dict:
-        """{"score": the search's fitness (weighted mean), "metrics": {"task/metric": value}}."""
+        """{"score": the search's fitness (weighted mean), "metrics": {"task/metric": value}}; a failure
+        (a user fitness that raises, say) is {"score": None, "metrics": {}, "error": its text}, so that
+        the final stage goes on and the report says what could not be scored."""
         try:
             metrics = score(self.model, self.tokenizer, self.tasks, split)
             return {"score": fitness(metrics, self.tasks, self.target), "metrics": metrics}
         except EvogmError:
             raise
-        except Exception as exc:  # noqa: BLE001 — the search is logged; say what failed and how to go on
-            raise EvogmError(f"the final evaluation on {split} failed", f"{type(exc).__name__}: {exc}",
-                             "fix the cause, then `evogm run --resume RUN_DIR` (the search is not repeated)") from exc
+        except Exception as exc:  # noqa: BLE001 — one candidate's failure must not lose the others' scores
+            return {"score": None, "metrics": {}, "error": f"{type(exc).__name__}: {exc}"}

@@ -27,6 +27,32 @@ from evogm.errors import EvogmError
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)\.lora_(?P<kind>A|B|embedding_A|embedding_B)(?:\.(?!weight$)[^.]+)?(?:\.weight)?$")
 
 
+# adapter_config.json keys whose effect evogm reproduces exactly (or that do not change the update)
+APPLIED = {
+    "r", "lora_alpha", "use_rslora", "rank_pattern", "alpha_pattern",  # the scaling (ranks from the tensors)
+    "fan_in_fan_out",  # factors stored transposed
+    "target_modules", "exclude_modules", "layers_to_transform", "layers_pattern",  # which modules: the file's tensors say
+    "task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
+    "inference_mode", "lora_dropout", "runtime_config", "megatron_core",
+    "init_lora_weights", "loftq_config", "eva_config", "corda_config", "lora_ga_config",  # how training started
+    "qalora_group_size",  # read only with use_qalora, which is refused
+}
+# PEFT options that change which weights an adapter touches or how: refused with the reason
+NOT_APPLIED = {
+    "use_dora": "DoRA's update is not a linear task vector",
+    "modules_to_save": "those modules are full copies, not low-rank task vectors",
+    "trainable_token_indices": "those embedding rows are not low-rank task vectors",
+    "layer_replication": "it duplicates layers, so the adapted model has another architecture than the base",
+    "lora_bias": "the adapter's bias terms are not part of the task vector s·B·A",
+    "bias": "the adapter trained the base's biases, which are not low-rank task vectors",
+    "target_parameters": "it adapts raw parameters (e.g. MoE experts), which evogm does not read",
+    "alora_invocation_tokens": "an activated LoRA applies only after its invocation tokens, not to every input",
+    "use_qalora": "QA-LoRA pools the input, so its update is not s·B·A",
+    "megatron_config": "Megatron's parallel layers store the factors in another layout",
+    "ensure_weight_tying": "the adapter's tied modules are not read as separate task vectors",
+}
+
+
 class EvogmWarning(UserWarning):
     """Something the user should know that does not stop the run."""
 
@@ -79,13 +105,11 @@ def _adapter_config(folder: Path, name: str) -> dict:
     if config.get("peft_type", "LORA") != "LORA":
         raise EvogmError(f"expert {name!r} is a {config['peft_type']} adapter", "evogm merges LoRA adapters and full fine-tunes",
                          "use a LoRA adapter")
-    if config.get("use_dora"):
-        raise EvogmError(f"adapter {name!r} is a DoRA adapter", "DoRA's update is not a linear task vector",
-                         "merge it into a full model first (merge_and_unload) and pass that folder")
-    for key in ("modules_to_save", "trainable_token_indices"):
-        if config.get(key):
-            raise EvogmError(f"adapter {name!r} sets {key}", "those weights are not low-rank task vectors",
-                             "merge it into a full model first (merge_and_unload) and pass that folder")
+    for key, value in config.items():
+        if key not in APPLIED and value not in (None, False, [], {}, "none"):
+            why = NOT_APPLIED.get(key, "evogm does not know what this PEFT option does to the update")
+            raise EvogmError(f"adapter {name!r} sets {key}={value!r}", why,
+                             "merge it into a full model first (PEFT's merge_and_unload) and pass that folder")
     return config
 
 
@@ -96,10 +120,32 @@ def _check_base_name(config: dict, base_path: str, name: str) -> None:
                       "evogm goes on if its shapes fit", EvogmWarning, stacklevel=3)
 
 
+def load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a .safetensors file on the CPU; a damaged file (truncated, not safetensors) is one line."""
+    try:
+        return load_file(str(file))
+    except Exception as exc:  # noqa: BLE001 — safetensors raises its own error type for a bad file
+        raise damaged(file, exc) from None
+
+
+def damaged(file: Path, exc: Exception) -> EvogmError:
+    """The one-line error for a weights file that cannot be read."""
+    return EvogmError(f"cannot read {file}", f"{type(exc).__name__}: {exc}",
+                      "the file is damaged (an interrupted copy or download?): copy it again")
+
+
+def check_finite(name: str, key: str, tensor: torch.Tensor) -> None:
+    """Refuse a tensor holding nan or inf: every merge with it would be non-finite, whatever its λ."""
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise EvogmError(f"expert {name!r} tensor {key} holds {bad} non-finite values (nan or inf)",
+                         "a merge with it is non-finite for every λ", "retrain or re-export that expert")
+
+
 def _adapter_tensors(folder: Path, name: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
     file = folder / "adapter_model.safetensors"
     if file.exists():
-        return load_file(str(file))
+        return load_safetensors(file)
     pickled = folder / "adapter_model.bin"
     if pickled.exists() and allow_pickle:
         return torch.load(pickled, map_location="cpu", weights_only=True)
@@ -117,6 +163,7 @@ def _pair_factors(tensors: dict[str, torch.Tensor], name: str) -> dict[str, tupl
     for key, tensor in tensors.items():
         match = _KEY.match(key)
         if match:
+            check_finite(name, key, tensor)
             found.setdefault(match["module"], {})[match["kind"]] = tensor
         elif not key.endswith("base_layer.weight"):  # PEFT saves the base embedding alongside; not an update
             raise EvogmError(f"adapter {name!r} holds {key}", "evogm merges plain LoRA factors (lora_A / lora_B) only",

@@ -18,12 +18,14 @@ dense task vectors, applied per parameter by `Merger.static`.
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from evogm.errors import EvogmError
 from evogm.models import Expert
 
 _LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
@@ -36,9 +38,10 @@ def task_arithmetic(deltas: torch.Tensor, weights: torch.Tensor, scale: float = 
 
 
 def trim(deltas: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep each expert's top `density` fraction of entries by magnitude, zero the rest (TIES step 1)."""
+    """Keep each expert's top `density` fraction of entries by magnitude, zero the rest (TIES step 1).
+    k = ⌊density · entries⌋ (at least 1), as mergekit counts, so that an exported TIES merge matches."""
     flat = deltas.reshape(len(deltas), -1)
-    k = max(1, int(round(density * flat.shape[1])))
+    k = max(1, int(density * flat.shape[1]))
     if k >= flat.shape[1]:
         return deltas
     threshold = flat.abs().kthvalue(flat.shape[1] - k + 1, dim=1, keepdim=True).values
@@ -49,13 +52,14 @@ def disjoint_merge(weighted: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
     """Elect each entry's sign by the weighted sum, then average the agreeing entries (TIES steps 2–3).
 
     weighted: (E, ...) = wᵢ τᵢ; weights: (E,). Dividing by the agreeing experts' weights makes this the
-    disjoint mean when every weight is 1.
+    disjoint mean when every weight is 1. A zero sum elects +, and a zero divisor is 1, as in mergekit
+    (its `normalize: true`), so that an exported TIES merge matches.
     """
-    sign = torch.sign(weighted.sum(0))
-    agree = (torch.sign(weighted) == sign) & (weighted != 0)
+    sign = torch.where(weighted.sum(0) >= 0, 1.0, -1.0).to(weighted.dtype)
+    agree = torch.sign(weighted) == sign  # zero entries agree with neither sign
     w = weights.to(weighted.dtype).view(-1, *[1] * (weighted.dim() - 1))
     divisor = (w * agree).sum(0)
-    divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
+    divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
     return (weighted * agree).sum(0) / divisor
 
 
@@ -78,6 +82,18 @@ def dare(deltas: torch.Tensor, weights: torch.Tensor, density: float = 0.5, scal
 
 
 STATIC_METHODS = {"task_arithmetic": task_arithmetic, "ties": ties, "dare": dare}
+
+
+def static_options(method: str, **options) -> dict:
+    """The options a static merge runs with: the given ones over the method's defaults (density, scale, …).
+
+    >>> static_options("ties", scale=0.5)
+    {'density': 0.2, 'scale': 0.5}
+    """
+    params = inspect.signature(STATIC_METHODS[method]).parameters.values()
+    defaults = {p.name: p.default for p in params
+                if p.default is not inspect.Parameter.empty and p.name != "generator"}
+    return {**defaults, **options}
 
 
 # ----------------------------------------------------------------------------- in-place merger
@@ -123,7 +139,8 @@ class Merger:
         self.model, self.experts, self.groups = model, list(experts), groups
         self.n_layers = model.config.num_hidden_layers
         if groups > self.n_layers:
-            raise ValueError(f"groups={groups} exceeds the model's {self.n_layers} layers")
+            raise EvogmError(f"{groups} layer groups asked for", f"the model has only {self.n_layers} layers",
+                             f"use at most {self.n_layers} groups (models.groups, or fewer comma-separated --weights)")
         order = [name for name, _ in model.named_parameters()]
         touched = set().union(*(e.params for e in experts)) if experts else set()
         first_layer = next((i for i, n in enumerate(order) if _LAYER.search(n)), len(order))

@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 
 from evogm.errors import EvogmError
-from evogm.lora import LoraFactors, read_adapter
+from evogm.lora import LoraFactors, check_finite, damaged, load_safetensors, read_adapter
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,7 @@ def _full_deltas(name: str, folder: Path, model, allow_pickle: bool) -> dict[str
         if key not in params:
             continue  # a buffer, or a tied copy of a parameter (e.g. lm_head.weight)
         base = params[key]
+        check_finite(name, key, tensor)
         if tuple(tensor.shape) != tuple(base.shape):
             raise EvogmError(f"expert {name!r} tensor {key} has shape {tuple(tensor.shape)}, the base {tuple(base.shape)}",
                              "it was fine-tuned from another base", "use experts fine-tuned from this base")
@@ -164,8 +165,7 @@ def read_state_dict(folder: Path, allow_pickle: bool = False) -> dict[str, torch
     state = {}
     for file in files:
         if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt") as f:
-                state.update({k: f.get_tensor(k) for k in f.keys()})
+            state.update(load_safetensors(file))
         else:  # the user opted into pickled weights
             state.update(torch.load(file, map_location="cpu", weights_only=True))
     return state
@@ -175,7 +175,10 @@ def check_weights(folder: Path, allow_pickle: bool) -> list[Path]:
     """The weight files of a model folder; pickled ones only when the user opted in."""
     safetensors = sorted(folder.glob("*.safetensors"))
     if safetensors:
-        return [f for f in safetensors if not f.name.startswith("adapter_")] or safetensors
+        files = [f for f in safetensors if not f.name.startswith("adapter_")] or safetensors
+        for file in files:
+            _check_header(file)
+        return files
     pickled = sorted(f for f in folder.iterdir() if f.suffix in PICKLE_SUFFIXES)
     if pickled and not allow_pickle:
         raise EvogmError(f"{folder} holds only pickled weights ({pickled[0].name})",
@@ -185,6 +188,15 @@ def check_weights(folder: Path, allow_pickle: bool) -> list[Path]:
         raise EvogmError(f"no weights file in {folder}", "expected *.safetensors (single file or shards)",
                          "point the path at a folder saved with save_pretrained")
     return pickled
+
+
+def _check_header(file: Path) -> None:
+    """Open a .safetensors file's header (cheap: no tensor is read), which also checks the file's length."""
+    try:
+        with safe_open(str(file), framework="pt"):
+            pass
+    except Exception as exc:  # noqa: BLE001 — safetensors raises its own error type for a bad file
+        raise damaged(file, exc) from None
 
 
 def _has_safetensors(folder: Path) -> bool:

@@ -6,13 +6,18 @@ that stop a search.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import threading
 import time
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
 
+from evogm.lora import EvogmWarning
 from evogm.runlog import Result, flip
 from evogm.scoring import MULTI_TASK, fitness, score, scored_tasks
 
@@ -26,7 +31,8 @@ class Objective:
     `MULTI_TASK` (loss = −weighted mean of every task's primary score) or one task's name (loss =
     −that task's primary score; only that task is run). Any exception while merging or scoring
     (out of memory, non-finite logits, a user function's error) becomes a Result with loss = inf
-    and the error's text.
+    and the error's text; so does an evaluation that runs past `timeout` seconds (a hung user
+    function: the timer interrupts Python code, not a single native call, which ends first).
 
     The search sees the dev split only: there is no other split here. Test scores are made once,
     after the search, by the final stage and `evogm eval`, with `evogm.scoring` directly.
@@ -35,8 +41,9 @@ class Objective:
     >>> # result = objective(np.array([0.5, 0.5]))   # Result(loss=-0.61, metrics={"add/accuracy": 0.61, ...})
     """
 
-    def __init__(self, merger: Callable, tokenizer, tasks: Sequence, *, target: str = MULTI_TASK):
-        self.merger, self.tokenizer, self.target = merger, tokenizer, target
+    def __init__(self, merger: Callable, tokenizer, tasks: Sequence, *, target: str = MULTI_TASK,
+                 timeout: float | None = None):
+        self.merger, self.tokenizer, self.target, self.timeout = merger, tokenizer, target, timeout
         self.scored = scored_tasks(tasks, target)
 
     @property
@@ -47,8 +54,9 @@ class Objective:
         start = time.perf_counter()
         x = np.asarray(x, dtype=np.float64)
         try:
-            model = self.merger(x)
-            metrics = score(model, self.tokenizer, self.scored, self.split)
+            with deadline(self.timeout):
+                model = self.merger(x)
+                metrics = score(model, self.tokenizer, self.scored, self.split)
             value = fitness(metrics, self.scored, self.target)
             if not math.isfinite(value):
                 raise FloatingPointError(f"fitness is {value}")
@@ -57,6 +65,30 @@ class Objective:
             metrics, loss, error = {}, math.inf, _describe(exc)
         return Result(tuple(x.ravel().tolist()), tuple(x.ravel().tolist()), loss, metrics,
                       time.perf_counter() - start, error)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None):
+    """Raise TimeoutError in this block after `seconds` (None: no limit). SIGALRM works in a process's
+    main thread only, where the local executor calls the objective; in another thread there is no
+    limit, and a warning says so."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        if seconds:
+            warnings.warn("search.timeout is not enforced: the objective runs outside the main thread",
+                          EvogmWarning, stacklevel=3)
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f"the evaluation took longer than {seconds:g} s (search.timeout)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _describe(exc: Exception) -> str:

@@ -25,12 +25,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections import Counter, deque
 from typing import Callable
 
 import numpy as np
 
 from evogm.errors import EvogmError
+from evogm.lora import EvogmWarning
 from evogm.runlog import Result
 
 PATIENCE_S = 120  # a wait this long with no answer is worth a line in the log
@@ -180,6 +182,9 @@ class RayExecutor:
                                  "check that every node has evogm installed and the memory for the base and the "
                                  "experts (or lower executor.workers); worker logs: /tmp/ray/session_latest/logs")
         self.restarts += 1
+        retried = "while starting" if row is None else "; its candidate goes to the next free worker"
+        warnings.warn(f"a Ray worker died ({first_line(exc)}){retried}; a fresh worker replaces it "
+                      f"({self.restarts} replaced so far)", EvogmWarning, stacklevel=2)
         self._launch(slot)
 
     def _kill(self, actor) -> None:

@@ -112,8 +112,18 @@ def results_table(final: dict) -> str:
         per_task = [_fmt(e[s]["metrics"].get(tasks[t])) for t in tasks for s in ("dev", "test")]
         rows.append([_label(name, e), _fmt(e["dev"]["score"]), _fmt(e["test"]["score"]), *per_task])
     metric = ", ".join(f"{t}: `{m}`" for t, m in tasks.items())
+    failures = final_failures(c)
+    failed = ["## Failures in the final stage\n", *(f"- {line}" for line in failures),
+              "\nTheir scores (–) could not be computed; the search's log is complete, and `evogm eval` "
+              "scores a merge again once the cause is fixed.\n"] if failures else []
     return "\n".join(["## Results (dev picks, test reports)\n", markdown_table(rows), "",
-                      f"Scores are the tasks' weighted mean; per task the primary metric ({metric}).\n"])
+                      f"Scores are the tasks' weighted mean; per task the primary metric ({metric}).\n", *failed])
+
+
+def final_failures(candidates: dict) -> list[str]:
+    """'CANDIDATE on SPLIT: ERROR' for every score the final stage could not compute."""
+    return [f"{LABELS.get(name, name)} on {split}: {entry[split]['error']}" for name, entry in candidates.items()
+            for split in ("dev", "test") if entry[split].get("error")]
 
 
 def coefficients_table(final: dict) -> str:

@@ -26,18 +26,32 @@ from evogm.workspace import objective_factory
 
 def run(cfg: RunConfig, *, run_dir=None, resume: bool = False, force: bool = False,
         progress: Progress | None = None) -> Path:
-    """Search, evaluate once on test, export, report. Returns the path of report.md."""
+    """Search, evaluate once on test, export, report. Returns the path of report.md.
+
+    The run directory is locked while this runs; a fresh run that fails before its first evaluation
+    (a bad expert path, say) removes what it wrote, so that the corrected run starts without --force."""
     run_dir = RunDir(Path(run_dir or cfg.output).resolve())
     progress = progress or Progress()
     cfg = resolve(cfg, run_dir.path)
-    run_dir.prepare(cfg, resume=resume, force=force)
+    with run_dir.lock():
+        run_dir.prepare(cfg, resume=resume, force=force)
+        try:
+            run_all(cfg, run_dir, progress)
+        except BaseException:
+            if not resume and not run_dir.started(cfg.task_names):
+                run_dir.clear(cfg.task_names)
+            raise
+    return run_dir.report
+
+
+def run_all(cfg: RunConfig, run_dir: RunDir, progress: Progress) -> None:
+    """The one search of multi-task mode, or one per task (and the summary) in single-task mode."""
     if cfg.mode == MULTI_TASK:
         run_one(cfg, run_dir, MULTI_TASK, progress)
     else:
         for name in cfg.task_names:
             run_one(cfg, run_dir.sub(name), name, progress)
         final.write_summary(cfg, run_dir)
-    return run_dir.report
 
 
 # --- one search ---------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ name is spelled once. A single-task run holds one sub-run directory per task (`s
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import shutil
 from pathlib import Path
 
@@ -23,8 +26,9 @@ from evogm.errors import EvogmError
 from evogm.runlog import RunLog, flip, read_json, write_atomic, write_json
 
 CONFIG, LOG, BEST, FINAL = "config.yaml", "evaluations.jsonl", "best.json", "final.json"
-REPORT, MODEL, PLOTS, SUMMARY = "report.md", "model", "plots", "summary.json"
-OUTPUTS = (CONFIG, LOG, BEST, FINAL, REPORT, MODEL, PLOTS, SUMMARY)  # what a run writes (and --force removes)
+REPORT, MODEL, PLOTS, SUMMARY, INPUTS = "report.md", "model", "plots", "summary.json", "inputs.json"
+OUTPUTS = (CONFIG, LOG, BEST, FINAL, REPORT, MODEL, PLOTS, SUMMARY, INPUTS)  # what a run writes (and --force removes)
+LOCK = ".lock"  # held (flock) by the process working in the run directory; the kernel frees it when that ends
 
 
 class RunDir:
@@ -44,6 +48,7 @@ class RunDir:
     model = property(lambda self: self.path / MODEL)
     plots = property(lambda self: self.path / PLOTS)
     summary = property(lambda self: self.path / SUMMARY)
+    inputs = property(lambda self: self.path / INPUTS)
 
     def sub(self, name: str) -> "RunDir":
         """A single-task mode's sub-run for task `name`."""
@@ -87,11 +92,39 @@ class RunDir:
     def write_summary(self, summary: dict) -> None:
         write_json(self.summary, summary)
 
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run directory for this process: another run or resume on it is refused meanwhile."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / LOCK, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                raise EvogmError(f"{self.path} is in use by another evogm process (pid {f.read().strip() or '?'})",
+                                 "two processes in one run directory would mix their evaluations in one log",
+                                 f"wait for it to end (or stop it), then `evogm run --resume {self.path}`") from None
+            f.truncate(0)
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield self
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def started(self, task_names: list[str]) -> bool:
+        """Whether some evaluation was logged (here, or in a single-task sub-run)."""
+        logs = [self.log, *(self.sub(name).log for name in task_names)]
+        return any(log.is_file() and log.stat().st_size > 0 for log in logs)
+
     def prepare(self, cfg, *, resume: bool, force: bool) -> None:
-        """A fresh run writes config.yaml; an existing run is resumed, or replaced only with force."""
+        """A fresh run writes config.yaml and inputs.json; an existing run is resumed (if its inputs
+        are unchanged), or replaced only with force."""
         from evogm.config import dump_yaml
+        from evogm.inputs import fingerprint
 
         if resume:
+            self.check_inputs(cfg)
             return
         if any((self.path / name).exists() for name in OUTPUTS):
             if not force:
@@ -102,6 +135,22 @@ class RunDir:
                                  "or pass --force")
             self.clear(cfg.task_names)
         write_atomic(self.config, dump_yaml(cfg))
+        write_json(self.inputs, fingerprint(cfg))
+
+    def changed_inputs(self, cfg) -> list[str]:
+        """What differs between the inputs this run started with and `cfg`'s now (resolved; [] when the
+        run predates inputs.json)."""
+        from evogm.inputs import changes, fingerprint
+
+        return changes(read_json(self.inputs), fingerprint(cfg)) if self.inputs.is_file() else []
+
+    def check_inputs(self, cfg) -> None:
+        """Refuse to go on with a run whose models, task files or config changed since it started."""
+        changed = self.changed_inputs(cfg)
+        if changed:
+            raise EvogmError(f"{self.path} was started with other inputs: {', '.join(changed)} changed",
+                             "going on would mix scores of different inputs in one log",
+                             "restore them, or start a new run (another output, or --force)")
 
     def clear(self, task_names: list[str]) -> None:
         """Remove what a run writes (and only that), including single-task sub-directories."""

@@ -17,13 +17,16 @@ from evogm.registry import unknown_name
 
 
 def parse_pairs(pairs: list[str], what: str) -> dict[str, str]:
-    """["a=1", "b=2"] → {"a": "1", "b": "2"}, with a clear error for a malformed pair."""
+    """["a=1", "b=2"] → {"a": "1", "b": "2"}, with a clear error for a malformed or repeated pair."""
     out = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name or not value:
             raise EvogmError(f"bad {what} {pair!r}", "expected NAME=VALUE",
                              f"write it as {what.split()[-1]} NAME=VALUE")
+        if name in out:
+            raise EvogmError(f"{what} {name!r} is given twice ({name}={out[name]} and {pair})",
+                             "one name stands for one value", f"give each {what.split()[-1]} name once")
         out[name] = value
     return out
 
@@ -39,6 +42,10 @@ def parse_weights(pairs: list[str], names: list[str]) -> np.ndarray:
     except ValueError:
         raise EvogmError(f"a weight in {pairs} is not a number", "weights are real numbers",
                          "write e.g. --weights add=0.7 or --weights add=0.7,1.2 (one per layer group)") from None
+    bad = [f"{n}={given[n]}" for n, v in values.items() if not np.isfinite(v).all()]
+    if bad:
+        raise EvogmError(f"--weights {bad[0]} is not a finite number", "a merge with nan or inf weights is not a model",
+                         "give finite weights, e.g. --weights add=0.7")
     groups = {len(v) for v in values.values() if len(v) > 1} or {1}
     if len(groups) > 1:
         raise EvogmError("experts were given different numbers of group weights", "every expert needs the same count",

@@ -30,8 +30,12 @@ _CACHE: dict[str, Workspace] = {}
 
 
 def workspace(cfg: RunConfig) -> Workspace:
-    """The process's workspace for these models and tasks (loaded on first use, then reused)."""
-    key = json.dumps({"models": dataclasses.asdict(cfg.models), "tasks": cfg.tasks}, sort_keys=True, default=str)
+    """The process's workspace for these models and tasks (loaded on first use, then reused while
+    their files are unchanged)."""
+    from evogm.inputs import stamps
+
+    key = json.dumps({"models": dataclasses.asdict(cfg.models), "tasks": cfg.tasks, "files": stamps(cfg)},
+                     sort_keys=True, default=str)
     if key not in _CACHE:
         _CACHE.clear()  # one resident model per process: free the old one first
         _CACHE[key] = build_workspace(cfg)
@@ -58,5 +62,7 @@ def objective_factory(cfg: RunConfig, target: str):
 def make_objective(cfg_data: dict, target: str):
     from evogm.objective import Objective
 
-    ws = workspace(from_dict(cfg_data))
-    return Objective(ws.merger, ws.models.tokenizer, list(ws.tasks.values()), target=target)
+    cfg = from_dict(cfg_data)
+    ws = workspace(cfg)
+    return Objective(ws.merger, ws.models.tokenizer, list(ws.tasks.values()), target=target,
+                     timeout=cfg.search.timeout)

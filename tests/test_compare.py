@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from evogm.cli import main as cli
 
@@ -49,6 +50,18 @@ def test_a_second_call_reuses_finished_runs(comparison):
     stamp = (out / "runs" / "evogm" / "seed0" / "final.json").stat().st_mtime_ns
     assert cli(argv) == 0
     assert (out / "runs" / "evogm" / "seed0" / "final.json").stat().st_mtime_ns == stamp
+
+
+def test_a_finished_run_whose_inputs_changed_is_run_again_not_reused(comparison, zoo_tiny, capsys):
+    out, _ = comparison
+    run = out / "runs" / "random" / "seed0"
+    argv = ["compare", str(zoo_tiny / "run.yaml"), *FAST, "baselines.methods=[]", "tasks.0.limit=20",
+            "--optimizers", "random", "--seeds", "1",
+            "--budget", "8", "--out", str(out)]
+    assert cli(argv) == 0
+    err = capsys.readouterr().err
+    assert "random seed 0: ran again (" in err and "tasks.0.limit" in err
+    assert yaml.safe_load((run / "config.yaml").read_text())["tasks"][0]["limit"] == 20
 
 
 def test_variants_are_named_and_ablations_stay_the_papers():

@@ -13,6 +13,9 @@ from evogm.config import RunConfig, dump_yaml, from_dict, load_config
 from evogm.errors import EvogmError
 
 
+ITEM = {"question": "q", "choices": {"A": "a", "B": "b"}, "answer": "A"}
+
+
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     """A config with relative paths to real (empty) folders and task files, as a user writes one."""
@@ -21,7 +24,7 @@ def config_file(tmp_path: Path) -> Path:
         (root / folder).mkdir(parents=True)
     (root / "tasks").mkdir()
     for name in ("add", "mc"):
-        (root / "tasks" / f"{name}.json").write_text(json.dumps({"dev": [], "test": []}))
+        (root / "tasks" / f"{name}.json").write_text(json.dumps({"dev": [ITEM], "test": [ITEM]}))
     config = {
         "seed": 7,
         "models": {"base": "../base", "experts": {"add": "../experts/add", "sort": "../experts/sort"}},
@@ -181,3 +184,27 @@ def test_include_lays_a_file_over_another(config_file: Path):
     assert cfg.models.base == str(config_file.parent.parent / "base")
     top.write_text("include: short.yaml\n")
     assert "includes itself" in error_of(top)
+
+
+def test_a_key_repeated_in_the_yaml_is_refused(config_file: Path):
+    text = config_file.read_text().replace("experts:\n", "experts:\n    add: ../experts/sort\n", 1)
+    assert text.count("add: ../experts/") == 2
+    config_file.write_text(text)
+    message = error_of(config_file)
+    assert "is not valid YAML" in message and "key 'add' appears twice in one mapping" in message
+
+
+@pytest.mark.parametrize("splits, expected", [
+    ({"dev": [], "test": [ITEM]}, "the 'dev' split is empty: a task with no items would score 0.0"),
+    ({"dev": [ITEM]}, "has no 'test' split"),  # the final stage needs it: refused before the search
+    ({"dev": [ITEM], "test": []}, "the 'test' split is empty"),
+])
+def test_a_task_without_items_in_a_split_the_run_scores_is_refused_at_load(config_file: Path, splits, expected):
+    (config_file.parent.parent / "tasks" / "add.json").write_text(json.dumps(splits))
+    assert expected in error_of(config_file)
+
+
+def test_a_run_needs_an_output_and_scoring_a_config_does_not(config_file: Path):
+    no_output = edited(config_file, lambda d: d.pop("output"))
+    assert "config key output is missing" in error_of(no_output)
+    assert load_config(no_output, run=False).output == ""

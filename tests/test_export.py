@@ -53,13 +53,17 @@ def test_cli_merge_then_load(tiny_models, tmp_path):
                                atol=1e-5, rtol=1e-5)
     assert main(argv) == 2  # exists: refused without --force
     assert main(argv + ["--force", "--method", "ties", "--density", "0.5"]) == 0
-    assert yaml.safe_load((out / "mergekit.yaml").read_text())["parameters"]["density"] == 0.5
+    assert all(m["parameters"]["density"] == 0.5 for m in yaml.safe_load((out / "mergekit.yaml").read_text())["models"])
 
 
 @pytest.mark.parametrize("weights, message", [
     (["qv=abc"], "not a number"),
     (["nope=1"], "unknown expert 'nope'"),
     (["qv"], "expected NAME=VALUE"),
+    (["qv=nan"], "--weights qv=nan is not a finite number"),
+    (["qv=0.5,inf"], "--weights qv=0.5,inf is not a finite number"),
+    (["qv=0.5", "qv=0.7"], "--weights 'qv' is given twice"),
+    (["qv=1,1,1"], "3 layer groups asked for: the model has only 2 layers"),
 ])
 def test_cli_merge_bad_weights(tiny_models, tmp_path, capsys, weights, message):
     argv = ["merge", "--base", str(tiny_models["base"]), "--expert", f"qv={tiny_models['lora_qv']}", "--out", str(tmp_path / "x")]
@@ -68,3 +72,100 @@ def test_cli_merge_bad_weights(tiny_models, tmp_path, capsys, weights, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def merge_argv(tiny_models, out, *extra):
+    return ["merge", "--base", str(tiny_models["base"]), "--expert", f"qv={tiny_models['lora_qv']}",
+            "--out", str(out), *extra]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_cli_merge_refuses_an_expert_name_given_twice(tiny_models, tmp_path, capsys):
+    argv = merge_argv(tiny_models, tmp_path / "x", "--expert", f"qv={tiny_models['full_all']}")
+    assert main(argv) == 2
+    assert "--expert 'qv' is given twice" in one_line_error(capsys) and not (tmp_path / "x").exists()
+
+
+def test_cli_merge_refuses_an_out_that_cannot_be_written(tiny_models, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert main(merge_argv(tiny_models, blocker / "merged")) == 2
+    assert f"cannot write {blocker / 'merged'}" in one_line_error(capsys) and blocker.read_text() == "not a folder"
+
+
+def test_cli_merge_never_writes_a_non_finite_model(tiny_models, tmp_path, capsys):
+    out = tmp_path / "overflow"  # finite λ, but float16 overflows: refused, and nothing is written
+    argv = ["merge", "--base", str(tiny_models["base"]), "--expert", f"full={tiny_models['full_all']}",
+            "--weights", "full=1e9", "--dtype", "float16", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 2
+    assert "holds non-finite values" in one_line_error(capsys)
+    assert not out.exists() or not any(out.iterdir())
+
+
+# mergekit's generalized task arithmetic as its documentation and source define it (mergekit is not a
+# dependency): merge_method → (sign consensus, sparsification)
+MERGEKIT_GTA = {"task_arithmetic": (False, None), "ties": (True, "magnitude"),
+                "dare_linear": (False, "random"), "dare_ties": (True, "random")}
+
+
+def mergekit_tensor(config: dict, base: torch.Tensor, deltas: list[torch.Tensor]) -> torch.Tensor:
+    """One tensor as mergekit merges it from `config` (deterministic methods only)."""
+    consensus, sparsification = MERGEKIT_GTA[config["merge_method"]]
+    params = [m["parameters"] for m in config["models"]]
+    kept = []
+    for p, delta in zip(params, deltas):
+        density = p.get("density", config["parameters"].get("density", 1.0))
+        if sparsification == "magnitude" and density < 1:  # the top ⌊density·n⌋ entries by magnitude
+            mask = torch.zeros(delta.numel())
+            mask[torch.argsort(delta.abs().view(-1), descending=True)[: int(density * delta.numel())]] = 1
+            delta = delta * mask.view(delta.shape)
+        kept.append(delta)
+    stacked = torch.stack(kept)
+    w = torch.tensor([float(p["weight"]) for p in params]).view(-1, *[1] * base.dim())
+    weighted = stacked * w
+    if consensus:  # the sign of the weighted sum (zero counts as +); only agreeing entries
+        mask = weighted.sign() == torch.where(weighted.sum(0) >= 0, 1.0, -1.0)
+        mixed, divisor = (weighted * mask).sum(0), (w * mask).sum(0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed, divisor = weighted.sum(0), w.sum(0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if config["parameters"].get("normalize"):
+        mixed = mixed / divisor
+    return base + mixed * config["parameters"].get("lambda", 1.0)
+
+
+def test_the_mergekit_yaml_of_a_ties_merge_gives_evogms_tensors(tiny_models, tmp_path):
+    out = tmp_path / "ties"
+    assert main(["merge", "--base", str(tiny_models["base"]), "--expert", f"a={tiny_models['full_all']}",
+                 "--expert", f"b={tiny_models['full_mlp']}", "--weights", "a=0.7", "--weights", "b=-0.4",
+                 "--method", "ties", "--scale", "0.9", "--device", "cpu", "--dtype", "float32", "--out", str(out)]) == 0
+    text = (out / "mergekit.yaml").read_text()
+    config = yaml.safe_load(text)
+    assert "--lora-merge-cache" in text and config["parameters"]["normalize"] is True
+    assert [m["parameters"]["density"] for m in config["models"]] == [0.2, 0.2]  # evogm's default, not mergekit's 1
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["base"]).state_dict()
+    experts = [AutoModelForCausalLM.from_pretrained(tiny_models[n]).state_dict() for n in ("full_all", "full_mlp")]
+    merged = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    for name, value in base.items():
+        expected = mergekit_tensor(config, value, [e[name] - value for e in experts])
+        torch.testing.assert_close(merged[name], expected, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("consensus, method, normalize", [([], "dare_linear", False), (["--consensus"], "dare_ties", True)])
+def test_the_mergekit_yaml_of_a_dare_merge_names_its_density_and_how_mergekit_differs(
+        tiny_models, tmp_path, consensus, method, normalize):
+    out = tmp_path / "dare"
+    assert main(merge_argv(tiny_models, out, "--method", "dare", "--seed", "3", *consensus)) == 0
+    text = (out / "mergekit.yaml").read_text()
+    config = yaml.safe_load(text)
+    assert (config["merge_method"], config["parameters"]["normalize"], config["parameters"]["rescale"]) == \
+           (method, normalize, True)
+    assert config["models"][0]["parameters"]["density"] == 0.5 and "L1 norm" in text
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["options"] == {"density": 0.5, "scale": 1.0, "consensus": bool(consensus), "seed": 3}

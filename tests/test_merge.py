@@ -92,6 +92,18 @@ def test_merge_matches_peft_and_dense_arithmetic(loaded, make_merger, reference,
     assert_state(model, expected_state(reference, merger.coefficients(lam)))
 
 
+def test_an_adapter_on_some_layers_only_merges_as_peft_merges_it(tiny_models, tmp_path):
+    from conftest import build_lora
+
+    adapter = build_lora(tiny_models["base"], tmp_path / "layer1", seed=5, r=2, lora_alpha=4,
+                         target_modules=["q_proj", "up_proj"], layers_to_transform=[1], layers_pattern="layers")
+    models = load_models(tiny_models["base"], {"layer1": adapter}, dtype="float32", device="cpu")
+    assert {n.split(".")[2] for n in models.experts[0].factors} == {"1"}
+    base, (vector,) = dense_task_vectors({**tiny_models, "lora_layer1": adapter}, ["lora_layer1"])
+    model = Merger(models.model, models.experts)(np.array([0.7]))
+    assert_state(model, {k: v + 0.7 * vector[k] for k, v in base.items()})
+
+
 def test_flat_vector_is_expert_major(loaded, make_merger):
     merger = make_merger(2)
     lam = np.arange(10, dtype=float).reshape(5, 2)

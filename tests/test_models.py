@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -111,6 +112,54 @@ def test_dora_adapter_is_refused(tiny_models, tmp_path):
     config["use_dora"] = True
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     expect_error(tiny_models["base"], {"a": adapter}, "DoRA")
+
+
+def edit_adapter_config(adapter, **changes):
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, **changes}))
+
+
+@pytest.mark.parametrize("key, value", [
+    ("layer_replication", [[0, 2], [1, 2]]),
+    ("lora_bias", True),
+    ("bias", "lora_only"),
+    ("target_parameters", ["mlp.experts.gate_up_proj"]),
+    ("alora_invocation_tokens", [5, 6]),
+    ("use_qalora", True),
+    ("a_future_peft_option", {"on": True}),  # an option evogm does not know: refused, not ignored
+])
+def test_adapter_options_evogm_does_not_apply_are_refused_by_name(tiny_models, tmp_path, key, value):
+    adapter = copy(tiny_models["lora_qv"], tmp_path / "a")
+    edit_adapter_config(adapter, **{key: value})
+    expect_error(tiny_models["base"], {"a": adapter}, f"adapter 'a' sets {key}=")
+
+
+def test_a_truncated_safetensors_file_is_named(tiny_models, tmp_path):
+    def truncated(src, name, file):
+        folder = copy(src, tmp_path / name)
+        data = (folder / file).read_bytes()
+        (folder / file).write_bytes(data[: len(data) // 2])
+        return folder
+
+    expect_error(truncated(tiny_models["base"], "base", "model.safetensors"), {}, r"cannot read .*base/model.safetensors")
+    expect_error(tiny_models["base"], {"f": truncated(tiny_models["full_all"], "full", "model.safetensors")},
+                 r"cannot read .*full/model.safetensors: .*damaged")
+    expect_error(tiny_models["base"], {"a": truncated(tiny_models["lora_qv"], "lora", "adapter_model.safetensors")},
+                 r"cannot read .*lora/adapter_model.safetensors")
+
+
+def test_a_non_finite_value_in_an_expert_is_named_at_load(tiny_models, tmp_path):
+    full = copy(tiny_models["full_all"], tmp_path / "full")
+    state = load_file(full / "model.safetensors")
+    state["model.layers.1.mlp.up_proj.weight"][3, 4] = float("nan")
+    save_file(state, full / "model.safetensors", metadata={"format": "pt"})
+    expect_error(tiny_models["base"], {"f": full}, "expert 'f' tensor model.layers.1.mlp.up_proj.weight holds 1 non-finite")
+    adapter = copy(tiny_models["lora_qv"], tmp_path / "a")
+    state = load_file(adapter / "adapter_model.safetensors")
+    key = next(k for k in state if "lora_B" in k)
+    state[key][0, 0] = float("inf")
+    save_file(state, adapter / "adapter_model.safetensors")
+    expect_error(tiny_models["base"], {"a": adapter}, f"expert 'a' tensor {re.escape(key)} holds 1 non-finite")
 
 
 def test_dtype_rules():

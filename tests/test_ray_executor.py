@@ -19,6 +19,7 @@ import pytest
 from evogm.config import from_dict
 from evogm.errors import EvogmError
 from evogm.executors import LocalExecutor, make_executor
+from evogm.lora import EvogmWarning
 from evogm.runlog import Result
 from evogm.ray_executor import RayExecutor, import_ray
 from evogm.workspace import objective_factory
@@ -97,9 +98,10 @@ class TestOnTinyModels:
                 killed.append(next(iter(executor.pids.values())))
                 os.kill(killed[0], signal.SIGKILL)
 
-        results = executor.map(candidates, on_result=kill_once)
+        with pytest.warns(EvogmWarning, match="a Ray worker died .* a fresh worker replaces it") as said:
+            results = executor.map(candidates, on_result=kill_once)
         same(results, local_results)
-        assert executor.restarts == 1 and killed[0] not in executor.pids.values()
+        assert len(said) == 1 and executor.restarts == 1 and killed[0] not in executor.pids.values()
         same(executor.map(candidates[:2]), local_results[:2])  # the replacement works on
 
 
@@ -117,8 +119,9 @@ def test_a_candidate_that_kills_its_worker_twice_is_recorded_failed(ray_instance
     xs = np.array([[0.1, 0.2], [0.3, 0.4], [101.0, 0.0], [0.5, 0.6], [0.7, 0.8]])
     executor = RayExecutor(Crasher, workers=2)
     try:
-        results = executor.map(xs)
-        assert executor.restarts == 2
+        with pytest.warns(EvogmWarning, match="a Ray worker died") as said:
+            results = executor.map(xs)
+        assert executor.restarts == 2 and len(said) == 2
         assert not results[2].ok and results[2].loss == math.inf and "died" in results[2].error
         assert results[2].x == tuple(xs[2])
         assert [r.loss for i, r in enumerate(results) if i != 2] == [float(np.sum((x - 0.3) ** 2)) for x in np.delete(xs, 2, 0)]

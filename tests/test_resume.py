@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from evogm.errors import EvogmError
 from evogm.executors import LocalExecutor
@@ -151,3 +152,99 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(zoo: Path
     assert json.loads((killed / "best.json").read_text()) == json.loads((whole / "best.json").read_text())
     a, b = (json.loads((d / "final.json").read_text())["candidates"] for d in (killed, whole))
     assert a == b
+
+
+# --- what a resume refuses --------------------------------------------------------------------------
+
+SHORT = ["search.popsize=4", "search.options.iterations=1", "search.options.steps=5",
+         "search.options.hidden_sizes=[16, 16]", "baselines.methods=[]"]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(zoo: Path, tmp_path_factory) -> Path:
+    """A run of a copy of the zoo (its files are edited below), killed after it started: what the runner
+    writes first (config.yaml, inputs.json) and one logged evaluation."""
+    import shutil
+
+    from evogm.config import load_config, resolve
+    from evogm.rundir import RunDir
+
+    root = tmp_path_factory.mktemp("changed")
+    shutil.copytree(zoo, root / "zoo")
+    out = root / "run"
+    cfg = resolve(load_config(root / "zoo" / "run.yaml", ["search.budget=4", *SHORT, f"output={out}"]), out)
+    RunDir(out).prepare(cfg, resume=False, force=False)
+    RunLog(out / "evaluations.jsonl").append(record(0, 0, result([0.5] * len(cfg.models.experts), -0.25)))
+    return out
+
+
+def _edit_config(run: Path) -> None:
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["tasks"][0]["limit"] = 5
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def _edit_task(run: Path) -> None:
+    task = Path(yaml.safe_load((run / "config.yaml").read_text())["tasks"][0]["path"])
+    data = json.loads(task.read_text())
+    task.write_text(json.dumps({**data, "dev": data["dev"][:-1]}))
+
+
+def _edit_expert(run: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(next(iter(yaml.safe_load((run / "config.yaml").read_text())["models"]["experts"].values())))
+    file = next(folder.glob("*.safetensors"))
+    state = load_file(file)
+    key = next(iter(state))
+    state[key] = state[key] * 1.01
+    save_file(state, file)
+
+
+@pytest.mark.parametrize("edit, changed", [
+    (_edit_config, "tasks.0.limit"),
+    (_edit_task, "the files of tasks."),
+    (_edit_expert, "the files of models.experts."),
+])
+def test_a_resume_after_its_inputs_changed_is_refused_saying_what_changed(stopped_run: Path, capsys, edit, changed):
+    import shutil
+
+    from evogm.cli import main as cli
+
+    backup = stopped_run.parent / "backup"
+    shutil.copytree(stopped_run.parent, backup, ignore=shutil.ignore_patterns("backup"))
+    try:
+        edit(stopped_run)
+        lines = RunLog(stopped_run / "evaluations.jsonl").records()
+        assert cli(["run", "--resume", str(stopped_run), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "was started with other inputs" in err and changed in err and len(err.splitlines()) == 1
+        assert RunLog(stopped_run / "evaluations.jsonl").records() == lines and (stopped_run / "config.yaml").exists()
+    finally:
+        for item in ("zoo", "run"):
+            shutil.rmtree(stopped_run.parent / item)
+            shutil.copytree(backup / item, stopped_run.parent / item)
+        shutil.rmtree(backup)
+
+
+def test_a_second_process_in_a_working_run_directory_is_refused(zoo: Path, tmp_path: Path, capsys):
+    from evogm.cli import main as cli
+
+    run_dir = tmp_path / "busy"
+    endless = [str(zoo / "run.yaml"), "search.optimizer=random", "search.budget=100000", "search.popsize=4",
+               "baselines.methods=[]", f"output={run_dir}", "--quiet"]
+    first = subprocess.Popen([sys.executable, "-m", "evogm.cli", "run", *endless], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "config.yaml").exists() and time.monotonic() < deadline:  # written under the lock
+            assert first.poll() is None, "the first run ended before the second started"
+            time.sleep(0.02)
+        for second in (["--resume", str(run_dir), "--quiet"], [*endless, "--force"]):  # this process is the second
+            assert cli(["run", *second]) == 2
+            err = capsys.readouterr().err.strip()
+            assert f"{run_dir} is in use by another evogm process (pid {first.pid})" in err and len(err.splitlines()) == 1
+        assert first.poll() is None and (run_dir / "config.yaml").exists()  # --force removed nothing of the live run
+    finally:
+        first.kill()
+        first.wait()

@@ -129,6 +129,40 @@ def test_force_clears_only_the_run_files(tmp_path: Path, multi: Path):
     assert not (out / "evaluations.jsonl").exists() and (out / "notes.txt").exists() and (out / "config.yaml").exists()
 
 
+def test_a_failed_start_leaves_nothing_that_blocks_the_corrected_run(zoo: Path, tmp_path: Path, capsys):
+    from evogm.rundir import OUTPUTS
+
+    out, not_a_model = tmp_path / "failed", tmp_path / "not_a_model"
+    not_a_model.mkdir()  # exists, so the config is valid; loading it fails
+    assert cli(["run", str(zoo / "run.yaml"), *FAST, f"models.experts.extra={not_a_model}", f"output={out}", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is neither a PEFT adapter nor a model folder" in err and len(err.splitlines()) == 1
+    assert not [name for name in OUTPUTS if (out / name).exists()]  # the corrected run needs no --force
+
+
+JUDGE = """
+def judge(model, tokenizer, split="dev"):
+    if split == "test":
+        raise ConnectionError("the judge is down")
+    return {"score": float(model.model.norm.weight.float().mean())}
+"""
+
+
+def test_a_user_fitness_that_fails_in_the_final_stage_leaves_a_report_saying_so(zoo: Path, tmp_path: Path,
+                                                                                  monkeypatch, capsys):
+    (tmp_path / "finaljudge.py").write_text(JUDGE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "judged"
+    assert cli(["run", str(zoo / "run.yaml"), *FAST, "tasks=[{name: judge, type: python, function: finaljudge:judge}]",
+                "baselines.methods=[uniform]", f"output={out}", "--quiet"]) == 0
+    best = json.loads((out / "final.json").read_text())["candidates"]["best"]
+    assert best["test"] == {"score": None, "metrics": {}, "error": "ConnectionError: the judge is down"}
+    assert best["dev"]["score"] is not None
+    report = (out / "report.md").read_text()
+    assert "## Failures in the final stage" in report and "best (search) on test: ConnectionError: the judge is down" in report
+    assert "could not score 3 candidate(s)" in capsys.readouterr().err
+
+
 def test_single_task_mode_runs_one_search_per_task(zoo: Path, tmp_path: Path):
     out = tmp_path / "single"
     two = yaml.safe_load((zoo / "run.yaml").read_text())["tasks"][:2]  # two tasks are enough to show the shape

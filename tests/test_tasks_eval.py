@@ -48,11 +48,13 @@ def test_an_adapter_folder_equals_its_merge_at_weight_one(capsys, tiny_models, t
 def test_a_run_config_gives_models_and_tasks(capsys, tiny_models, task_files, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"models": {"base": str(tiny_models["base"]), "experts": {"a": str(tiny_models["lora_qv"]), "b": str(tiny_models["full_mlp"])}},
-                                      "tasks": [{"path": task_files[0], "limit": 3}], "output": str(tmp_path / "run")}))
+                                      "tasks": [{"path": task_files[0], "limit": 3}]}))  # no output: a run's key
     base = evaluate(capsys, config)
     assert list(base["tasks"]) == ["mc"] and base["model"].endswith("0·a + 0·b")
     weighted = evaluate(capsys, config, "--weights", "b=0.5")
     assert weighted["model"].endswith("0·a + 0.5·b")
+    assert main(["eval", str(config), "--expert", f"a={tiny_models['full_all']}"]) == 2  # not: replace the config's a
+    assert "--expert a is also an expert of" in capsys.readouterr().err
 
 
 def test_the_table_and_the_one_line_errors(capsys, tiny_models, task_files, tmp_path):

@@ -53,8 +53,9 @@ _SELECTION_KEYS = ("name", "path", "type", "limit", "seed")  # read here, not by
 _OPTIONS_OF = {AbstainTask: MultipleChoiceTask}  # abstain takes multiple choice's options
 
 
-def load_task(spec: dict | str | Path) -> Task:
-    """A Task from a spec dict (or a bare path: name from the file, type from the items)."""
+def load_task(spec: dict | str | Path, splits: tuple[str, ...] = ()) -> Task:
+    """A Task from a spec dict (or a bare path: name from the file, type from the items); each of
+    `splits` (those it will be scored on) must be in its file and hold items."""
     spec = {"path": str(spec)} if isinstance(spec, (str, Path)) else dict(spec)
     kind = spec.get("type")
     if kind is not None and kind not in TASK_TYPES:
@@ -67,12 +68,14 @@ def load_task(spec: dict | str | Path) -> Task:
                          "add path: FILE.json")
     data = read_task_file(spec["path"])
     data = replace(data, limit=_positive(spec, "limit"), seed=spec.get("seed"))
+    for split in splits:
+        data.check(split)
     cls = TASK_TYPES[kind or infer_type(next(iter(data.splits.values()), []))]
     return _build(cls, _name(spec), spec, (data,))
 
 
-def load_tasks(specs: list) -> list[Task]:
-    tasks = [load_task(spec) for spec in specs]
+def load_tasks(specs: list, splits: tuple[str, ...] = ()) -> list[Task]:
+    tasks = [load_task(spec, splits) for spec in specs]
     names = [task.name for task in tasks]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -35,13 +35,21 @@ class TaskData:
     seed: int | None = None
 
     def items(self, split: str) -> list[dict]:
+        self.check(split)
+        return subset(self.splits[split], self.limit, self.seed)
+
+    def check(self, split: str) -> None:
+        """Refuse a split that is missing or empty (an empty one would score 0.0 and still count in the mean)."""
         if split not in self.splits:
             raise EvogmError(
                 f"{self.path} has no {split!r} split",
                 f"it holds {sorted(self.splits) or 'no splits'}",
                 f"add a {split!r} list to the file (or lines with \"split\": \"{split}\")",
             )
-        return subset(self.splits[split], self.limit, self.seed)
+        if not self.splits[split]:
+            raise EvogmError(f"{self.path}: the {split!r} split is empty",
+                             "a task with no items would score 0.0 and still count in the mean",
+                             f"add items to its {split!r} list, or remove the task")
 
 
 def read_task_file(path: str | Path) -> TaskData:

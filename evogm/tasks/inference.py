@@ -29,6 +29,22 @@ def _keeps_last_logits(model_type: type) -> bool:
     return "logits_to_keep" in inspect.signature(model_type.forward).parameters
 
 
+@lru_cache(maxsize=None)
+def _cache_keyword(model_type: type) -> str:
+    """The forward's keyword for the KV cache: `cache` in current transformers, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model_type.forward).parameters else "past_key_values"
+
+
+def _with_cache(model, cache) -> dict:
+    return {_cache_keyword(type(model)): cache}
+
+
+def _cache_of(out):
+    """The KV cache a forward returned (`cache`, or `past_key_values` in older transformers)."""
+    cache = getattr(out, "cache", None)
+    return out.past_key_values if cache is None else cache
+
+
 def _prefill_kwargs(model) -> dict:
     # Only the last position's logits are needed: (b, 1, V) instead of (b, L, V), which for a 150k
     # vocabulary is most of the prefill's memory.
@@ -54,12 +70,12 @@ class SharedPrefix:
             return None
         ids = ids.to(model_device(model))
         out = model(input_ids=ids[None], use_cache=True, **_prefill_kwargs(model))
-        return cls(ids, _plain_layers(out.past_key_values), model.config)
+        return cls(ids, _plain_layers(_cache_of(out)), model.config)
 
     def __len__(self) -> int:
         return self.ids.numel()
 
-    def inputs(self, batch: Batch) -> dict:
+    def inputs(self, batch: Batch, model) -> dict:
         """Keyword arguments of the batch's forward on top of the prefix."""
         b = batch.input_ids.shape[0]
         mask = torch.cat([batch.attention_mask.new_ones(b, len(self)), batch.attention_mask], dim=1)
@@ -73,7 +89,7 @@ class SharedPrefix:
         cache = DynamicCache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in self.layers],
                              config=self.config)
         return {"input_ids": batch.input_ids, "attention_mask": mask, "position_ids": batch.position_ids,
-                "past_key_values": cache}
+                **_with_cache(model, cache)}
 
 
 def _plain_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
@@ -87,11 +103,11 @@ def _plain_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     return [(layer.keys, layer.values) for layer in layers]
 
 
-def _batch_inputs(batch: Batch, prefix: SharedPrefix | None) -> dict:
+def _batch_inputs(model, batch: Batch, prefix: SharedPrefix | None) -> dict:
     if prefix is None:
         return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
                 "position_ids": batch.position_ids}
-    return prefix.inputs(batch)
+    return prefix.inputs(batch, model)
 
 
 def check_finite(logits: torch.Tensor, where: str) -> None:
@@ -103,7 +119,7 @@ def check_finite(logits: torch.Tensor, where: str) -> None:
 def last_logits(model, batch: Batch, prefix: SharedPrefix | None = None, where: str = "forward pass") -> torch.Tensor:
     """Next-token logits after each prompt: (b, V) float32."""
     batch = batch.to(model_device(model))
-    out = model(**_batch_inputs(batch, prefix), use_cache=prefix is not None and prefix.layers is not None,
+    out = model(**_batch_inputs(model, batch, prefix), use_cache=prefix is not None and prefix.layers is not None,
                 **_prefill_kwargs(model))
     logits = out.logits[:, -1].float()
     check_finite(logits, where)
@@ -145,7 +161,7 @@ def greedy_generate(
     says so; the loop ends when every row has stopped.
     """
     batch = batch.to(model_device(model))
-    inputs = _batch_inputs(batch, prefix)
+    inputs = _batch_inputs(model, batch, prefix)
     mask, positions = inputs["attention_mask"], inputs["position_ids"]
     stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=mask.device)
     out = model(**inputs, use_cache=True, **_prefill_kwargs(model))
@@ -165,7 +181,7 @@ def greedy_generate(
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         positions = positions[:, -1:] + 1
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
-                    past_key_values=out.past_key_values, use_cache=True)
+                    **_with_cache(model, _cache_of(out)), use_cache=True)
     if bool(bad.any()):
         raise FloatingPointError(f"non-finite logits in {where}")
     return torch.stack(tokens, 1) if tokens else batch.input_ids.new_zeros(mask.shape[0], 0)

@@ -1,0 +1,82 @@
+"""What a run depends on: content hashes of its models' and task files, and its resolved config.
+
+Saved in the run directory when a run starts (`inputs.json`); a resume, or a comparison that would
+reuse the run, compares them with the inputs as they are now, so that one log never mixes scores of
+different experts, tasks or settings.
+
+>>> import tempfile, pathlib
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (folder / "model.safetensors").write_bytes(b"weights")
+>>> before = {"config": {"seed": 1}, "files": {"models.base": folder_hash(folder)}}
+>>> _ = (folder / "model.safetensors").write_bytes(b"other weights")
+>>> changes(before, {"config": {"seed": 2}, "files": {"models.base": folder_hash(folder)}})
+['the files of models.base', 'seed']
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from evogm.config import RunConfig, to_dict
+
+IGNORED_SUFFIXES = (".md",)  # a model card changes no weight
+
+
+def fingerprint(cfg: RunConfig) -> dict:
+    """{"config": the resolved config (without its output), "files": {input: sha256}} of a run."""
+    files = {key: folder_hash(path) if path.is_dir() else file_hash(path) for key, path in input_paths(cfg).items()}
+    config = {k: v for k, v in to_dict(cfg).items() if k != "output"}
+    return {"config": config, "files": files}
+
+
+def stamps(cfg: RunConfig) -> list:
+    """(file, size, mtime) of every input file: a cheap sign that one changed, without reading any."""
+    files = [f for path in input_paths(cfg).values() for f in (_files(path) if path.is_dir() else [path])]
+    return [(str(f), *((s := f.stat()).st_size, s.st_mtime_ns)) for f in files if f.exists()]
+
+
+def input_paths(cfg: RunConfig) -> dict[str, Path]:
+    """{"models.base" | "models.experts.NAME" | "tasks.NAME": its folder or file}."""
+    paths = {"models.base": Path(cfg.models.base)}
+    paths |= {f"models.experts.{name}": Path(path) for name, path in cfg.models.experts.items()}
+    return paths | {f"tasks.{t['name']}": Path(t["path"]) for t in cfg.tasks if t.get("path")}
+
+
+def changes(saved: dict, now: dict) -> list[str]:
+    """What differs between two fingerprints, in words: changed files first, then config keys."""
+    files = sorted(set(saved["files"]) | set(now["files"]))
+    changed = [f"the files of {key}" for key in files if saved["files"].get(key) != now["files"].get(key)]
+    return changed + _changed_keys(saved["config"], now["config"], "")
+
+
+def _changed_keys(a, b, where: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [key for k in sorted(set(a) | set(b), key=str)
+                for key in _changed_keys(a.get(k), b.get(k), f"{where}{k}.")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [key for i, (x, y) in enumerate(zip(a, b)) for key in _changed_keys(x, y, f"{where}{i}.")]
+    return [] if a == b else [where.rstrip(".")]
+
+
+def folder_hash(folder: Path) -> str:
+    """sha256 over a model folder's files (names and contents; hidden files and model cards aside)."""
+    digest = hashlib.sha256()
+    for file in _files(folder):
+        digest.update(f"{file.name}\0{file_hash(file)}\0".encode())
+    return digest.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return [f for f in sorted(folder.iterdir())
+            if f.is_file() and not f.name.startswith(".") and f.suffix not in IGNORED_SUFFIXES]
+
+
+def file_hash(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
