@@ -151,3 +151,13 @@ def zoo_tiny(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("zoo_tiny")
     build(folder, seed=0, preset="tiny", log=lambda message: None)
     return folder
+
+
+@pytest.fixture(scope="session")
+def zoo_t5(tmp_path_factory) -> Path:
+    """A zoo built with the `t5` preset (a tiny T5; 2 LoRA and 2 full experts on GLUE-shaped label tasks)."""
+    from evogm.zoo.build import build
+
+    folder = tmp_path_factory.mktemp("zoo_t5")
+    build(folder, seed=0, preset="t5", threads=1, log=lambda message: None)
+    return folder
