@@ -244,3 +244,26 @@ def test_evogm_eval_scores_a_t5_merge(tiny_t5, tmp_path, capsys):
         assert main(argv + ["--scoring", scoring]) == 0
         result = json.loads(capsys.readouterr().out)
         assert set(result["tasks"]) == {"mc", "em"} and result["tasks"]["mc"]["metrics"]["accuracy"] in (0.0, 0.5, 1.0)
+
+
+def test_the_shipped_flan_t5_glue_config_is_valid(tmp_path):
+    """configs/flan-t5-base-glue.yaml with its /path/to placeholders pointed at stand-in files."""
+    from pathlib import Path
+
+    from evogm.config import load_config
+    from evogm.tasks import load_tasks
+
+    text = (Path(__file__).parent.parent / "configs" / "flan-t5-base-glue.yaml").read_text()
+    path = tmp_path / "paper.yaml"
+    path.write_text(text.replace("/path/to", str(tmp_path)))
+    raw = yaml.safe_load(path.read_text())
+    for folder in [raw["models"]["base"], *raw["models"]["experts"].values()]:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    for task in raw["tasks"]:
+        items = [{"input": "Is it good?", "target": "3.8" if task["name"] == "stsb" else "yes"}]
+        Path(task["path"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(task["path"]).write_text(json.dumps({"labels": ["yes", "no"], "dev": items, "test": items}))
+    cfg = load_config(path)
+    assert len(cfg.models.experts) == 8 and (cfg.search.optimizer, cfg.search.budget, cfg.search.popsize) == ("evogm", 128, 16)
+    tasks = load_tasks(list(cfg.tasks))
+    assert [(t.primary, t.scoring) for t in tasks] == [("accuracy", "generate")] * 7 + [("spearman", "generate")]
