@@ -90,14 +90,17 @@ def _adapter_config(folder: Path, name: str) -> dict:
     return config
 
 
+def model_kind(seq2seq: bool) -> str:
+    """How an error names a kind of model."""
+    return "an encoder-decoder (seq2seq) model" if seq2seq else "a causal (decoder-only) LM"
+
+
 _TASK_TYPES = {"CAUSAL_LM": False, "SEQ_2_SEQ_LM": True}  # PEFT's task_type → whether it is for an encoder-decoder
 
 
 def _check_task_type(config: dict, model, name: str) -> None:
     """A causal LM's adapter on an encoder-decoder base, or the reverse, is refused, by its PEFT task_type
     or else by the model class PEFT recorded (auto_mapping.base_model_class)."""
-    from evogm.models import model_kind
-
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     made_for, theirs = _made_for(config)
     if theirs is not None and theirs != seq2seq:

@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 
 from evogm.errors import EvogmError
-from evogm.lora import LoraFactors, read_adapter
+from evogm.lora import LoraFactors, model_kind, read_adapter
 
 log = logging.getLogger(__name__)
 
@@ -218,10 +218,6 @@ def is_encoder_decoder(config: dict) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
 
     return config.get("model_type") in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
-
-
-def model_kind(seq2seq: bool) -> str:
-    return "an encoder-decoder (seq2seq) model" if seq2seq else "a causal (decoder-only) LM"
 
 
 def _check_remote_code(folder: Path, trust_remote_code: bool) -> dict:
