@@ -77,12 +77,20 @@ def encoder_decoder_batch(rows: list[list[int]], tails: list[int], start_id: int
 
 
 def batches_for(model, batches: Batches, tails: list[int] | None, pad_id: int) -> list[EncoderDecoderBatch]:
-    """A task's batches as encoder-decoder batches (tails: per item, in item order; None for none)."""
-    start, out = decoder_start_id(model), []
-    for batch, rows in zip(batches, whole_rows(batches)):
-        row_tails = [tails[i] for i in batch.rows] if tails is not None else [0] * len(rows)
-        out.append(encoder_decoder_batch(rows, row_tails, start, pad_id))
-    return out
+    """A task's batches as encoder-decoder batches (tails: per item, in item order; None for none).
+
+    Built once per `batches` (and decoder start token): the result is kept in the object's own
+    `__dict__`, so it lives exactly as long as the task's cached batches.
+    """
+    start = decoder_start_id(model)
+    memo = batches.__dict__.setdefault("_encoder_decoder", {})  # a frozen dataclass: no setattr, a plain dict
+    key = (start, pad_id, tails is None)
+    if key not in memo:
+        memo[key] = []
+        for batch, rows in zip(batches, whole_rows(batches)):
+            row_tails = [tails[i] for i in batch.rows] if tails is not None else [0] * len(rows)
+            memo[key].append(encoder_decoder_batch(rows, row_tails, start, pad_id))
+    return memo[key]
 
 
 @torch.inference_mode()
