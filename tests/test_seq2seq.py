@@ -166,7 +166,7 @@ def tiny_bart(tmp_path_factory):
     config = BartConfig(vocab_size=len(build_tokenizer()), d_model=16, encoder_layers=2, decoder_layers=2,
                         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
                         max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                        decoder_start_token_id=2, forced_bos_token_id=None)
+                        decoder_start_token_id=2)
     BartForConditionalGeneration(config).save_pretrained(root / "base")
     build_tokenizer().save_pretrained(root / "base")
     lora = build_lora(root / "base", root / "lora", seed=1, task_type="SEQ_2_SEQ_LM", r=2, target_modules=["q_proj", "fc1"])
@@ -215,6 +215,31 @@ def test_t5_generation_matches_transformers_generate(t5):
         with torch.no_grad():
             reference = model.generate(ids, max_new_tokens=6, do_sample=False, num_beams=1, use_cache=False)
         assert text == tokenizer.decode(reference[0], skip_special_tokens=True).strip()
+
+
+def test_bart_generation_starts_with_its_forced_token_as_transformers_does():
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from evogm.tasks import seq2seq
+    from evogm.zoo.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(1)
+    model = BartForConditionalGeneration(BartConfig(
+        vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2, decoder_start_token_id=2)).eval()
+    model.generation_config.forced_bos_token_id = 1  # as bart-large's generation config
+    model.generation_config.forced_eos_token_id = None
+    prompts = ["a short one", "and a longer second prompt"]  # right padding: BART's positions start at the left
+    encoded = encode_prompts(tokenizer, prompts, batch_size=2)
+    ours = seq2seq.greedy_generate(model, seq2seq.batches_for(model, encoded, None, 0)[0], max_new_tokens=5,
+                                   stop_ids=set(), pad_id=0)
+    for row, prompt in zip(ours, [prompts[i] for i in encoded[0].rows]):
+        with torch.no_grad():
+            reference = model.generate(tokenizer(prompt, return_tensors="pt").input_ids, max_new_tokens=6, eos_token_id=None,
+                                       do_sample=False, num_beams=1, use_cache=False)
+        assert reference[0, :2].tolist() == [2, 1] and row.tolist() == reference[0, 2:].tolist()
 
 
 def test_t5_option_logprobs_match_an_unpadded_forward(t5):

@@ -2,13 +2,14 @@
 
 A task builds its batches once, as for a causal LM (left-padded, the shared prefix split off). For an
 encoder-decoder each row becomes its whole prompt again, padded on the right (BART's positions count
-from the left edge), and the decoder starts from the model's decoder start token. For log-likelihood
-scoring, the tail of each row that is the options' common prefix (`tails`) moves to the decoder, after
-the start token, and the options are told apart by the decoder's next token, as for a causal LM.
+from the left edge), and the decoder starts from the model's decoder start token (and the token its
+generation config forces first, as BART's `forced_bos_token_id`). For log-likelihood scoring, the tail
+of each row that is the options' common prefix (`tails`) moves to the decoder, after that start, and
+the options are told apart by the decoder's next token, as for a causal LM.
 
 >>> from evogm.tasks.batching import left_pad
 >>> rows = whole_rows(left_pad([[5, 6, 7], [8, 9]], batch_size=2, pad_id=0))[0]  # shortest first
->>> b = encoder_decoder_batch(rows, tails=[0, 1], start_id=0, pad_id=3)
+>>> b = encoder_decoder_batch(rows, tails=[0, 1], start=[0], pad_id=3)
 >>> b.input_ids.tolist(), b.decoder_input_ids.tolist(), b.last.tolist()
 ([[8, 9], [5, 6]], [[0, 3], [0, 7]], [0, 1])
 """
@@ -30,10 +31,13 @@ def is_seq2seq(model) -> bool:
     return bool(getattr(model.config, "is_encoder_decoder", False))
 
 
-def decoder_start_id(model) -> int:
+def decoder_start(model) -> list[int]:
+    """What every decoder input starts with: the decoder start token, then a forced first token if any."""
     config = getattr(model, "generation_config", None)
     start = getattr(config, "decoder_start_token_id", None)
-    return int(start if start is not None else model.config.decoder_start_token_id)
+    forced = getattr(config, "forced_bos_token_id", None)
+    start = int(start if start is not None else model.config.decoder_start_token_id)
+    return [start] if forced is None else [start, int(forced)]
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class EncoderDecoderBatch:
 
     input_ids: torch.Tensor  # (b, L)
     attention_mask: torch.Tensor  # (b, L)
-    decoder_input_ids: torch.Tensor  # (b, T), the start token first
+    decoder_input_ids: torch.Tensor  # (b, T), the decoder start first
     last: torch.Tensor  # (b,)
 
     def to(self, device: torch.device) -> "EncoderDecoderBatch":
@@ -68,23 +72,23 @@ def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def encoder_decoder_batch(rows: list[list[int]], tails: list[int], start_id: int, pad_id: int) -> EncoderDecoderBatch:
-    """Each row's last `tails[i]` tokens go to the decoder after the start token, the rest to the encoder."""
+def encoder_decoder_batch(rows: list[list[int]], tails: list[int], start: list[int], pad_id: int) -> EncoderDecoderBatch:
+    """Each row's last `tails[i]` tokens go to the decoder after `start`, the rest to the encoder."""
     cut = [len(row) - tail for row, tail in zip(rows, tails)]
     ids, mask = right_pad([row[:c] for row, c in zip(rows, cut)], pad_id)
-    decoder, _ = right_pad([[start_id] + row[c:] for row, c in zip(rows, cut)], pad_id)
-    return EncoderDecoderBatch(ids, mask, decoder, torch.tensor(tails, dtype=torch.long))
+    decoder, _ = right_pad([start + row[c:] for row, c in zip(rows, cut)], pad_id)
+    return EncoderDecoderBatch(ids, mask, decoder, torch.tensor(tails, dtype=torch.long) + len(start) - 1)
 
 
 def batches_for(model, batches: Batches, tails: list[int] | None, pad_id: int) -> list[EncoderDecoderBatch]:
     """A task's batches as encoder-decoder batches (tails: per item, in item order; None for none).
 
-    Built once per `batches` (and decoder start token): the result is kept in the object's own
+    Built once per `batches` (and decoder start): the result is kept in the object's own
     `__dict__`, so it lives exactly as long as the task's cached batches.
     """
-    start = decoder_start_id(model)
+    start = decoder_start(model)
     memo = batches.__dict__.setdefault("_encoder_decoder", {})  # a frozen dataclass: no setattr, a plain dict
-    key = (start, pad_id, tails is None)
+    key = (tuple(start), pad_id, tails is None)
     if key not in memo:
         memo[key] = []
         for batch, rows in zip(batches, whole_rows(batches)):
@@ -118,7 +122,8 @@ def greedy_generate(model, batch: EncoderDecoderBatch, *, max_new_tokens: int, s
                     where: str = "generation") -> torch.Tensor:
     """Greedy decoder output of each prompt: (b, T ≤ max_new_tokens) ids, as `inference.greedy_generate`.
 
-    The encoder runs once; the decoder then runs one token per step with its cache.
+    The encoder runs once; the decoder reads the decoder start, then runs one token per step with its
+    cache (a batch without option tails: every row's decoder input is that start alone).
     """
     from evogm.tasks.inference import greedy_loop, model_device
 
@@ -131,6 +136,6 @@ def greedy_generate(model, batch: EncoderDecoderBatch, *, max_new_tokens: int, s
                      use_cache=True, **{cache: past})
 
     first = model(encoder_outputs=encoded, attention_mask=batch.attention_mask,
-                  decoder_input_ids=batch.decoder_input_ids[:, :1], use_cache=True)
+                  decoder_input_ids=batch.decoder_input_ids, use_cache=True)
     return greedy_loop(first, step, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
                        text_done=text_done, where=where)
