@@ -146,12 +146,13 @@ def greedy_generate(
     """
     batch = batch.to(model_device(model))
     inputs = _batch_inputs(batch, prefix)
-    state = {"mask": inputs["attention_mask"], "positions": inputs["position_ids"]}
+    mask, positions = inputs["attention_mask"], inputs["position_ids"]
 
     def step(token: torch.Tensor, past):
-        state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(state["mask"].shape[0], 1)], dim=1)
-        state["positions"] = state["positions"][:, -1:] + 1
-        return model(input_ids=token[:, None], attention_mask=state["mask"], position_ids=state["positions"],
+        nonlocal mask, positions
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        return model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
                      past_key_values=past, use_cache=True)
 
     out = model(**inputs, use_cache=True, **_prefill_kwargs(model))

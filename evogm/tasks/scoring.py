@@ -5,8 +5,9 @@ Both split their work in two: a build step (tokenize, pad, batch) that a task ca
 
 Options are scored in one forward pass per batch: the options' common token prefix is appended to
 the prompt and the options are told apart by their first differing token (for " A" … " D" that is
-the letter). This is the choice greedy decoding would make among them. An encoder-decoder (T5, BART) reads the
-prompt with its encoder and the options' common prefix with its decoder (`evogm.tasks.seq2seq`).
+the letter). This is the choice greedy decoding would make among them. An encoder-decoder (T5,
+BART) reads the prompt with its encoder and the options' common prefix with its decoder
+(`evogm.tasks.seq2seq`).
 
 >>> # inputs = option_inputs(tok, ["2+2 is"], [[" 3", " 4"]], batch_size=64)
 >>> # option_logprobs(model, inputs)          # (1, 2) log-probabilities
@@ -22,8 +23,8 @@ import numpy as np
 import torch
 
 from evogm.errors import EvogmError
-from evogm.tasks.batching import Batches, encode, left_pad, pad_id, scatter
 from evogm.tasks import seq2seq
+from evogm.tasks.batching import Batches, encode, left_pad, pad_id, scatter
 from evogm.tasks.inference import SharedPrefix, choice_logprobs, greedy_generate, last_logits, stop_token_ids
 
 
