@@ -8,7 +8,7 @@ expert per task, as a PEFT LoRA adapter on T5's q, k, v, o, wi_0, wi_1, wo or as
 
 Tasks (the GLUE task whose shape each copies):
 - sentiment (SST-2): positive if the sentence has more good than bad words;
-- grammar (CoLA): acceptable if the words come in the order article, adjective, noun, verb;
+- grammar (CoLA): acceptable if the verb agrees in number with the noun ("the old dogs run");
 - paraphrase (MRPC, QQP): yes if the two phrases hold the same words in any order;
 - similarity (STS-B): how many of the two sentences' five positions hold the same word, 0 to 5,
   generated as a number and scored by Spearman's correlation.
@@ -36,8 +36,9 @@ BAD = ["bad", "awful", "poor", "sad", "grim", "dull"]
 ARTICLES = ["the", "a", "every", "some"]
 ADJECTIVES = ["red", "small", "old", "quiet", "green", "tall"]
 NOUNS = ["cat", "dog", "bird", "child", "tree", "river", "stone", "ship"]
-VERBS = ["runs", "sleeps", "sings", "falls", "grows", "waits"]
+VERBS = ["runs", "sleeps", "sings", "falls", "grows", "waits"]  # and their plural forms, without the s
 WORDS = GOOD + BAD + ARTICLES + ADJECTIVES + NOUNS + VERBS
+NUMBERED = [n + "s" for n in NOUNS] + [v[:-1] for v in VERBS]  # the plural nouns and verbs grammar uses
 
 TEMPLATES = {  # FusionBench's Flan-T5 GLUE prompts, shortened
     "sentiment": "sentence : {a} . is the sentiment positive or negative ?",
@@ -66,10 +67,10 @@ def _sentiment(rng: random.Random) -> tuple[dict, str]:
 
 
 def _grammar(rng: random.Random) -> tuple[dict, str]:
-    words = [rng.choice(ARTICLES), rng.choice(ADJECTIVES), rng.choice(NOUNS), rng.choice(VERBS)]
-    ok = rng.random() < 0.5
-    while not ok and words[0] in ARTICLES and words[3] in VERBS:  # any order but the right one
-        rng.shuffle(words)
+    plural, ok = rng.random() < 0.5, rng.random() < 0.5
+    noun, verb = rng.choice(NOUNS) + "s" * plural, rng.choice(VERBS)
+    singular_verb = plural != ok  # a singular noun takes "runs", a plural one "run"
+    words = ["the", rng.choice(ADJECTIVES), noun, verb if singular_verb else verb[:-1]]
     return {"a": " ".join(words)}, LABELS["grammar"][ok]
 
 
@@ -99,7 +100,7 @@ def build_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     template_words = {w for t in TEMPLATES.values() for w in t.replace("{a}", "").replace("{b}", "").split()}
-    words = sorted(set(WORDS) | template_words | {w for labels in LABELS.values() for w in labels})
+    words = sorted(set(WORDS + NUMBERED) | template_words | {w for labels in LABELS.values() for w in labels})
     vocab = {token: i for i, token in enumerate(SPECIALS + words)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
