@@ -61,7 +61,8 @@ def export_static(merger, tokenizer, method: str, out_dir, *, base: str, experts
     """Write a static merge (task_arithmetic, ties, dare) into the resident model and export it."""
     merger.static(method, weights=weights, **options)
     lam = np.ones((len(experts), 1)) if weights is None else np.asarray(weights, dtype=float)[:, None]
-    recipe = make_recipe(method, lam, base=base, experts=experts, kinds=_kinds(merger), options=options)
+    recipe = make_recipe(method, lam, base=base, experts=experts, kinds=_kinds(merger), options=options,
+                         group_rule=GROUP_RULES[merger.seq2seq])
     return export_model(merger.model, tokenizer, out_dir, recipe, force=force)
 
 
