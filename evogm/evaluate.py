@@ -94,7 +94,7 @@ def build_tasks(specs: list, limit: int | None, scoring: str | None, split: str)
         if limit is not None:
             spec["limit"] = limit
         kind = spec.get("type") or _file_type(spec.get("path"))
-        if scoring and kind in ("multiple_choice", "abstain"):
+        if scoring and kind in ("multiple_choice", "abstain", "label"):
             spec["scoring"] = scoring
         full.append(spec)
     return load_tasks(full, (split,))

@@ -18,6 +18,7 @@ import numpy as np
 import yaml
 
 from evogm.errors import EvogmError
+from evogm.merge import GROUP_RULES
 
 # evogm method → (mergekit method, its `normalize`): TIES and DARE-TIES divide by the agreeing experts'
 # weights (normalize: true), task arithmetic and DARE sum (normalize: false)
@@ -33,6 +34,7 @@ DARE_NOTE = """\
 # matches the kept entries' L1 norm to the task vector's where evogm (as the DARE paper, and older
 # mergekit) divides them by the density. Only evogm's recipe.yaml reproduces evogm's tensors exactly.
 """
+MERGEKIT_ENCODER_DECODERS = ("t5",)  # mergekit's architectures include T5ForConditionalGeneration, not BART & co.
 
 
 def merge_and_export(base: str, experts: dict[str, str], lam: np.ndarray, out_dir, *,
@@ -62,7 +64,8 @@ def export_merged(merger, tokenizer, coefficients, out_dir, *, base: str, expert
     lam = merger.coefficients(coefficients)
     merger(lam)
     recipe = make_recipe("task_arithmetic", lam, base=base, experts=experts, kinds=_kinds(merger),
-                         layers=merger.n_layers, extra=extra)
+                         layers=merger.depths if merger.seq2seq else merger.n_layers,
+                         group_rule=GROUP_RULES[merger.seq2seq], extra=extra)
     return export_model(merger.model, tokenizer, out_dir, recipe, force=force)
 
 
@@ -74,13 +77,15 @@ def export_static(merger, tokenizer, method: str, out_dir, *, base: str, experts
     options = static_options(method, **options)  # the recipe names every option the merge ran with
     merger.static(method, weights=weights, **options)
     lam = np.ones((len(experts), 1)) if weights is None else np.asarray(weights, dtype=float)[:, None]
-    recipe = make_recipe(method, lam, base=base, experts=experts, kinds=_kinds(merger), options=options)
+    recipe = make_recipe(method, lam, base=base, experts=experts, kinds=_kinds(merger), options=options,
+                         group_rule=GROUP_RULES[merger.seq2seq])
     return export_model(merger.model, tokenizer, out_dir, recipe, force=force)
 
 
 def export_model(model, tokenizer, out_dir, recipe: dict, *, force: bool = True) -> Path:
     """Save model (safetensors) + tokenizer + recipe.yaml + mergekit.yaml into out_dir, atomically."""
     out = check_output(out_dir, force)
+    recipe = {**recipe, **_mergekit_note(model.config)}
     check_finite_model(model)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -88,8 +93,9 @@ def export_model(model, tokenizer, out_dir, recipe: dict, *, force: bool = True)
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             _write_yaml(tmp / "recipe.yaml", recipe)
-            _write_yaml(tmp / "mergekit.yaml", mergekit_config(recipe), MERGEKIT_HEADER
-                    + (DARE_NOTE if recipe["method"] == "dare" else ""))
+            if "mergekit" not in recipe:
+                _write_yaml(tmp / "mergekit.yaml", mergekit_config(recipe), MERGEKIT_HEADER
+                            + (DARE_NOTE if recipe["method"] == "dare" else ""))
             if out.exists():
                 shutil.rmtree(out)
             os.replace(tmp, out)
@@ -130,16 +136,25 @@ def _unwritable(out: Path, exc: OSError) -> EvogmError:
                       "choose an output folder you can write to (and free disk space); nothing already there was changed")
 
 
+def _mergekit_note(config) -> dict:
+    """{"mergekit": why none is written} for an encoder-decoder mergekit cannot load; {} otherwise."""
+    if not getattr(config, "is_encoder_decoder", False) or config.model_type in MERGEKIT_ENCODER_DECODERS:
+        return {}
+    return {"mergekit": f"not written: mergekit has no {config.model_type} architecture "
+                        f"(of encoder-decoders it supports {', '.join(MERGEKIT_ENCODER_DECODERS)})"}
+
+
 def make_recipe(method: str, lam: np.ndarray, *, base: str, experts: dict[str, str], kinds: dict[str, str],
-                layers: int | None = None, options: dict | None = None, extra: dict | None = None) -> dict:
-    """What was merged, as plain data: λ per expert (a list per group when there are several groups)."""
+                layers: int | dict[str, int] | None = None, options: dict | None = None, extra: dict | None = None,
+                group_rule: str = GROUP_RULES[False]) -> dict:
+    """What was merged, as plain data: λ per expert (a list per group when there are several groups).
+    `layers`: the layer count, or an encoder-decoder's {"encoder": n, "decoder": m}."""
     groups = lam.shape[1]
     recipe = {
         "method": method,
         "base": str(base),
         "groups": groups,
-        "group_rule": "layers split into contiguous blocks; embeddings follow the first group, "
-                      "final norm and head the last",
+        "group_rule": group_rule,
         "experts": {name: {"path": str(path), "kind": kinds.get(name, "full"),
                            "weight": float(lam[i, 0]) if groups == 1 else [float(v) for v in lam[i]]}
                     for i, (name, path) in enumerate(experts.items())},
@@ -179,10 +194,16 @@ def mergekit_config(recipe: dict) -> dict:
             "dtype": "float32"}
 
 
-def _mergekit_weight(weight, layers: int | None):
+def _mergekit_weight(weight, layers: int | dict[str, int] | None):
     """A scalar, or per-layer filters for grouped λ (embeddings the first group, the rest the last)."""
     if not isinstance(weight, list):
         return weight
+    if isinstance(layers, dict):  # T5: each stack's blocks by depth (evogm.merge.GROUP_RULES)
+        groups = len(weight)
+        filters = [{"filter": f"{stack}.block.{k}.", "value": weight[k * groups // n]}
+                   for stack, n in layers.items() for k in range(n)]
+        return filters + [{"filter": "shared", "value": weight[0]}, {"filter": "embed_tokens", "value": weight[0]},
+                          {"value": weight[-1]}]
     groups, layers = len(weight), layers or len(weight)
     filters = [{"filter": f"layers.{k}.", "value": weight[k * groups // layers]} for k in range(layers)]
     return filters + [{"filter": "embed_tokens", "value": weight[0]}, {"value": weight[-1]}]

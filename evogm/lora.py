@@ -77,6 +77,7 @@ def read_adapter(folder: Path, model, *, name: str, base_path: str = "", allow_p
     """{base parameter name: LoraFactors} for every module the adapter changes, on the model's device."""
     config = _adapter_config(folder, name)
     _check_base_name(config, base_path, name)
+    _check_task_type(config, model, name)
     tensors = _adapter_tensors(folder, name, allow_pickle)
     pairs = _pair_factors(tensors, name)
     params = dict(model.named_parameters())
@@ -111,6 +112,39 @@ def _adapter_config(folder: Path, name: str) -> dict:
             raise EvogmError(f"adapter {name!r} sets {key}={value!r}", why,
                              "merge it into a full model first (PEFT's merge_and_unload) and pass that folder")
     return config
+
+
+def model_kind(seq2seq: bool) -> str:
+    """How an error names a kind of model."""
+    return "an encoder-decoder (seq2seq) model" if seq2seq else "a causal (decoder-only) LM"
+
+
+_TASK_TYPES = {"CAUSAL_LM": False, "SEQ_2_SEQ_LM": True}  # PEFT's task_type → whether it is for an encoder-decoder
+
+
+def _check_task_type(config: dict, model, name: str) -> None:
+    """A causal LM's adapter on an encoder-decoder base, or the reverse, is refused, by its PEFT task_type
+    or else by the model class PEFT recorded (auto_mapping.base_model_class)."""
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    made_for, theirs = _made_for(config)
+    if theirs is not None and theirs != seq2seq:
+        raise EvogmError(f"adapter {name!r} is for {model_kind(theirs)} ({made_for}), the base is {model_kind(seq2seq)}",
+                         "an adapter only fits the kind of model it was trained on", "use an adapter trained on this base")
+
+
+def _made_for(config: dict) -> tuple[str, bool | None]:
+    """(what the adapter names, whether that is an encoder-decoder; None when it names neither kind)."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
+
+    task_type = config.get("task_type") or ""
+    if task_type in _TASK_TYPES:
+        return f"task_type {task_type}", _TASK_TYPES[task_type]
+    cls = (config.get("auto_mapping") or {}).get("base_model_class") or ""
+    for seq2seq, names in ((True, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES), (False, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)):
+        if cls in set(names.values()):
+            return cls, seq2seq
+    return cls, None
 
 
 def _check_base_name(config: dict, base_path: str, name: str) -> None:

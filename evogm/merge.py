@@ -7,7 +7,9 @@ dense task vectors stacked per parameter, merged with one matrix-vector product.
 
 Coefficients have shape (experts,) or (experts, groups); groups split the transformer layers into
 contiguous blocks. Tensors outside the layers follow their position: those before the first layer
-(embeddings) use the first group, those after it (final norm, head) the last group.
+(embeddings) use the first group, those after it (final norm, head) the last group. In an
+encoder-decoder (T5, BART) the encoder's and the decoder's layers are each split by depth, and
+group g holds the g-th block of both stacks (so groups ≤ the shallower stack's layers).
 
 >>> merger = Merger(models.model, models.experts, groups=2)          # doctest: +SKIP
 >>> model = merger(np.array([[1.0, 0.5], [-0.3, 0.0]]))               # doctest: +SKIP
@@ -28,7 +30,33 @@ import torch
 from evogm.errors import EvogmError
 from evogm.models import Expert
 
-_LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
+_LAYER = re.compile(r"\.(?:layers|h|blocks|block|layer)\.(\d+)\.")
+_DECODER = re.compile(r"(?:^|\.)decoder\.")
+GROUP_RULES = {
+    False: "layers split into contiguous blocks; embeddings follow the first group, final norm and head the last",
+    True: "encoder and decoder layers each split into contiguous blocks by depth, group g holding the g-th block of "
+          "both; embeddings follow the first group, final norms and head the last",
+}
+
+
+def stack_of(name: str, match: re.Match, seq2seq: bool) -> str:
+    """Which layer stack a layer's parameter is in: "" in a decoder-only model, else "encoder" or "decoder"."""
+    if not seq2seq:
+        return ""
+    return "decoder" if _DECODER.search(name[: match.start() + 1]) else "encoder"
+
+
+def stack_depths(model: torch.nn.Module) -> dict[str, int]:
+    """Layers per stack: {"": n} for a decoder-only model, {"encoder": n, "decoder": m} for an encoder-decoder."""
+    if not getattr(model.config, "is_encoder_decoder", False):
+        return {"": model.config.num_hidden_layers}
+    depths: dict[str, int] = {}
+    for name, _ in model.named_parameters():
+        match = _LAYER.search(name)
+        if match:
+            stack = stack_of(name, match, True)
+            depths[stack] = max(depths.get(stack, 0), int(match[1]) + 1)
+    return depths
 
 
 # ----------------------------------------------------------------------------- static merges
@@ -137,9 +165,12 @@ class Merger:
         if groups < 1:
             raise ValueError(f"groups must be ≥ 1, got {groups}")
         self.model, self.experts, self.groups = model, list(experts), groups
-        self.n_layers = model.config.num_hidden_layers
+        self.seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.depths = stack_depths(model)
+        self.n_layers = min(self.depths.values())  # the most groups this model takes
         if groups > self.n_layers:
-            raise EvogmError(f"{groups} layer groups asked for", f"the model has only {self.n_layers} layers",
+            raise EvogmError(f"{groups} layer groups asked for", f"the model has only {self.n_layers} layers"
+                             + (" in its shallower stack" if self.seq2seq else ""),
                              f"use at most {self.n_layers} groups (models.groups, or fewer comma-separated --weights)")
         order = [name for name, _ in model.named_parameters()]
         touched = set().union(*(e.params for e in experts)) if experts else set()
@@ -159,7 +190,7 @@ class Merger:
         """Which coefficient group a parameter follows (see the module docstring)."""
         match = _LAYER.search(name)
         if match:
-            return int(match[1]) * self.groups // self.n_layers
+            return int(match[1]) * self.groups // self.depths[stack_of(name, match, self.seq2seq)]
         return 0 if before_layers else self.groups - 1
 
     def coefficients(self, coefficients) -> np.ndarray:

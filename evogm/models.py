@@ -1,5 +1,9 @@
 """Load a base model and its experts (full fine-tunes or PEFT LoRA adapters) as task vectors.
 
+A base is a causal LM (AutoModelForCausalLM) or an encoder-decoder such as T5 or BART
+(AutoModelForSeq2SeqLM), told apart by its config's `is_encoder_decoder`; its experts must be of
+the same kind.
+
 An expert is kept in the form that merges fastest and exactly:
 - a full fine-tune as dense task vectors τ = θ_expert − θ₀, one per parameter it changes;
 - a LoRA adapter as its factors (A: r × d_in, B: d_out × r, scaling s), so that its task vector
@@ -22,7 +26,7 @@ import torch
 from safetensors import safe_open
 
 from evogm.errors import EvogmError
-from evogm.lora import LoraFactors, check_finite, damaged, load_safetensors, read_adapter
+from evogm.lora import LoraFactors, check_finite, damaged, load_safetensors, model_kind, read_adapter
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +110,15 @@ def load_models(
 
 def load_base(path, *, dtype=torch.float32, device=torch.device("cpu"), allow_pickle=False, trust_remote_code=False):
     """The base model in eval mode on `device`, and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     folder = _model_folder(path, "base model")
     check_weights(folder, allow_pickle)
-    _check_remote_code(folder, trust_remote_code)
+    config = _check_remote_code(folder, trust_remote_code)
+    auto = AutoModelForSeq2SeqLM if is_encoder_decoder(config) else AutoModelForCausalLM
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto.from_pretrained(
             folder, dtype=dtype, use_safetensors=True if _has_safetensors(folder) else None,
             trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
@@ -218,7 +223,16 @@ def _read_json(file: Path) -> dict:
         raise EvogmError(f"cannot read {file}", str(exc), "restore the file from the original model") from None
 
 
-def _check_remote_code(folder: Path, trust_remote_code: bool) -> None:
+def is_encoder_decoder(config: dict) -> bool:
+    """Whether a config.json describes an encoder-decoder (T5, BART, …): its own flag, else its model type."""
+    if "is_encoder_decoder" in config:
+        return bool(config["is_encoder_decoder"])
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+    return config.get("model_type") in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+
+
+def _check_remote_code(folder: Path, trust_remote_code: bool) -> dict:
     config = _read_json(folder / "config.json") if (folder / "config.json").exists() else None
     if config is None:
         raise EvogmError(f"no config.json in {folder}", "a base model folder needs one",
@@ -227,12 +241,18 @@ def _check_remote_code(folder: Path, trust_remote_code: bool) -> None:
         raise EvogmError(f"{folder} needs its own Python code to load (auto_map in config.json)",
                          "evogm never runs remote code unless asked",
                          "pass --trust-remote-code (trust_remote_code: true) if you trust this model")
+    return config
 
 
 def _check_same_architecture(name: str, folder: Path, model) -> None:
     config = _read_json(folder / "config.json")
     ours = model.config
-    for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size"):
+    theirs_seq2seq, mine_seq2seq = is_encoder_decoder(config), bool(getattr(ours, "is_encoder_decoder", False))
+    if theirs_seq2seq != mine_seq2seq:
+        raise EvogmError(f"expert {name!r} is {model_kind(theirs_seq2seq)}, the base {model_kind(mine_seq2seq)}",
+                         "experts must be fine-tuned from the base", "use experts of the base's kind")
+    for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size",
+                "d_model", "d_ff", "num_decoder_layers", "decoder_layers"):
         theirs, mine = config.get(key), getattr(ours, key, None)
         if theirs is not None and mine is not None and theirs != mine:
             raise EvogmError(f"expert {name!r} has {key}={theirs}, the base {key}={mine}",

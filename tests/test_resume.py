@@ -125,10 +125,16 @@ def zoo(request) -> Path:
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(zoo: Path, tmp_path: Path):
+    assert_sigkill_resumes(zoo / "run.yaml", tmp_path)
+
+
+def assert_sigkill_resumes(config: Path, tmp_path: Path) -> Path:
+    """A short run of `config`, killed with SIGKILL inside its second generation, resumes to what the same
+    run uninterrupted logs and picks; returns the uninterrupted run's directory."""
     from evogm.cli import main as cli
 
     budget = 12  # round 1: 4 + 4 evaluations; round 2: 4
-    args = ["run", str(zoo / "run.yaml"), f"search.budget={budget}", "search.popsize=4", "search.options.iterations=1",
+    args = ["run", str(config), f"search.budget={budget}", "search.popsize=4", "search.options.iterations=1",
             "search.options.steps=5", "search.options.hidden_sizes=[16, 16]", "baselines.methods=[]"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert cli([*args, f"output={whole}", "--quiet"]) == 0
@@ -152,6 +158,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(zoo: Path
     assert json.loads((killed / "best.json").read_text()) == json.loads((whole / "best.json").read_text())
     a, b = (json.loads((d / "final.json").read_text())["candidates"] for d in (killed, whole))
     assert a == b
+    return whole
 
 
 # --- what a resume refuses --------------------------------------------------------------------------

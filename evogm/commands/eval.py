@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
                    help="λ of an expert; several comma-separated values = one per layer group")
     p.add_argument("--limit", type=int, help="score the first N items of each task")
     p.add_argument("--scoring", choices=["loglik", "generate"],
-                   help="multiple-choice scorer for every task that has one")
+                   help="scorer (log-likelihood or generation) of every multiple-choice and label task")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickled (.bin/.pt) weights")

@@ -1,4 +1,4 @@
-"""`evogm zoo build DIR [--seed N] [--preset full|tiny]`: build the tiny model zoo (base, experts, tasks).
+"""`evogm zoo build DIR [--seed N] [--preset full|tiny|t5|t5-demo]`: build the tiny model zoo (base, experts, tasks).
 
     $ evogm zoo build zoo --seed 0        # about 10 minutes on 2 CPU cores; prints the landscape
     $ evogm run zoo/run.yaml
@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from evogm.zoo.build import PRESETS, build
+from evogm.zoo.build import ALL_PRESETS, build
 
 
 def add_parser(subparsers) -> None:
@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
     b = actions.add_parser("build", help="build a zoo in DIR (returns at once if the same zoo is there)")
     b.add_argument("dir", metavar="DIR")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    b.add_argument("--preset", choices=sorted(ALL_PRESETS), default="full",
+                   help="full / tiny: the causal zoo; t5 / t5-demo: the encoder-decoder zoo on GLUE-shaped tasks")
     b.add_argument("--threads", type=int, default=2,
                    help="torch threads (default 2; the weights depend on it; 1 is faster on a busy CPU)")
     b.set_defaults(func=main)

@@ -29,6 +29,7 @@ from evogm.registry import did_you_mean
 from evogm.tasks.abstain import AbstainTask
 from evogm.tasks.data import SPLITS, infer_type, read_task_file
 from evogm.tasks.exact_match import ExactMatchTask
+from evogm.tasks.label import LabelTask
 from evogm.tasks.multiple_choice import MultipleChoiceTask
 from evogm.tasks.python_fn import PythonTask
 
@@ -47,6 +48,7 @@ TASK_TYPES: dict[str, type] = {
     "multiple_choice": MultipleChoiceTask,
     "exact_match": ExactMatchTask,
     "abstain": AbstainTask,
+    "label": LabelTask,
     "python": PythonTask,
 }
 _SELECTION_KEYS = ("name", "path", "type", "limit", "seed")  # read here, not by the task classes

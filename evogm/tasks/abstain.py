@@ -74,4 +74,5 @@ class AbstainTask:
         common, firsts = split_options(verdicts, encode(tokenizer, list(verdicts), special_tokens=False))
         batches = left_pad([s + common for s in sequences], self.answerer.batch_size, pad_id(tokenizer))
         candidates = torch.tensor(firsts)[None]  # (1, 4), the same verdicts for every item
-        return OptionInputs(batches, [candidates.expand(len(b.rows), -1) for b in batches], len(firsts))
+        return OptionInputs(batches, [candidates.expand(len(b.rows), -1) for b in batches], len(firsts),
+                            [len(common)] * len(sequences), pad_id(tokenizer))

@@ -106,8 +106,12 @@ def subset(items: list[dict], limit: int | None, seed: int | None) -> list[dict]
 
 
 def infer_type(items: list[dict]) -> str:
-    """Items with `choices` are multiple choice, the others exact match."""
-    return "multiple_choice" if items and all("choices" in item for item in items) else "exact_match"
+    """Items with `choices` are multiple choice, items with `input` and `target` text-to-label, the others exact match."""
+    if items and all("choices" in item for item in items):
+        return "multiple_choice"
+    if items and all("input" in item and "target" in item for item in items):
+        return "label"
+    return "exact_match"
 
 
 def require_fields(items: list[dict], fields: tuple[str, ...], where: str) -> None:

@@ -163,12 +163,32 @@ def greedy_generate(
     batch = batch.to(model_device(model))
     inputs = _batch_inputs(model, batch, prefix)
     mask, positions = inputs["attention_mask"], inputs["position_ids"]
-    stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=mask.device)
+
+    def step(token: torch.Tensor, past):
+        nonlocal mask, positions
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        return model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
+                     **_with_cache(model, past), use_cache=True)
+
     out = model(**inputs, use_cache=True, **_prefill_kwargs(model))
-    done = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
+    return greedy_loop(out, step, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
+                       text_done=text_done, where=where)
+
+
+def greedy_loop(out, step: Callable, *, max_new_tokens: int, stop_ids: set[int], pad_id: int,
+                text_done: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                where: str = "generation") -> torch.Tensor:
+    """Greedy decoding from a first forward's output `out`; `step(token, cache)` runs the next.
+
+    Returns (b, T ≤ max_new_tokens) ids, `pad_id` after a row stops (see `greedy_generate`).
+    """
+    rows, device = out.logits.shape[0], out.logits.device
+    stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
     bad = torch.zeros_like(done)
     tokens: list[torch.Tensor] = []
-    for step in range(max_new_tokens):
+    for index in range(max_new_tokens):
         logits = out.logits[:, -1]
         bad |= ~torch.isfinite(logits).all(-1) & ~done
         token = logits.argmax(-1).masked_fill(done, pad_id)  # (b,)
@@ -176,12 +196,9 @@ def greedy_generate(
         done |= torch.isin(token, stops)
         if text_done is not None:
             done |= text_done(torch.stack(tokens, 1))
-        if bool(done.all()) or step + 1 == max_new_tokens:
+        if bool(done.all()) or index + 1 == max_new_tokens:
             break
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        positions = positions[:, -1:] + 1
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
-                    **_with_cache(model, _cache_of(out)), use_cache=True)
+        out = step(token, _cache_of(out))
     if bool(bad.any()):
         raise FloatingPointError(f"non-finite logits in {where}")
-    return torch.stack(tokens, 1) if tokens else batch.input_ids.new_zeros(mask.shape[0], 0)
+    return torch.stack(tokens, 1) if tokens else torch.zeros((rows, 0), dtype=torch.long, device=device)

@@ -5,7 +5,9 @@ Both split their work in two: a build step (tokenize, pad, batch) that a task ca
 
 Options are scored in one forward pass per batch: the options' common token prefix is appended to
 the prompt and the options are told apart by their first differing token (for " A" … " D" that is
-the letter). This is the choice greedy decoding would make among them.
+the letter). This is the choice greedy decoding would make among them. An encoder-decoder (T5,
+BART) reads the prompt with its encoder and the options' common prefix with its decoder
+(`evogm.tasks.seq2seq`).
 
 >>> # inputs = option_inputs(tok, ["2+2 is"], [[" 3", " 4"]], batch_size=64)
 >>> # option_logprobs(model, inputs)          # (1, 2) log-probabilities
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from evogm.errors import EvogmError
+from evogm.tasks import seq2seq
 from evogm.tasks.batching import Batches, encode, left_pad, pad_id, scatter
 from evogm.tasks.inference import SharedPrefix, choice_logprobs, greedy_generate, last_logits, stop_token_ids
 
@@ -33,13 +36,15 @@ def generate_texts(model, tokenizer, batches: Batches, *, max_new_tokens: int,
                    stop: tuple[str, ...] = (), where: str = "generation") -> list[str]:
     """Greedy outputs in item order, cut at EOS and at the first stop string, stripped."""
     stop_ids = stop_token_ids(model, tokenizer)
-    done = _stop_string_check(tokenizer, stop) if stop else None
-    prefix = SharedPrefix.read(model, batches.prefix)
-    outputs = []
-    for batch in batches:
-        ids = greedy_generate(model, batch, prefix=prefix, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                              pad_id=pad_id(tokenizer), text_done=done, where=where)
-        outputs.append([_cut(text, stop) for text in _decode(tokenizer, ids, stop_ids)])
+    options = dict(max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id(tokenizer),
+                   text_done=_stop_string_check(tokenizer, stop) if stop else None, where=where)
+    if seq2seq.is_seq2seq(model):
+        generated = [seq2seq.greedy_generate(model, b, **options)
+                     for b in seq2seq.batches_for(model, batches, None, pad_id(tokenizer))]
+    else:
+        prefix = SharedPrefix.read(model, batches.prefix)
+        generated = [greedy_generate(model, batch, prefix=prefix, **options) for batch in batches]
+    outputs = [[_cut(text, stop) for text in _decode(tokenizer, ids, stop_ids)] for ids in generated]
     return scatter(batches, outputs)
 
 
@@ -75,6 +80,8 @@ class OptionInputs:
     batches: Batches
     candidates: list[torch.Tensor]  # per batch: (b, K) token ids, −1 where an item has fewer options
     width: int  # K
+    tails: list[int] | None = None  # per item: how many of its last tokens are the options' common prefix
+    pad_id: int = 0
 
 
 def option_inputs(tokenizer, prompts: list[str], options: list[list[str]], batch_size: int) -> OptionInputs:
@@ -82,13 +89,14 @@ def option_inputs(tokenizer, prompts: list[str], options: list[list[str]], batch
     prompt_ids = encode(tokenizer, prompts)
     splits = _option_splits(tokenizer, options)
     width = max((len(opts) for opts in options), default=0)
-    sequences, candidates = [], torch.full((len(prompts), width), -1, dtype=torch.long)
+    sequences, tails, candidates = [], [], torch.full((len(prompts), width), -1, dtype=torch.long)
     for i, opts in enumerate(options):
         common, firsts = splits[tuple(opts)]
         sequences.append(prompt_ids[i] + common)
+        tails.append(len(common))
         candidates[i, : len(firsts)] = torch.tensor(firsts)
     batches = left_pad(sequences, batch_size, pad_id(tokenizer))
-    return OptionInputs(batches, [candidates[list(b.rows)] for b in batches], width)
+    return OptionInputs(batches, [candidates[list(b.rows)] for b in batches], width, tails, pad_id(tokenizer))
 
 
 def _option_splits(tokenizer, options: list[list[str]]) -> dict[tuple[str, ...], tuple[list[int], list[int]]]:
@@ -112,7 +120,11 @@ def split_options(texts: tuple[str, ...], ids: list[list[int]]) -> tuple[list[in
 
 def option_logprobs(model, inputs: OptionInputs, where: str = "log-likelihood scoring") -> np.ndarray:
     """(n, K) log-probability of each option's distinguishing token, −inf where an item has no such option."""
-    prefix, out = SharedPrefix.read(model, inputs.batches.prefix), []
-    for batch, candidates in zip(inputs.batches, inputs.candidates):
-        out.append(list(choice_logprobs(last_logits(model, batch, prefix, where), candidates).cpu().numpy()))
+    if seq2seq.is_seq2seq(model):  # generators: one batch's (b, V) logits alive at a time
+        batches = seq2seq.batches_for(model, inputs.batches, inputs.tails, inputs.pad_id)
+        logits = (seq2seq.decoder_logits(model, batch, where) for batch in batches)
+    else:
+        prefix = SharedPrefix.read(model, inputs.batches.prefix)
+        logits = (last_logits(model, batch, prefix, where) for batch in inputs.batches)
+    out = [list(choice_logprobs(values, candidates).cpu().numpy()) for values, candidates in zip(logits, inputs.candidates)]
     return np.stack(scatter(inputs.batches, out)) if out else np.zeros((0, inputs.width))

@@ -67,11 +67,23 @@ def last_number(text: str) -> float | None:
     >>> last_number("3 apples and 1,024.5 pears")
     1024.5
     """
-    found = _NUMBER.findall(text)
+    return _number(_NUMBER.findall(text), -1)
+
+
+def first_number(text: str) -> float | None:
+    """The first number written in `text`, or None.
+
+    >>> first_number("3.8 out of 5")
+    3.8
+    """
+    return _number(_NUMBER.findall(text), 0)
+
+
+def _number(found: list[str], index: int) -> float | None:
     if not found:
         return None
     try:
-        return float(found[-1].replace(",", ""))
+        return float(found[index].replace(",", ""))
     except ValueError:  # a lone "-" or ",," cannot reach here, but stay total
         return None
 

@@ -29,7 +29,7 @@ from evogm.baselines import BASELINES
 from evogm.errors import EvogmError
 from evogm.scoring import MULTI_TASK
 from evogm.zoo import experts as expert_lib
-from evogm.zoo import landscape, pretrain, skills
+from evogm.zoo import landscape, pretrain, skills, t5
 from evogm.zoo.experts import ExpertSpec
 
 MANIFEST = "zoo.json"
@@ -94,6 +94,8 @@ def build(folder: str | Path, seed: int = 0, preset: str = "full", threads: int 
 
 
 def _build(folder: Path, seed: int, preset: str, plan: Preset, log) -> dict:
+    if isinstance(plan, t5.T5Preset):
+        return _build_t5(folder, seed, preset, plan, log)
     start = time.perf_counter()
     _seed_everything(seed)
     world = skills.World.create(seed)
@@ -112,7 +114,32 @@ def _build(folder: Path, seed: int, preset: str, plan: Preset, log) -> dict:
         expert_lib.save(model, expert_dirs[spec.name])
         if spec.kind == FULL:
             tokenizer.save_pretrained(expert_dirs[spec.name])
-    specs = task_specs(task_files)
+    return _finish(folder, seed, preset, plan, base, expert_dirs, task_specs(task_files), start, log)
+
+
+def _build_t5(folder: Path, seed: int, preset: str, plan: t5.T5Preset, log) -> dict:
+    """The T5 zoo (evogm.zoo.t5): GLUE-shaped label tasks, a tiny T5, one expert per task."""
+    start = time.perf_counter()
+    t5.seeded(seed)
+    task_files = t5.write_tasks(folder / "tasks", [s.skill for s in plan.experts], plan.dev, plan.test, seed)
+    base, tokenizer = t5.build_base(plan, seed)
+    base.save_pretrained(folder / "base", safe_serialization=True)
+    tokenizer.save_pretrained(folder / "base")
+    log(f"base: {sum(p.numel() for p in base.parameters())} parameters, pretrained on every task's format")
+    expert_dirs = {}
+    for i, spec in enumerate(plan.experts):
+        model = t5.fine_tune(base, tokenizer, spec, seed + 100 + i, plan.train_items)
+        expert_dirs[spec.name] = folder / "experts" / spec.name
+        expert_lib.save(model, expert_dirs[spec.name])
+        if spec.kind == FULL:
+            tokenizer.save_pretrained(expert_dirs[spec.name])
+        log(f"expert {spec.name}: {spec.kind}, {spec.steps} steps")
+    return _finish(folder, seed, preset, plan, base, expert_dirs, t5.task_specs(task_files), start, log)
+
+
+def _finish(folder: Path, seed: int, preset: str, plan, base, expert_dirs: dict[str, Path], specs: list[dict],
+            start: float, log) -> dict:
+    """run.yaml, the landscape table and the manifest (written last: a zoo without it is unfinished)."""
     write_run_config(folder, plan, specs)
     table = landscape.measure(str(folder / "base"), {k: str(v) for k, v in expert_dirs.items()}, specs,
                               seed=seed, budget=plan.search_budget, log=log)
@@ -190,10 +217,14 @@ def _existing(folder: Path, seed: int, preset: str) -> dict | None:
                      "a build never overwrites a different zoo", "pick an empty folder or delete this one")
 
 
-def _preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise EvogmError(f"unknown zoo preset {name!r}", f"known: {', '.join(PRESETS)}", "use --preset full or tiny")
-    return PRESETS[name]
+ALL_PRESETS = {**PRESETS, **t5.T5_PRESETS}
+
+
+def _preset(name: str) -> Preset | t5.T5Preset:
+    if name not in ALL_PRESETS:
+        raise EvogmError(f"unknown zoo preset {name!r}", f"known: {', '.join(ALL_PRESETS)}",
+                         "use --preset full, tiny, t5 or t5-demo")
+    return ALL_PRESETS[name]
 
 
 def _seed_everything(seed: int) -> None:
