@@ -113,7 +113,7 @@ def test_t5_groups_split_each_stack_by_depth(t5_merger):
     assert merger.depths == DEPTHS and merger.n_layers == 2
     assert [merger.group_of(f"decoder.block.{k}.layer.0.SelfAttention.q.weight") for k in range(3)] == [0, 0, 1]
     assert [merger.group_of(f"encoder.block.{k}.layer.0.SelfAttention.q.weight") for k in range(2)] == [0, 1]
-    with pytest.raises(ValueError, match="shallower stack"):
+    with pytest.raises(EvogmError, match="shallower stack"):
         t5_merger(3)
 
 
