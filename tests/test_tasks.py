@@ -35,6 +35,17 @@ def test_json_lines_with_a_split_field(tmp_path):
         load_task({"path": str(path)})
 
 
+@pytest.mark.parametrize("items", [em_items, mc_items])
+def test_an_empty_split_is_refused_only_where_it_is_scored(tmp_path, items):
+    path = write_task(tmp_path / "t.json", items(2, 0), test=[])
+    task = load_task(path, splits=("dev",))  # loads: only dev will be scored
+    assert len(task.data.items("dev")) == 2
+    with pytest.raises(EvogmError, match="the 'test' split is empty"):
+        task.data.items("test")
+    with pytest.raises(EvogmError, match="the 'test' split is empty"):
+        load_task(path, splits=("dev", "test"))
+
+
 def test_unknown_keys_name_the_closest_valid_key(tmp_path):
     path = write_task(tmp_path / "mc.json", mc_items(2, 0))
     with pytest.raises(EvogmError, match="unknown key 'max_tokens': did you mean 'max_new_tokens'"):

@@ -34,6 +34,11 @@ class TaskData:
     limit: int | None = None
     seed: int | None = None
 
+    @property
+    def filled(self) -> list[str]:
+        """The splits that hold items (a task validates these; scoring an empty one is refused)."""
+        return [split for split, items in self.splits.items() if items]
+
     def items(self, split: str) -> list[dict]:
         self.check(split)
         return subset(self.splits[split], self.limit, self.seed)

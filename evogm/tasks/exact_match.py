@@ -37,7 +37,7 @@ class ExactMatchTask:
         self.stop, self.extract = tuple(stop or ()), extract
         self.normalize, self.tail_words = bool(normalize), int(tail_words)
         self.prefix = fewshot_prefix(fewshot if fewshot is not None else data.extras.get("icl_prompt"), template)
-        for split in data.splits:
+        for split in data.filled:
             require_fields(data.items(split), ("question", "answer"), f"{data.path} [{split}]")
         self._cache = EncodingCache()
 

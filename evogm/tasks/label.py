@@ -51,14 +51,14 @@ class LabelTask:
         self.scoring = "generate" if metric == "spearman" else scoring
         self.template, self.batch_size, self.max_new_tokens = template, int(batch_size), int(max_new_tokens)
         self.fallback = float(fallback)
-        for split in data.splits:
+        for split in data.filled:
             require_fields(data.items(split), ("input", "target"), f"{data.path} [{split}]")
         self.labels = [str(x) for x in (labels or data.extras.get("labels") or self._targets())]
         self._cache = EncodingCache()
 
     def _targets(self) -> list[str]:
         """Every split's distinct targets, in order of appearance."""
-        return list(dict.fromkeys(str(item["target"]) for split in self.data.splits for item in self.data.items(split)))
+        return list(dict.fromkeys(str(item["target"]) for split in self.data.filled for item in self.data.items(split)))
 
     def prompts(self, split: str) -> list[str]:
         return [render(self.template, item) for item in self.data.items(split)]

@@ -57,7 +57,7 @@ class MultipleChoiceTask:
         self.template, self.batch_size, self.max_new_tokens = template, int(batch_size), int(max_new_tokens)
         self.stop = tuple(stop or ())
         self.prefix = fewshot_prefix(fewshot if fewshot is not None else data.extras.get("icl_prompt"), template)
-        self._items = {split: self._checked(split) for split in data.splits}
+        self._items = {split: self._checked(split) for split in data.filled}
         self._cache = EncodingCache()
 
     def _checked(self, split: str) -> list[dict]:
