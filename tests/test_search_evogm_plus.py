@@ -82,3 +82,15 @@ def test_the_pool_holds_good_rows_added_together():
     target = np.array([1.0, 1.0, 0.0, 0.0])         # expert 0 + expert 1
     assert np.isclose(pool_after_start(0.2), target, atol=1e-12).all(axis=1).any()
     assert not np.isclose(pool_after_start(0.0), target, atol=1e-12).all(axis=1).any()
+
+
+def test_scale_shift_steps_move_every_coefficient_by_one_amount():
+    """With ``scale_shift`` the pool holds the best row shifted along the all-ones direction."""
+    def shifted_rows(scale_shift):
+        opt = EvoGMPlus(4, popsize=6, seed=0, iterations=1, scale_shift=scale_shift, **SMALL)
+        xs = opt.ask()
+        opt.tell(xs, np.arange(6.0))                 # expert 0 alone is the best row
+        diff = opt.strategy._local(xs[:1], 200) - xs[0]
+        return np.sum(np.all(np.isclose(diff, diff[:, :1], atol=1e-12), axis=1) & (np.abs(diff[:, 0]) > 1e-9))
+
+    assert shifted_rows(0.5) > 10 and shifted_rows(0.0) == 0

@@ -39,8 +39,11 @@ What it changes, each for a measured failure of the paper's algorithm (docs/resu
 Failed evaluations (inf) are never winners, elites or GP data. ``dense_share`` (default 0.5) of the
 local steps move every coefficient at once instead of 1 to 3: correlated experts need that (their
 best merge shifts every coefficient to cancel what they share; docs/results.md); 0 keeps every step
-sparse. ``surrogate=False`` turns off the
-screening (P pool rows drawn at random: the generators and local steps alone), for ablations.
+sparse. ``scale_shift`` (default 0, an experiment: variant ``evogm-plus-shift``) turns that share
+of the local steps into moves along the merge's own directions: every λ scaled by one factor in
+[0.5, 2] (task arithmetic's scale), or every λ shifted by one amount (toward or away from the
+uniform merge). ``surrogate=False`` turns off the screening (P pool rows drawn at random: the
+generators and local steps alone), for ablations.
 """
 
 from __future__ import annotations
@@ -81,10 +84,12 @@ class EvoGMPlusRound:
 
     def __init__(self, dim: int, *, popsize: int, seed: int, basis: np.ndarray, archive: Archive,
                  winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str,
-                 dense_share: float, recombine: float, make_generators, groups: int = 1):
+                 dense_share: float, recombine: float, make_generators, groups: int = 1,
+                 scale_shift: float = 0.0):
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
         self.acquisition, self.dense_share, self.recombine = acquisition, dense_share, recombine
+        self.scale_shift = scale_shift
         self.rng = np.random.default_rng(seed)
         self.generators: GeneratorPair = make_generators(child_seed(seed, 1, 0))
         self.gp = GaussianProcess()
@@ -172,7 +177,13 @@ class EvoGMPlusRound:
             changed[: int(round(self.dense_share * n))] = dim
         mask = np.argsort(self.rng.random((n, dim)), axis=1) < changed[:, None]
         sigma = 10.0 ** self.rng.uniform(np.log10(LOCAL_SIGMA[0]), np.log10(LOCAL_SIGMA[1]), size=(n, 1))
-        return base + mask * sigma * self.rng.standard_normal((n, dim))
+        steps = base + mask * sigma * self.rng.standard_normal((n, dim))
+        k = int(round(self.scale_shift * n))
+        if k:  # the merge's own directions: all of λ scaled, or all of λ shifted by one amount
+            scale = 2.0 ** self.rng.uniform(-1.0, 1.0, size=(k, 1))
+            shift = sigma[-k:] * self.rng.standard_normal((k, 1))
+            steps[-k:] = np.where(self.rng.random((k, 1)) < 0.5, base[-k:] * scale, base[-k:] + shift)
+        return steps
 
 
 class EvoGMPlus(Rounds):
@@ -183,12 +194,16 @@ class EvoGMPlus(Rounds):
                  top_k: int | None = None, winner_portion: float = 0.3, hidden_sizes: tuple[int, ...] = (32, 32),
                  lr: float = 1e-3, steps: int = 30, cycle_scale: float = 100.0, opt_scale: float = 1.0,
                  pool: int | None = None, surrogate: bool = True, acquisition: str = "thompson",
-                 dense_share: float = 0.5, recombine: float = 0.2, groups: int = 1, threads: int | None = 1):
+                 dense_share: float = 0.5, recombine: float = 0.2, scale_shift: float = 0.0, groups: int = 1,
+                 threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads)
         check_fraction(winner_portion=winner_portion)
         check_choice("acquisition", acquisition, ("thompson", "ei"))
         if not 0.0 <= dense_share <= 1.0:
             raise EvogmError(f"dense_share={dense_share!r} is not allowed", "it is a share of the local steps",
+                             "give a number in [0, 1]")
+        if not 0.0 <= scale_shift <= 1.0:
+            raise EvogmError(f"scale_shift={scale_shift!r} is not allowed", "it is a share of the local steps",
                              "give a number in [0, 1]")
         if not 0.0 <= recombine <= 0.6:
             raise EvogmError(f"recombine={recombine!r} is not allowed", "it is a share of the pool taken from "
@@ -202,7 +217,7 @@ class EvoGMPlus(Rounds):
             return EvoGMPlusRound(k, popsize=popsize, seed=round_seed, basis=self.basis, archive=self.archive,
                                   winner_portion=winner_portion, steps=steps, pool=max(pool, popsize),
                                   surrogate=surrogate, acquisition=acquisition, dense_share=dense_share,
-                                  recombine=recombine,
+                                  recombine=recombine, scale_shift=scale_shift,
                                   make_generators=make_generators, groups=self.round_groups)
 
         super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
