@@ -145,13 +145,17 @@ def quick_overrides(config: Path, overrides: list[str]) -> list[str]:
 
 def finished(config: Path, overrides: list[str], methods: list[str], seeds: int, budget: int, out: Path) -> dict:
     """The comparison's summary over the runs already finished (the first method's seed 0 among
-    them: it holds the static baselines), without running anything."""
+    them: it holds the static baselines), without running anything; its comparison.md, .json and
+    plots are redrawn for those runs."""
+    from evogm import report_compare
     from evogm.compare import make_jobs, method_specs, summarize
 
     specs = method_specs(methods, ablations=False)
     jobs = [j for j in make_jobs(str(config), overrides, specs, list(range(seeds)), budget, out.resolve(), 1)
             if (j.run_dir / "final.json").exists()]
-    return summarize(jobs, {m: s for m, s in specs.items() if any(j.method == m for j in jobs)}, budget)
+    summary = summarize(jobs, {m: s for m, s in specs.items() if any(j.method == m for j in jobs)}, budget)
+    report_compare.write(out.resolve(), summary)
+    return summary
 
 
 def at_budget(summary: dict, evaluations: int) -> dict:
