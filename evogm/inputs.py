@@ -41,7 +41,8 @@ def input_paths(cfg: RunConfig) -> dict[str, Path]:
     paths = {"models.base": Path(cfg.models.base)}
     paths |= {f"models.experts.{name}": Path(path) for name, path in cfg.models.experts.items()}
     paths |= {f"tasks.{t['name']}": Path(t["path"]) for t in cfg.tasks if t.get("path")}
-    return paths | {f"tasks.{t['name']}.include_path": Path(t["include_path"]) for t in cfg.tasks if t.get("include_path")}
+    folders = {f"tasks.{t['name']}.include_path": Path(t["include_path"]) for t in cfg.tasks if t.get("include_path")}
+    return paths | folders
 
 
 def changes(saved: dict, now: dict) -> list[str]:

@@ -33,7 +33,7 @@ def harness(zoo_tiny: Path, tmp_path_factory) -> Path:
 
 def spec(harness: Path, task: str, **options) -> dict:
     return {"type": "lm_eval", "task": task, "include_path": str(harness), "dev_split": "validation",
-            "test_split": "test", "batch_size": 4, **options}
+            "test_split": "test", "batch_size": 4, "include_defaults": False, **options}
 
 
 def test_scores_are_lm_evals_own_on_the_exported_model(zoo_tiny, harness, tmp_path):
@@ -45,7 +45,8 @@ def test_scores_are_lm_evals_own_on_the_exported_model(zoo_tiny, harness, tmp_pa
     folder = merge_and_export(str(zoo_tiny / "base"), experts, lam, tmp_path / "merged")
     reference = simple_evaluate(model="hf", model_args={"pretrained": str(folder), "dtype": "float32", "device": "cpu"},
                                 tasks=["zoo_capitals", "zoo_add"], num_fewshot=1, batch_size=4, bootstrap_iters=0,
-                                task_manager=TaskManager(include_path=str(harness)), log_samples=True)
+                                task_manager=TaskManager(include_path=str(harness), include_defaults=False),
+                                log_samples=True)
 
     model, tokenizer, _ = load_merged(str(zoo_tiny / "base"), experts, [f"{n}={w}" for n, w in WEIGHTS.items()], {})
     mc = load_task({**spec(harness, "zoo_capitals", num_fewshot=1), "name": "mc"})
@@ -81,7 +82,8 @@ def test_one_split_divided_by_seed(harness):
     task = load_task(spec(harness, "zoo_capitals", dev_split="test", test_split="test", seed=3))
     from lm_eval.tasks import TaskManager
 
-    n = len(TaskManager(include_path=str(harness)).load(["zoo_capitals"])["tasks"]["zoo_capitals"].eval_docs)
+    loaded = TaskManager(include_path=str(harness), include_defaults=False).load(["zoo_capitals"])
+    n = len(loaded["tasks"]["zoo_capitals"].eval_docs)
     dev, test = task._share(n, "dev"), task._share(n, "test")
     assert sorted(dev + test) == list(range(n)) and len(dev) == n // 2
     assert dev != load_task(spec(harness, "zoo_capitals", dev_split="test", test_split="test", seed=4))._share(n, "dev")
@@ -134,9 +136,10 @@ def mixed_config(zoo: Path, harness: Path, tmp_path: Path, tasks: int = 3) -> Pa
     raw["models"]["experts"] = {name: str(zoo / "experts" / name) for name in raw["models"]["experts"]}
     raw["tasks"] = [
         {"name": "capitals_lm", "type": "lm_eval", "task": "zoo_capitals", "include_path": harness.name,
-         "dev_split": "validation", "test_split": "test", "limit": 8, "batch_size": 8},
+         "include_defaults": False, "dev_split": "validation", "test_split": "test", "limit": 8, "batch_size": 8},
         {"name": "add_lm", "type": "lm_eval", "task": "zoo_add", "include_path": harness.name,
-         "dev_split": "validation", "test_split": "test", "metric": "exact_match", "limit": 8, "batch_size": 8},
+         "include_defaults": False, "dev_split": "validation", "test_split": "test", "metric": "exact_match",
+         "limit": 8, "batch_size": 8},
         {"name": "successor", "path": str(zoo / "tasks/successor.json"), "type": "exact_match", "max_new_tokens": 3,
          "limit": 8},
     ][:tasks]

@@ -40,18 +40,20 @@ def require_harness() -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def task_manager(include_path: str | None):
-    """lm-eval's task index (seconds to build: it reads every task YAML), once per include_path."""
+def task_manager(include_path: str | None, include_defaults: bool = True):
+    """lm-eval's task index, once per process and folders: reading lm-eval's own task YAMLs takes
+    seconds (`include_defaults: false` indexes include_path alone)."""
     from lm_eval.tasks import TaskManager
 
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its INFO lines would flood a search's output
-    return TaskManager(include_path=include_path)
+    return TaskManager(include_path=include_path, include_defaults=include_defaults)
 
 
 class LmEvalTask:
     """One lm-eval task or group on two of its splits (dev for the search, test for the end)."""
 
     def __init__(self, name: str, *, task: str, dev_split: str, test_split: str, include_path: str | None = None,
+                 include_defaults: bool = True,
                  metric: str = "acc", num_fewshot: int | None = None, limit: int | None = None,
                  seed: int = 0, dev_fraction: float = 0.5, apply_chat_template: bool = False,
                  fewshot_as_multiturn: bool = False, system_instruction: str | None = None,
@@ -59,6 +61,7 @@ class LmEvalTask:
         require_harness()
         self.name, self.weight, self.primary, self.task = name, float(weight), str(metric), str(task)
         self.include_path = str(include_path) if include_path else None
+        self.include_defaults = bool(include_defaults)
         self.lm_splits = {"dev": str(dev_split), "test": str(test_split)}
         self.num_fewshot, self.limit, self.seed, self.dev_fraction = num_fewshot, limit, int(seed), float(dev_fraction)
         self.chat = {"apply_chat_template": apply_chat_template, "fewshot_as_multiturn": bool(fewshot_as_multiturn),
@@ -90,7 +93,7 @@ class LmEvalTask:
     # --- set up once ------------------------------------------------------------------------------
 
     def _check_known(self) -> None:
-        known = task_manager(self.include_path).all_tasks
+        known = task_manager(self.include_path, self.include_defaults).all_tasks
         if self.task not in known:
             raise EvogmError(f"task {self.name}: lm-eval has no task {self.task!r}",
                              did_you_mean(self.task, known, cutoff=0.0),
@@ -112,7 +115,7 @@ class LmEvalTask:
         """Load the task on the split, build its requests once; lm-eval's evaluate() then reuses them."""
         from lm_eval.evaluator_utils import get_sample_size
 
-        loaded = task_manager(self.include_path).load([self.task])
+        loaded = task_manager(self.include_path, self.include_defaults).load([self.task])
         samples = {} if self.divided else None
         for task_name, task in loaded["tasks"].items():
             self._configure(task, split)
