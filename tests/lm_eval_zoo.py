@@ -1,5 +1,8 @@
 """lm-eval YAML tasks over a zoo's task files: a multiple-choice task and a generate-until task
-(`dataset_path: json` over local JSON Lines, nothing downloaded). Used by the tests and the benchmark."""
+(`dataset_path: json` over local JSON Lines, nothing downloaded). Used by the tests and the benchmark.
+
+Fields are named (`doc_to_text: question`), not Jinja templates: lm-eval renders a template for every
+document on every evaluation, a cost a search would pay per candidate."""
 
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ dataset_kwargs:
 output_type: multiple_choice
 validation_split: validation
 test_split: test
-doc_to_text: "{{{{prompt}}}}"
-doc_to_choice: "{{{{choices}}}}"
+doc_to_text: prompt
+doc_to_choice: choices
 doc_to_target: label
 metric_list:
   - {{metric: acc, aggregation: mean, higher_is_better: true}}
@@ -29,10 +32,12 @@ dataset_kwargs:
 output_type: generate_until
 validation_split: validation
 test_split: test
-doc_to_text: "{{{{question}}}}"
-doc_to_target: "{{{{answer}}}}"
-target_delimiter: ""
+doc_to_text: question
+doc_to_target: answer
 generation_kwargs: {{until: ["\\n"], max_gen_toks: 4, do_sample: false}}
+filter_list:
+  - name: strip
+    filter: [{{function: remove_whitespace}}, {{function: take_first}}]
 metric_list:
   - {{metric: exact_match, aggregation: mean, higher_is_better: true}}
 """
@@ -41,7 +46,7 @@ metric_list:
 def write_harness_tasks(zoo: Path, folder: Path, items: int = 20, mc: str = "capitals", gen: str = "add",
                         prefix: str = "zoo") -> Path:
     """Write `{prefix}_{mc}` (multiple choice, scored by lm-eval's `acc`) and `{prefix}_{gen}` (greedy
-    generation, `exact_match`) into `folder`, on the first `items` of the zoo's dev and test items."""
+    generation, `exact_match,strip`: the output without its leading space) into `folder`, on the first `items` of the zoo's dev and test items."""
     folder.mkdir(parents=True, exist_ok=True)
     choice = json.loads((zoo / "tasks" / f"{mc}.json").read_text())
     generate = json.loads((zoo / "tasks" / f"{gen}.json").read_text())

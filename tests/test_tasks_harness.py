@@ -50,10 +50,10 @@ def test_scores_are_lm_evals_own_on_the_exported_model(zoo_tiny, harness, tmp_pa
 
     model, tokenizer, _ = load_merged(str(zoo_tiny / "base"), experts, [f"{n}={w}" for n, w in WEIGHTS.items()], {})
     mc = load_task({**spec(harness, "zoo_capitals", num_fewshot=1), "name": "mc"})
-    gen = load_task({**spec(harness, "zoo_add", num_fewshot=1, metric="exact_match"), "name": "gen"})
+    gen = load_task({**spec(harness, "zoo_add", num_fewshot=1, metric="exact_match,strip"), "name": "gen"})
     mc_test, gen_test = mc.evaluate(model, tokenizer, "test"), gen.evaluate(model, tokenizer, "test")
     assert mc_test == {"acc": reference["results"]["zoo_capitals"]["acc,none"]}
-    assert gen_test == {"exact_match": reference["results"]["zoo_add"]["exact_match,none"]}
+    assert gen_test == {"exact_match,strip": reference["results"]["zoo_add"]["exact_match,strip"]}
     outputs = [i.resps[0] for i in gen._prepared["test"]["instances"]]  # what the model generated, item by item
     assert outputs == [s["resps"][0][0] for s in reference["samples"]["zoo_add"]]
     choices = [i.resps[0][0] for i in mc._prepared["test"]["instances"]]  # every choice's log-likelihood
@@ -71,7 +71,7 @@ def test_evogm_eval_scores_a_config_with_lm_eval_and_own_tasks(zoo_tiny, harness
     assert cli(["eval", str(config), *weights, "--split", "test", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["tasks"]) == {"capitals_lm", "add_lm", "successor"}
-    assert report["tasks"]["capitals_lm"]["primary"] == "acc" and report["tasks"]["add_lm"]["primary"] == "exact_match"
+    assert report["tasks"]["capitals_lm"]["primary"] == "acc" and report["tasks"]["add_lm"]["primary"] == "exact_match,strip"
     model, tokenizer, _ = load_merged(str(zoo_tiny / "base"), {n: str(zoo_tiny / "experts" / n) for n in WEIGHTS},
                                       [f"{n}={w}" for n, w in WEIGHTS.items()], {})
     direct = load_task({**spec(harness, "zoo_capitals", limit=8), "name": "capitals_lm"}).evaluate(model, tokenizer, "test")
@@ -92,7 +92,7 @@ def test_one_split_divided_by_seed(harness):
 def test_a_search_over_lm_eval_fitness_resumes_after_sigkill(zoo_tiny, harness, tmp_path):
     whole = assert_sigkill_resumes(mixed_config(zoo_tiny, harness, tmp_path), tmp_path)
     final = json.loads((whole / "final.json").read_text())
-    assert "capitals_lm/acc" in json.dumps(final) and "add_lm/exact_match" in json.dumps(final)
+    assert "capitals_lm/acc" in json.dumps(final) and "add_lm/exact_match,strip" in json.dumps(final)
     assert (whole / "report.md").is_file() and "capitals_lm" in (whole / "report.md").read_text()
 
 
@@ -104,7 +104,7 @@ def test_single_task_mode_runs_one_search_per_lm_eval_task(zoo_tiny, harness, tm
     for name in ("capitals_lm", "add_lm"):
         records = [json.loads(line) for line in (out / name / "evaluations.jsonl").read_text().splitlines()]
         assert len(records) == 3 and all(set(r["metrics"]) == {f"{name}/acc" if name == "capitals_lm"
-                                                                  else f"{name}/exact_match"} for r in records)
+                                                                  else f"{name}/exact_match,strip"} for r in records)
 
 
 def test_without_lm_eval_a_config_fails_with_the_install_line(harness, monkeypatch):
@@ -138,7 +138,7 @@ def mixed_config(zoo: Path, harness: Path, tmp_path: Path, tasks: int = 3) -> Pa
         {"name": "capitals_lm", "type": "lm_eval", "task": "zoo_capitals", "include_path": harness.name,
          "include_defaults": False, "dev_split": "validation", "test_split": "test", "limit": 8, "batch_size": 8},
         {"name": "add_lm", "type": "lm_eval", "task": "zoo_add", "include_path": harness.name,
-         "include_defaults": False, "dev_split": "validation", "test_split": "test", "metric": "exact_match",
+         "include_defaults": False, "dev_split": "validation", "test_split": "test", "metric": "exact_match,strip",
          "limit": 8, "batch_size": 8},
         {"name": "successor", "path": str(zoo / "tasks/successor.json"), "type": "exact_match", "max_new_tokens": 3,
          "limit": 8},

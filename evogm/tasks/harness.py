@@ -107,6 +107,7 @@ class LmEvalTask:
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
             for method in ("loglikelihood", "loglikelihood_rolling", "generate_until"):  # no progress bars
                 setattr(lm, method, functools.partial(getattr(lm, method), disable_tqdm=True))
+            remember_tokens(lm)
             self._lm = (model, tokenizer, lm)
             self._prepared = {}  # chat-templated requests depend on the tokenizer
         return self._lm[2]
@@ -168,6 +169,28 @@ class LmEvalTask:
             raise KeyError(f"lm-eval task {self.task} gave {sorted(out)}, not {self.primary!r} "
                            f"(set the task's metric to one of them)")
         return out
+
+
+def remember_tokens(lm) -> None:
+    """Tokenize each request's strings once: lm-eval's HFLM tokenizes every request on every call,
+    and a search calls it once per candidate with the same strings and the same tokenizer."""
+    encode, batch_encode, seen, batches = lm.tok_encode, lm.tok_batch_encode, {}, {}
+
+    def tok_encode(string: str, add_special_tokens=None, left_truncate_len=None, **kwargs) -> list[int]:
+        key = (string, add_special_tokens, left_truncate_len, tuple(sorted(kwargs.items())))
+        if key not in seen:
+            seen[key] = encode(string, add_special_tokens=add_special_tokens, left_truncate_len=left_truncate_len,
+                               **kwargs)
+        return list(seen[key])  # a copy: callers own what they get
+
+    def tok_batch_encode(strings: list[str], padding_side: str = "left", left_truncate_len=None, truncation=False):
+        key = (tuple(strings), padding_side, left_truncate_len, truncation)
+        if key not in batches:  # (input ids, attention mask): read, never written, by generate_until
+            batches[key] = batch_encode(list(strings), padding_side=padding_side, left_truncate_len=left_truncate_len,
+                                        truncation=truncation)
+        return batches[key]
+
+    lm.tok_encode, lm.tok_batch_encode = tok_encode, tok_batch_encode
 
 
 def _built(**kwargs) -> None:
