@@ -110,6 +110,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    import datasets
+
+    datasets.disable_progress_bars()
 
     folder = write_harness_tasks(ZOO, Path(tempfile.mkdtemp(prefix="lm_eval_overhead_")), items=args.items)
     models = load_models(str(ZOO / "base"), {n: str(ZOO / "experts" / n) for n in ("successor", "capitals", "add")})

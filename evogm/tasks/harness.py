@@ -45,7 +45,9 @@ def task_manager(include_path: str | None, include_defaults: bool = True):
     seconds (`include_defaults: false` indexes include_path alone)."""
     from lm_eval.tasks import TaskManager
 
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its INFO lines would flood a search's output
+    logger = logging.getLogger("lm_eval")
+    if logger.level == logging.NOTSET:  # its INFO lines would flood a search's output; a level set by the user stays
+        logger.setLevel(logging.WARNING)
     return TaskManager(include_path=include_path, include_defaults=include_defaults)
 
 
