@@ -146,13 +146,21 @@ def without_split(raw: dict) -> dict:
 
 
 def name_tasks(raw: dict) -> dict:
-    """A task without a name takes its file's (tasks/gsm8k.json → gsm8k), as evogm.tasks does."""
+    """A task without a name takes its file's (tasks/gsm8k.json → gsm8k), or its lm-eval task's, as
+    evogm.tasks does."""
     tasks = raw.get("tasks")
     if isinstance(tasks, list):
-        raw = {**raw, "tasks": [{"name": Path(t["path"]).name.split(".")[0], **t}
-                                if isinstance(t, dict) and "name" not in t and isinstance(t.get("path"), str) else t
-                                for t in tasks]}
+        raw = {**raw, "tasks": [{"name": _task_name(t), **t} if _task_name(t) else t for t in tasks]}
     return raw
+
+
+def _task_name(task) -> str | None:
+    """The name a task without one takes (None: it has one, or nothing to take it from)."""
+    if not isinstance(task, dict) or "name" in task:
+        return None
+    if isinstance(task.get("path"), str):
+        return Path(task["path"]).name.split(".")[0]
+    return task["task"] if task.get("type") == "lm_eval" and isinstance(task.get("task"), str) else None
 
 
 def executor_options(raw: dict) -> dict:
@@ -247,7 +255,7 @@ def _index(node: list, part: str, key: str) -> int:
 
 
 def resolve_paths(raw: dict, root: Path) -> None:
-    """Make the input paths (models.base, models.experts.*, tasks[*].path) absolute against root."""
+    """Make the input paths (models.base, models.experts.*, tasks[*].path and include_path) absolute against root."""
     models = raw.get("models")
     if isinstance(models, dict):
         if isinstance(models.get("base"), str):
@@ -256,8 +264,9 @@ def resolve_paths(raw: dict, root: Path) -> None:
             models["experts"] = {k: _absolute(v, root) if isinstance(v, str) else v
                                  for k, v in models["experts"].items()}
     for task in raw.get("tasks") or []:
-        if isinstance(task, dict) and isinstance(task.get("path"), str):
-            task["path"] = _absolute(task["path"], root)
+        for key in ("path", "include_path"):  # include_path: an lm-eval task's YAML folder
+            if isinstance(task, dict) and isinstance(task.get(key), str):
+                task[key] = _absolute(task[key], root)
 
 
 def _absolute(path: str, root: Path) -> str:
@@ -331,8 +340,9 @@ def _check_tasks(tasks: tuple[dict, ...], run: bool) -> None:
         seen.add(name)
         if task.get("split") == "test":
             raise EvogmError(f"tasks.{i}.split is 'test'", "the test split is never used in the search")
-        if task.get("path") is not None:
-            _check_path(f"tasks.{i}.path", str(task["path"]))
+        for key in ("path", "include_path"):
+            if task.get(key) is not None:
+                _check_path(f"tasks.{i}.{key}", str(task[key]))
         load_task(task, splits)
 
 

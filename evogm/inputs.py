@@ -37,10 +37,12 @@ def stamps(cfg: RunConfig) -> list:
 
 
 def input_paths(cfg: RunConfig) -> dict[str, Path]:
-    """{"models.base" | "models.experts.NAME" | "tasks.NAME": its folder or file}."""
+    """{"models.base" | "models.experts.NAME" | "tasks.NAME" | "tasks.NAME.include_path": its folder or file}."""
     paths = {"models.base": Path(cfg.models.base)}
     paths |= {f"models.experts.{name}": Path(path) for name, path in cfg.models.experts.items()}
-    return paths | {f"tasks.{t['name']}": Path(t["path"]) for t in cfg.tasks if t.get("path")}
+    paths |= {f"tasks.{t['name']}": Path(t["path"]) for t in cfg.tasks if t.get("path")}
+    folders = {f"tasks.{t['name']}.include_path": Path(t["include_path"]) for t in cfg.tasks if t.get("include_path")}
+    return paths | folders
 
 
 def changes(saved: dict, now: dict) -> list[str]:

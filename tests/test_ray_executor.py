@@ -153,6 +153,26 @@ def test_a_run_on_ray_resumes_a_local_runs_log_and_ends_the_same(ray_instance, r
     assert best[0]["loss"] == best[1]["loss"]
 
 
+def test_workers_score_lm_eval_tasks_as_the_local_executor(ray_instance, zoo_tiny, tmp_path: Path):
+    """An lm-eval task (type: lm_eval) on a worker: set up there once, scored as the local executor scores it."""
+    pytest.importorskip("lm_eval")
+    from lm_eval_zoo import write_harness_tasks
+
+    harness = write_harness_tasks(zoo_tiny, tmp_path / "harness", items=8)
+    config = {"models": {"base": str(zoo_tiny / "base"),
+                         "experts": {e: str(zoo_tiny / "experts" / e) for e in ("successor", "capitals", "add")}},
+              "tasks": [{"name": "capitals_lm", "type": "lm_eval", "task": "zoo_capitals", "include_path": str(harness),
+                         "include_defaults": False, "dev_split": "validation", "test_split": "test"}],
+              "output": str(tmp_path / "run")}
+    factory = objective_factory(from_dict(config), "multi_task")
+    candidates = np.random.default_rng(0).uniform(0, 1.5, size=(3, 3))
+    executor = RayExecutor(factory, workers=1, cpus_per_worker=1)
+    try:
+        same(executor.map(candidates), LocalExecutor(factory).map(candidates))
+    finally:
+        executor.close()
+
+
 def test_workers_that_do_not_fit_are_a_clear_error(ray_instance):
     with pytest.raises(EvogmError, match="do not fit"):
         RayExecutor(Crasher, workers=3)  # 3 workers of one CPU on a 2-CPU instance would never all start

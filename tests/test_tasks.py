@@ -233,3 +233,14 @@ def test_non_finite_logits_raise(tmp_path, tokenizer):
         task = load_task({"path": write_task(tmp_path / "mc.json", mc_items(2, 0)), "scoring": scoring})
         with pytest.raises(FloatingPointError, match="non-finite logits in task mc"):
             task.evaluate(model, tokenizer, "dev")
+
+
+def test_an_lm_eval_task_without_lm_eval_fails_with_the_install_line(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval now raises ImportError, installed or not
+    monkeypatch.setitem(sys.modules, "lm_eval.evaluator", None)
+    spec = {"type": "lm_eval", "task": "arc_easy", "dev_split": "validation", "test_split": "test"}
+    with pytest.raises(EvogmError, match=r"lm-eval is not installed.*fix: pip install 'evogm\[lm-eval\]'") as caught:
+        load_task(spec)
+    assert "\n" not in str(caught.value)

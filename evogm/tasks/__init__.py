@@ -29,6 +29,7 @@ from evogm.registry import did_you_mean
 from evogm.tasks.abstain import AbstainTask
 from evogm.tasks.data import SPLITS, infer_type, read_task_file
 from evogm.tasks.exact_match import ExactMatchTask
+from evogm.tasks.harness import LmEvalTask
 from evogm.tasks.label import LabelTask
 from evogm.tasks.multiple_choice import MultipleChoiceTask
 from evogm.tasks.python_fn import PythonTask
@@ -50,6 +51,7 @@ TASK_TYPES: dict[str, type] = {
     "abstain": AbstainTask,
     "label": LabelTask,
     "python": PythonTask,
+    "lm_eval": LmEvalTask,  # lm-evaluation-harness tasks (optional extra, imported when one is loaded)
 }
 _SELECTION_KEYS = ("name", "path", "type", "limit", "seed")  # read here, not by the task classes
 _OPTIONS_OF = {AbstainTask: MultipleChoiceTask}  # abstain takes multiple choice's options
@@ -65,6 +67,8 @@ def load_task(spec: dict | str | Path, splits: tuple[str, ...] = ()) -> Task:
                          did_you_mean(kind, TASK_TYPES, f"known: {sorted(TASK_TYPES)}", 0.6))
     if kind == "python":
         return _build(PythonTask, _name(spec), spec, ())
+    if kind == "lm_eval":  # lm-eval reads its own data: limit and seed are the task's options
+        return _build(LmEvalTask, _name(spec), spec, (), selection=("name", "type"))
     if not spec.get("path"):
         raise EvogmError(f"task {spec.get('name', '?')} has no path", "every task but type: python reads a data file",
                          "add path: FILE.json")
@@ -86,14 +90,14 @@ def load_tasks(specs: list, splits: tuple[str, ...] = ()) -> list[Task]:
     return tasks
 
 
-def _build(cls: type, name: str, spec: dict, positional: tuple) -> Task:
-    options = {k: v for k, v in spec.items() if k not in _SELECTION_KEYS}
+def _build(cls: type, name: str, spec: dict, positional: tuple, selection: tuple = _SELECTION_KEYS) -> Task:
+    options = {k: v for k, v in spec.items() if k not in selection}
     valid = _option_names(cls)
     for key in options:
         if key not in valid:
             raise EvogmError(f"task {name}: unknown key {key!r}",
-                             did_you_mean(key, (*valid, *_SELECTION_KEYS), cutoff=0.6),
-                             f"valid keys: {sorted((*valid, *_SELECTION_KEYS))}")
+                             did_you_mean(key, (*valid, *selection), cutoff=0.6),
+                             f"valid keys: {sorted((*valid, *selection))}")
     try:
         return cls(name, *positional, **options)
     except (TypeError, ValueError) as exc:
@@ -111,6 +115,8 @@ def _name(spec: dict) -> str:
         return str(spec["name"])
     if spec.get("path"):
         return Path(spec["path"]).name.split(".")[0]
+    if spec.get("type") == "lm_eval" and isinstance(spec.get("task"), str):
+        return spec["task"]
     raise EvogmError("a task needs a name", "a python task has no file to take it from", "add name: ...")
 
 
