@@ -37,7 +37,7 @@ VARIANTS = {
     "evogm-plus-ei": ("evogm-plus", {"acquisition": "ei"}),
     "evogm-plus-sparse": ("evogm-plus", {"dense_share": 0.0}),
     "evogm-plus-norecomb": ("evogm-plus", {"recombine": 0.0}),
-    "evogm-plus-shift": ("evogm-plus", {"scale_shift": 0.2}),  # local steps along λ's scale and the 1 vector
+    "evogm-plus-noshift": ("evogm-plus", {"scale_shift": 0.0}),  # no local steps along λ's scale and the 1 vector
     "cmaes-pycma": ("cmaes", {"pycma_popsize": True}),  # the library's population size, not P
     "bo-seq": ("bo", {"batch": 1}),  # sequential BO: one candidate per model update
 }

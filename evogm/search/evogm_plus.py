@@ -39,10 +39,12 @@ What it changes, each for a measured failure of the paper's algorithm (docs/resu
 Failed evaluations (inf) are never winners, elites or GP data. ``dense_share`` (default 0.5) of the
 local steps move every coefficient at once instead of 1 to 3: correlated experts need that (their
 best merge shifts every coefficient to cancel what they share; docs/results.md); 0 keeps every step
-sparse. ``scale_shift`` (default 0, an experiment: variant ``evogm-plus-shift``) turns that share
+sparse. ``scale_shift`` (default 0.2; 0 is the variant ``evogm-plus-noshift``) turns that share
 of the local steps into moves along the merge's own directions: every λ scaled by one factor in
 [0.5, 2] (task arithmetic's scale), or every λ shifted by one amount (toward or away from the
-uniform merge). ``surrogate=False`` turns off the screening (P pool rows drawn at random: the
+uniform merge). Isotropic steps rarely move along those two directions, and on a merge landscape
+they matter most: the global scale is task arithmetic's one knob, and experts that share a
+component need every λ lowered together to cancel it. ``surrogate=False`` turns off the screening (P pool rows drawn at random: the
 generators and local steps alone), for ablations.
 """
 
@@ -85,7 +87,7 @@ class EvoGMPlusRound:
     def __init__(self, dim: int, *, popsize: int, seed: int, basis: np.ndarray, archive: Archive,
                  winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str,
                  dense_share: float, recombine: float, make_generators, groups: int = 1,
-                 scale_shift: float = 0.0):
+                 scale_shift: float = 0.2):
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
         self.acquisition, self.dense_share, self.recombine = acquisition, dense_share, recombine
@@ -194,7 +196,7 @@ class EvoGMPlus(Rounds):
                  top_k: int | None = None, winner_portion: float = 0.3, hidden_sizes: tuple[int, ...] = (32, 32),
                  lr: float = 1e-3, steps: int = 30, cycle_scale: float = 100.0, opt_scale: float = 1.0,
                  pool: int | None = None, surrogate: bool = True, acquisition: str = "thompson",
-                 dense_share: float = 0.5, recombine: float = 0.2, scale_shift: float = 0.0, groups: int = 1,
+                 dense_share: float = 0.5, recombine: float = 0.2, scale_shift: float = 0.2, groups: int = 1,
                  threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads)
         check_fraction(winner_portion=winner_portion)
