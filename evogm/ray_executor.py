@@ -10,6 +10,8 @@ each Result is reported through `on_result` as it arrives; `map` returns them in
 search on Ray gives the same losses and the same best as the local executor. A worker that dies
 (killed, out of memory) is replaced, and its candidate tried once more on whichever worker is free
 next; a candidate whose worker died twice is recorded as a failed Result and the search goes on.
+Workers are spread over the cluster's nodes (Ray's SPREAD strategy), and the executor counts the
+evaluations answered on each node (`evaluations`), so a lost node shows in the counts and the warning.
 
 `address=None` starts a local Ray instance; `"auto"` (or `"HOST:PORT"`) joins a running cluster.
 Ray is imported here only, on first use: the core never needs it (`pip install evogm[ray]`).
@@ -51,10 +53,13 @@ class Worker:
         torch.set_num_threads(threads)  # workers sharing a node must not fight over its cores
         self._make_objective, self._objective = make_objective, None
 
-    def start(self) -> int:
-        """Build the objective (load models, tokenize tasks); its errors reach the driver as they are."""
+    def start(self) -> tuple[int, str]:
+        """Build the objective (load models, tokenize tasks); its errors reach the driver as they are.
+        Returns where it runs: (process id, Ray node id)."""
+        import ray
+
         self._objective = self._make_objective()
-        return os.getpid()
+        return os.getpid(), ray.get_runtime_context().get_node_id()
 
     def evaluate(self, x: np.ndarray) -> Result:
         return self._objective(x)
@@ -73,10 +78,13 @@ class RayExecutor:
         self.cpus_per_worker = cpus_per_worker
         self.workers = worker_count(ray, workers, cpus_per_worker, self.gpus_per_worker)
         threads = max(1, int(cpus_per_worker))
-        actor = ray.remote(Worker).options(num_cpus=cpus_per_worker, num_gpus=self.gpus_per_worker)
+        actor = ray.remote(Worker).options(num_cpus=cpus_per_worker, num_gpus=self.gpus_per_worker,
+                                           scheduling_strategy="SPREAD")  # one node lost costs the fewest workers
         self._new_actor = lambda: actor.remote(make_objective, threads)
         self.restarts = 0  # workers replaced after dying
         self.pids: dict[int, int] = {}  # slot → process id of its live worker (once started)
+        self.nodes: dict[int, str] = {}  # slot → Ray node id of its live worker (once started)
+        self.evaluations: Counter = Counter()  # Ray node id → candidates evaluated there (answers received)
         self._actors: dict[int, object] = {}
         self._calls: dict[object, tuple[int, int | None]] = {}  # in flight: ref → (slot, row; None: a start)
         self._start_deaths: Counter = Counter()
@@ -144,7 +152,9 @@ class RayExecutor:
                 raise (exc.cause or exc) from None
             value = exc
         if row is None:
-            self.pids[slot], self._start_deaths[slot] = value, 0
+            (self.pids[slot], self.nodes[slot]), self._start_deaths[slot] = value, 0
+        else:
+            self.evaluations[self.nodes[slot]] += 1
         self._idle.append(slot)
         return row, value
 
@@ -175,6 +185,7 @@ class RayExecutor:
         """A dead worker's slot gets a fresh worker; one that dies while starting twice stops the run."""
         self._kill(self._actors[slot])
         self.pids.pop(slot, None)
+        node = self.nodes.pop(slot, None)
         if row is None:
             self._start_deaths[slot] += 1
             if self._start_deaths[slot] > RETRIES:
@@ -182,8 +193,9 @@ class RayExecutor:
                                  "check that every node has evogm installed and the memory for the base and the "
                                  "experts (or lower executor.workers); worker logs: /tmp/ray/session_latest/logs")
         self.restarts += 1
-        retried = "while starting" if row is None else "; its candidate goes to the next free worker"
-        warnings.warn(f"a Ray worker died ({first_line(exc)}){retried}; a fresh worker replaces it "
+        retried = " while starting" if row is None else "; its candidate goes to the next free worker"
+        where = f" on node {node[:12]}" if node else ""
+        warnings.warn(f"a Ray worker died{where} ({first_line(exc)}){retried}; a fresh worker replaces it "
                       f"({self.restarts} replaced so far)", EvogmWarning, stacklevel=2)
         self._launch(slot)
 
