@@ -17,6 +17,14 @@ import torch
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+
+def pytest_report_header(config) -> str:
+    """The versions the suite runs on (CI installs the newest in pyproject's ranges), at the top of its output."""
+    import evogm
+    from evogm.versions import line
+
+    return f"evogm {evogm.__version__} on {line()}"
+
 LORA_CONFIGS = {
     # name: LoraConfig keyword arguments; init_lora_weights=False gives random (non-zero) B factors
     "lora_qv": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
