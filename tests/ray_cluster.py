@@ -129,6 +129,7 @@ def drive(config: Path, log_path: Path, summary: Path) -> None:
         search(make_optimizer(cfg), executor, log, cfg.search.budget)
         log.close()
     summary.write_text(json.dumps({"started_on": started, "ended_on": sorted(set(executor.nodes.values())),
+                                   "live_workers": len(executor.nodes),
                                    "evaluations": dict(executor.evaluations), "restarts": executor.restarts,
                                    "warnings": [str(w.message) for w in said]}))
     executor.close()
