@@ -10,6 +10,8 @@ each Result is reported through `on_result` as it arrives; `map` returns them in
 search on Ray gives the same losses and the same best as the local executor. A worker that dies
 (killed, out of memory) is replaced, and its candidate tried once more on whichever worker is free
 next; a candidate whose worker died twice is recorded as a failed Result and the search goes on.
+A worker that dies while starting twice stops the run (its models do not load there), unless a node
+was lost meanwhile: Ray can place a replacement on a node that has just died before it knows.
 Workers are spread over the cluster's nodes (Ray's SPREAD strategy), and the executor counts the
 evaluations answered on each node (`evaluations`), so a lost node shows in the counts and the warning.
 
@@ -88,11 +90,13 @@ class RayExecutor:
         self._actors: dict[int, object] = {}
         self._calls: dict[object, tuple[int, int | None]] = {}  # in flight: ref → (slot, row; None: a start)
         self._start_deaths: Counter = Counter()
+        self._alive_at_launch: dict[int, set[str]] = {}  # slot → the nodes alive when its worker was launched
         self._idle: deque[int] = deque()
         errors = ray.exceptions  # how Ray reports a worker process gone (killed, out of memory, node lost)
         self._deaths = (errors.RayActorError, errors.WorkerCrashedError, errors.OutOfMemoryError)
+        alive = alive_nodes(ray)
         for slot in range(self.workers):
-            self._launch(slot)
+            self._launch(slot, alive)
 
     def map(self, xs: np.ndarray, on_result: Callable[[int, Result], None] | None = None) -> list[Result]:
         """Every row evaluated once (a row whose worker died: twice at most); Results in row order."""
@@ -177,27 +181,32 @@ class RayExecutor:
 
     # --- workers ------------------------------------------------------------------------------------
 
-    def _launch(self, slot: int) -> None:
+    def _launch(self, slot: int, alive: set[str]) -> None:
+        self._alive_at_launch[slot] = alive
         self._actors[slot] = actor = self._new_actor()
         self._calls[actor.start.remote()] = (slot, None)
 
     def _replace(self, slot: int, row: int | None, exc: Exception) -> None:
-        """A dead worker's slot gets a fresh worker; one that dies while starting twice stops the run."""
+        """A dead worker's slot gets a fresh worker; one that dies while starting twice stops the run,
+        unless a node was lost since it was launched (the node's death, not the worker's)."""
         self._kill(self._actors[slot])
         self.pids.pop(slot, None)
         node = self.nodes.pop(slot, None)
-        if row is None:
+        alive = alive_nodes(self._ray)
+        node_lost = bool(self._alive_at_launch[slot] - alive)
+        if row is None and not node_lost:
             self._start_deaths[slot] += 1
             if self._start_deaths[slot] > RETRIES:
                 raise EvogmError("a Ray worker died twice while starting", first_line(exc),
                                  "check that every node has evogm installed and the memory for the base and the "
                                  "experts (or lower executor.workers); worker logs: /tmp/ray/session_latest/logs")
         self.restarts += 1
-        retried = " while starting" if row is None else "; its candidate goes to the next free worker"
+        retried = "; its candidate goes to the next free worker" if row is not None else (
+            " while starting, as a node was lost" if node_lost else " while starting")
         where = f" on node {node[:12]}" if node else ""
         warnings.warn(f"a Ray worker died{where} ({first_line(exc)}){retried}; a fresh worker replaces it "
                       f"({self.restarts} replaced so far)", EvogmWarning, stacklevel=2)
-        self._launch(slot)
+        self._launch(slot, alive)
 
     def _kill(self, actor) -> None:
         try:
@@ -233,6 +242,11 @@ def connect(ray, address: str | None) -> None:
         raise EvogmError(f"no Ray cluster at executor.address={address!r}", first_line(exc),
                          "start one (`ray start --head` on one node, `ray start --address=HEAD:6379` on the "
                          "others), or set executor.address: null to start a local Ray instance") from None
+
+
+def alive_nodes(ray) -> set[str]:
+    """The ids of the cluster's live nodes, as Ray's control service sees them now."""
+    return {node["NodeID"] for node in ray.nodes() if node["Alive"]}
 
 
 def default_gpus(ray, gpus_per_worker: float | None) -> float:

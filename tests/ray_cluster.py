@@ -35,8 +35,8 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RAY = Path(sys.executable).with_name("ray")
-FAST_HEALTH_CHECKS = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4"}
+RAY = Path(sys.executable).with_name("ray") if Path(sys.executable).with_name("ray").exists() else shutil.which("ray")
+FAST_HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}  # ~5 s
 
 
 def free_port() -> int:
