@@ -4,9 +4,11 @@ raylet, agents, and the workers, which Ray puts in process groups of their own),
 cluster is lost; `stop` kills them all. Linux: a session's processes are read from /proc.
 
 The nodes bind 127.0.0.1 on free ports, keep their files in a short folder of their own under /tmp
-(`--temp-dir`, which Ray accepts per node; Ray's socket paths must stay under 108 bytes), and share a token of their own (`RAY_AUTH_MODE=token`), so a test cluster
-neither meets nor reads another Ray instance on the machine. The head's health checks are fast, so a
-lost node is declared dead in seconds.
+(`--temp-dir`, which Ray accepts per node; Ray's socket paths must stay under 108 bytes) and share a
+token of their own (`RAY_AUTH_MODE=token`), so a test cluster neither meets nor reads another Ray
+instance on the machine. The head's health checks are fast, so a lost node is declared dead in
+seconds. Their workers import evogm from this checkout (PYTHONPATH), as a real cluster's nodes each
+have evogm installed.
 
 Run as a script, it is the driver the cluster test starts in its own process: it joins the cluster
 (`executor.address: auto`, found through RAY_ADDRESS), runs the config's search to `LOG`, and writes
