@@ -79,8 +79,8 @@ def test_scoring_a_t5_merge_raises_no_deprecation(one_thread, tiny_t5, tmp_path:
     (tmp_path / "mc.json").write_text(json.dumps({"dev": items, "test": items}))
     (tmp_path / "em.json").write_text(json.dumps({"dev": [{"question": "1+1=", "answer": "2"}], "test": []}))
     argv = ["eval", "--base", str(tiny_t5["base"]), "--tasks", str(tmp_path / "mc.json"), str(tmp_path / "em.json"),
-            "--expert", f"q={tiny_t5['lora_qv']}", "--expert", f"f={tiny_t5['full_ffn']}", "--weights", "q=0.5", "--weights", "f=0.5",
-            "--json"]
+            "--expert", f"q={tiny_t5['lora_qv']}", "--expert", f"f={tiny_t5['full_ffn']}",
+            "--weights", "q=0.5", "--weights", "f=0.5", "--json"]
     for scoring in ("loglik", "generate"):
         code, said = recorded(lambda: main(argv + ["--scoring", scoring]))
         assert code == 0 and set(json.loads(capsys.readouterr().out)["tasks"]) == {"mc", "em"}

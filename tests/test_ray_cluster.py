@@ -42,10 +42,10 @@ def cluster():
 def run_config(folder: Path) -> dict:
     """Three of the packaged zoo's trained experts and their three tasks (16 dev items each); EvoGM, 24 evaluations."""
     zoo, names = ZOO, ("successor", "add", "capitals")
+    generated = {"type": "exact_match", "max_new_tokens": 4}
+    kinds = {"successor": generated, "add": generated, "capitals": {"type": "multiple_choice"}}
     return {"models": {"base": str(zoo / "base"), "experts": {e: str(zoo / "experts" / e) for e in names}},
-            "tasks": [{"name": e, "path": str(zoo / "tasks" / f"{e}.json"), "limit": 16,
-                       **({"type": "multiple_choice"} if e == "capitals" else {"type": "exact_match", "max_new_tokens": 4})}
-                      for e in names],
+            "tasks": [{"name": e, "path": str(zoo / "tasks" / f"{e}.json"), "limit": 16, **kinds[e]} for e in names],
             "output": str(folder / "run"), "seed": 5,
             "search": {"optimizer": "evogm", "budget": BUDGET, "popsize": 4,
                        "options": {"rounds": 2, "iterations": 1, "steps": 5, "hidden_sizes": [16, 16]}}}
