@@ -19,12 +19,14 @@ so every metric is higher-is-better. `metric` names the one the search optimizes
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 
 import numpy as np
 
 from evogm.errors import EvogmError
 from evogm.registry import did_you_mean
+from evogm.tasks.harness_generate import route_greedy
 
 INSTALL = "pip install 'evogm[lm-eval]'"
 FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed, so few-shot prompts are those lm_eval picks
@@ -110,6 +112,7 @@ class LmEvalTask:
             for method in ("loglikelihood", "loglikelihood_rolling", "generate_until"):  # no progress bars
                 setattr(lm, method, functools.partial(getattr(lm, method), disable_tqdm=True))
             remember_tokens(lm)
+            route_greedy(lm)
             self._lm = (model, tokenizer, lm)
             self._prepared = {}  # chat-templated requests depend on the tokenizer
         return self._lm[2]
@@ -135,6 +138,7 @@ class LmEvalTask:
                 raise EvogmError(f"task {self.name}: {task_name} has no documents on its {split} split "
                                  f"({self.lm_splits[split]!r})", "nothing to score", "check the split names and limit")
             task.build_all_requests = _built  # evaluate() would build them again for every candidate
+            keep_docs(task, limit)
         instances = [i for task in loaded["tasks"].values() for i in task.instances]
         higher = {k: v for task in loaded["tasks"].values() for k, v in task.higher_is_better().items()}
         self._prepared[split] = {"loaded": loaded, "instances": instances, "samples": samples,
@@ -193,6 +197,13 @@ def remember_tokens(lm) -> None:
         return batches[key]
 
     lm.tok_encode, lm.tok_batch_encode = tok_encode, tok_batch_encode
+
+
+def keep_docs(task, limit: int | None) -> None:
+    """Read the scored split's documents once: lm-eval reads them from the dataset (and reruns the
+    task's process_docs) in every evaluate(), a per-candidate cost of setup, not of the model."""
+    docs = list(itertools.islice(task.eval_docs, limit))  # the first `limit`, or all (divided splits index them)
+    task.test_docs = lambda: docs  # eval_docs reads test_docs() when a test split is set, as _configure does
 
 
 def _built(**kwargs) -> None:

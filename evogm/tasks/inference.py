@@ -160,20 +160,32 @@ def greedy_generate(
     A row stops at a token in `stop_ids` (kept in the output) or when `text_done(tokens_so_far)`
     says so; the loop ends when every row has stopped.
     """
+    out, step = prefill(model, batch, prefix, steps=max_new_tokens)
+    return greedy_loop(out, step, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
+                       text_done=text_done, where=where)
+
+
+@torch.inference_mode()
+def prefill(model, batch: Batch, prefix: SharedPrefix | None = None, steps: int = 0) -> tuple:
+    """(the prompts' forward output, `step(token, cache)`: the forward of one more token per row, at
+    most `steps` times; their attention masks and positions are made here, once)."""
     batch = batch.to(model_device(model))
     inputs = _batch_inputs(model, batch, prefix)
     mask, positions = inputs["attention_mask"], inputs["position_ids"]
+    width, taken = mask.shape[1], 0
+    masks = torch.cat([mask, mask.new_ones(mask.shape[0], steps)], dim=1)
+    ahead = positions[:, -1:] + torch.arange(1, steps + 1, device=positions.device)
 
+    @torch.inference_mode()
     def step(token: torch.Tensor, past):
-        nonlocal mask, positions
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        positions = positions[:, -1:] + 1
-        return model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
-                     **_with_cache(model, past), use_cache=True)
+        nonlocal taken
+        if taken == steps:
+            raise IndexError(f"prefill made room for {steps} steps")
+        taken += 1
+        return model(input_ids=token[:, None], attention_mask=masks[:, :width + taken],
+                     position_ids=ahead[:, taken - 1:taken], **_with_cache(model, past), use_cache=True)
 
-    out = model(**inputs, use_cache=True, **_prefill_kwargs(model))
-    return greedy_loop(out, step, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
-                       text_done=text_done, where=where)
+    return model(**inputs, use_cache=True, **_prefill_kwargs(model)), step
 
 
 def greedy_loop(out, step: Callable, *, max_new_tokens: int, stop_ids: set[int], pad_id: int,
