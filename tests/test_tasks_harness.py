@@ -55,6 +55,7 @@ def test_scores_are_lm_evals_own_on_the_exported_model(zoo_tiny, harness, tmp_pa
     assert gen_test == {"exact_match,strip": reference["results"]["zoo_add"]["exact_match,strip"]}
     outputs = [i.resps[0] for i in gen._prepared["test"]["instances"]]  # what the model generated, item by item
     assert outputs == [s["resps"][0][0] for s in reference["samples"]["zoo_add"]]
+    assert gen._lm[2].evogm_generate_calls == {"greedy": 3, "transformers": 0}  # evogm's loop, not transformers'
     choices = [i.resps[0][0] for i in mc._prepared["test"]["instances"]]  # every choice's log-likelihood
     assert choices == pytest.approx([r[0][0] for s in reference["samples"]["zoo_capitals"] for r in s["resps"]], abs=1e-5)
     assert 0 < mc_test["acc"] < 1  # the merge picks some answers right, not all: a score that could differ
