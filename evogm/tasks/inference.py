@@ -176,8 +176,7 @@ def prefill(model, batch: Batch, prefix: SharedPrefix | None = None, steps: int 
     masks = torch.cat([mask, mask.new_ones(mask.shape[0], steps)], dim=1)
     ahead = positions[:, -1:] + torch.arange(1, steps + 1, device=positions.device)
 
-    @torch.inference_mode()
-    def step(token: torch.Tensor, past):
+    def step(token: torch.Tensor, past):  # called inside inference mode, as greedy_generate and greedy_until run
         nonlocal taken
         if taken == steps:
             raise IndexError(f"prefill made room for {steps} steps")
