@@ -66,7 +66,8 @@ def task_sets(folder: Path, items: int) -> dict[str, list]:
 
 
 class CallClock:
-    """Wall time inside the model calls of lm-eval's HFLM (a forward pass; a whole `generate`)."""
+    """Wall time inside the model calls of lm-eval's HFLM (a forward pass; a whole batch's generation,
+    by evogm's loop or transformers' `generate`)."""
 
     def __init__(self):
         self.wall, self.lm = 0.0, None

@@ -4,8 +4,10 @@ The task names an lm-eval task or group (`include_path` adds your own YAML tasks
 splits is dev and which is test is explicit: `dev_split: validation, test_split: test`, or one split
 named twice, divided into dev and test by `seed` (`dev_fraction` of its documents to dev). The
 model lm-eval scores is evogm's resident model and tokenizer, wrapped in lm-eval's own `HFLM`
-(no copy, no disk). lm-eval's setup (task loading, datasets, prompts, requests) runs once per split
-and task object; each candidate reruns only the model calls and lm-eval's scoring of their outputs.
+(no copy, no disk). lm-eval's setup (task loading, datasets, prompts, requests, the scored documents)
+runs once per split and task object; each candidate reruns only the model calls and lm-eval's scoring
+of their outputs. Greedy generate-until requests run on evogm's own decoding loop
+(`evogm.tasks.harness_generate`), with lm-eval's stop strings, filters and metrics.
 
 Metrics are lm-eval's, named as lm-eval names them (`acc`, `acc_norm`, `exact_match,strict-match`:
 the filter follows a comma unless it is `none`); a lower-is-better metric (perplexity) is negated,
