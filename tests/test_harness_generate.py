@@ -12,7 +12,7 @@ pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
-from evogm.tasks.harness_generate import greedy_until, last_char_tokens, route_greedy  # noqa: E402
+from evogm.tasks.harness_generate import Ended, SpecialStop, greedy_until, last_char_tokens, route_greedy  # noqa: E402
 
 PROMPTS = ["abc", "a much longer prompt", "x=1\n", "Q: 12+7=", "hello", "z", "The answer is", "(3*4)-"]
 
@@ -107,6 +107,17 @@ def test_a_token_that_may_end_a_stop_string_is_looked_at(tokenizer):
     assert known == len(tokenizer)
     assert {tokenizer.convert_tokens_to_ids(c) for c in "b\n"} <= look
     assert tokenizer.convert_tokens_to_ids("a") not in look  # only a string's last character ends it
+
+
+def test_a_stop_string_only_a_special_token_holds_sends_the_batch_to_transformers(tokenizer):
+    lm = hflm(chaotic_model(tokenizer), tokenizer, True)
+    ids = tokenizer.convert_tokens_to_ids
+    ended = Ended(lm, ["nk"], last_char_tokens(tokenizer, ["nk"]), rows=2)
+    ended.update([ids("a"), ids("b")])
+    with pytest.raises(SpecialStop):  # lm-eval's text drops "<unk>"; transformers' stop check reads it
+        ended.update([tokenizer.unk_token_id, ids("k")])
+    ended = Ended(lm, ["nk"], last_char_tokens(tokenizer, ["nk"]), rows=1)
+    assert not ended.update([ids("n")]) and ended.update([ids("k")])  # plain text ends the row
 
 
 def test_non_finite_logits_fail_the_generation(tokenizer):

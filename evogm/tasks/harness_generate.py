@@ -12,8 +12,8 @@ transformers would stop at. Text past a row's first stop string is cut by lm-eva
 loop ends changes no output.
 
 Anything else (sampling, beams, a penalty or other logits processor in the model's generation
-config, a non-special pad token, an empty stop string, thinking tokens, mixed precision) goes to
-transformers' `generate`, as lm-eval would do it.
+config, a non-special pad token, an empty stop string, thinking tokens, mixed precision, a stop
+string that a special token's text holds) goes to transformers' `generate`, as lm-eval would do it.
 
 >>> # route_greedy(lm)           # lm: lm-eval's HFLM over the resident model
 >>> # lm.generate_until(requests)  # the same strings as before, without transformers' generate
@@ -43,9 +43,13 @@ def route_greedy(lm) -> None:
         if not plain_greedy(lm, stop, kwargs, plain):
             counts["transformers"] += 1
             return generate(context, max_length, stop, **kwargs)
+        try:
+            tokens = greedy_until(lm, context, kwargs["attention_mask"], stop, tables,
+                                  max_new_tokens(lm.model, context.shape[1], max_length))
+        except SpecialStop:
+            counts["transformers"] += 1
+            return generate(context, max_length, stop, **kwargs)
         counts["greedy"] += 1
-        new = max_new_tokens(lm.model, context.shape[1], max_length)
-        tokens = greedy_until(lm, context, kwargs["attention_mask"], stop, tables, new)
         return torch.cat([context, tokens.to(context.device)], dim=1)
 
     lm._model_generate = model_generate
@@ -57,11 +61,11 @@ def plain_greedy(lm, stop: list[str], kwargs: dict, plain: bool) -> bool:
     sampled = kwargs.get("do_sample")
     if sampled or (sampled is None and kwargs.get("temperature", 0.0) != 0.0) or not set(kwargs) <= REQUEST:
         return False
-    if "attention_mask" not in kwargs or lm.backend != "causal" or lm.mixed_precision_dtype is not None:
-        return False
+    if "attention_mask" not in kwargs or lm.backend != "causal" or getattr(lm, "mixed_precision_dtype", None) is not None:
+        return False  # an lm-eval that passes no mask, a seq2seq model, autocast: transformers' road
     tokenizer = lm.tokenizer
     special = tokenizer.pad_token_id is not None and tokenizer.pad_token_id in tokenizer.all_special_ids
-    return plain and special and all(stop) and lm.think_end_token is None
+    return plain and special and all(stop) and getattr(lm, "think_end_token", None) is None
 
 
 def plain_config(config) -> bool:
@@ -113,6 +117,11 @@ def greedy_until(lm, context: torch.Tensor, mask: torch.Tensor, stop: list[str],
     return torch.tensor(ended.tokens, dtype=torch.long)
 
 
+class SpecialStop(Exception):
+    """A special token's text holds a stop string: lm-eval's output drops the token, so where
+    transformers' stopping rule ends the batch decides the text. That batch goes to transformers."""
+
+
 class Ended:
     """Each row's tokens so far, and which rows have emitted an EOS or have a stop string in their text.
 
@@ -142,6 +151,14 @@ class Ended:
             if token in self.eos_ids:
                 self.eos[row] = self.changed = True
             elif not self.text[row] and (token in self.look or token >= self.known):
-                text = self.lm.tok_decode(self.tokens[row])
-                self.text[row] = any(s in text for s in self.stop)
+                self.text[row] = self.has_stop(self.tokens[row])
         return all(e or t for e, t in zip(self.eos, self.text))
+
+    def has_stop(self, tokens: list[int]) -> bool:
+        """Whether the row's text, as lm-eval decodes it, holds a stop string (SpecialStop where only
+        its text with special tokens does)."""
+        if any(s in self.lm.tok_decode(tokens) for s in self.stop):
+            return True
+        if any(s in self.lm.tok_decode(tokens, skip_special_tokens=False) for s in self.stop):
+            raise SpecialStop(self.stop)
+        return False
