@@ -156,7 +156,7 @@ def row(label: str, tasks: list, merge, tokenizer, candidates, forward: ForwardC
     steady = rows[1:]
     seconds, inside = statistics.median(r[0] for r in steady), statistics.median(r[1] for r in steady)
     outside = statistics.median((r[0] - r[1]) / r[0] for r in steady)
-    cpu = statistics.median((r[4] - r[5]) / r[4] for r in steady)  # the same in CPU time: other processes' share left out
+    cpu = statistics.median((r[4] - r[5]) / r[4] for r in steady)  # in CPU time: other processes' share left out
     calls, fresh = "", ""
     if hasattr(tasks[0], "_lm"):  # an lm-eval task
         calls = f"{statistics.median((r[0] - r[2]) / r[0] for r in steady):.1%}"
@@ -172,7 +172,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--candidates", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--width", type=int, default=0, help="a random model this wide in place of the zoo (896: Qwen2.5-0.5B)")
+    parser.add_argument("--width", type=int, default=0,
+                        help="a random model this wide in place of the zoo (896: Qwen2.5-0.5B)")
     parser.add_argument("--layers", type=int, default=2, help="its layers (with --width)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

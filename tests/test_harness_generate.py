@@ -52,9 +52,11 @@ def test_stop_strings_cut_where_transformers_generate_cuts(tokenizer):
         cut |= {len(text) for text, whole in zip(expected, free) if text != whole}
     assert len(cut) >= 3  # rows of one batch cut at different places
     # alone in its batch, a row whose two-character stop has its last character earlier on its own
-    row, at = next((r, i) for r, t in enumerate(free) for i in range(1, len(t) - 1) if t[i + 1] in t[:i] and t.find(t[i:i + 2]) == i)
+    row, at = next((r, i) for r, t in enumerate(free) for i in range(1, len(t) - 1)
+                   if t[i + 1] in t[:i] and t.find(t[i:i + 2]) == i)
     alone = requests([PROMPTS[row]], until=[free[row][at:at + 2]], max_gen_toks=12)
-    assert routed.generate_until(alone, disable_tqdm=True) == plain.generate_until(alone, disable_tqdm=True) == [free[row][:at]]
+    expected = plain.generate_until(alone, disable_tqdm=True)
+    assert routed.generate_until(alone, disable_tqdm=True) == expected == [free[row][:at]]
     assert routed.evogm_generate_calls == {"greedy": 3 * len(stop_lists) + 1, "transformers": 0}
 
 
@@ -92,7 +94,8 @@ def test_anything_but_plain_greedy_goes_to_transformers(tokenizer):
     model.generation_config.repetition_penalty = 1.5  # a logits processor: not plain greedy
     asked = requests(PROMPTS[:3], until=["."], max_gen_toks=6)
     routed = hflm(model, tokenizer, True)
-    assert routed.generate_until(asked, disable_tqdm=True) == hflm(model, tokenizer, False).generate_until(asked, disable_tqdm=True)
+    expected = hflm(model, tokenizer, False).generate_until(asked, disable_tqdm=True)
+    assert routed.generate_until(asked, disable_tqdm=True) == expected
     assert routed.evogm_generate_calls == {"greedy": 0, "transformers": 1}
     sampled = [Instance("generate_until", {}, (p, {"do_sample": True, "temperature": 0.7, "max_gen_toks": 3}), i)
                for i, p in enumerate(PROMPTS[:3])]

@@ -61,7 +61,8 @@ def plain_greedy(lm, stop: list[str], kwargs: dict, plain: bool) -> bool:
     sampled = kwargs.get("do_sample")
     if sampled or (sampled is None and kwargs.get("temperature", 0.0) != 0.0) or not set(kwargs) <= REQUEST:
         return False
-    if "attention_mask" not in kwargs or lm.backend != "causal" or getattr(lm, "mixed_precision_dtype", None) is not None:
+    autocast = getattr(lm, "mixed_precision_dtype", None) is not None
+    if "attention_mask" not in kwargs or lm.backend != "causal" or autocast:
         return False  # an lm-eval that passes no mask, a seq2seq model, autocast: transformers' road
     tokenizer = lm.tokenizer
     special = tokenizer.pad_token_id is not None and tokenizer.pad_token_id in tokenizer.all_special_ids
