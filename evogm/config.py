@@ -31,6 +31,7 @@ from evogm.scoring import MULTI_TASK
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 MODES = (MULTI_TASK, "single_task")
+EVALUATIONS = ("full", "adaptive")  # search.evaluation: every dev item, or stop once a candidate cannot matter
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED = ("model", "plots")
 
@@ -53,6 +54,9 @@ class SearchConfig:
     popsize: int | None = None  # None: 2 × number of experts (the paper's P = 2N)
     options: dict[str, Any] = field(default_factory=dict)  # the optimizer constructor's keywords
     timeout: float | None = None  # seconds per evaluation; a longer one fails (loss inf) and the search goes on
+    evaluation: str = "full"  # full | adaptive (stop scoring a candidate once it cannot enter the kept set)
+    confidence: float = 0.95  # adaptive: the chance that no candidate which would have been kept is stopped
+    chunks: int = 4  # adaptive: looks per candidate, each scoring 1/chunks of every task's dev items
 
 
 @dataclass(frozen=True)
@@ -295,11 +299,22 @@ def check(cfg: RunConfig, *, run: bool = True) -> None:
     _check_number("search.budget", cfg.search.budget)
     _check_number("search.popsize", cfg.search.popsize)
     _check_number("search.timeout", cfg.search.timeout)
+    _check_adaptive(cfg.search)
     _check_path("models.base", cfg.models.base)
     for name, path in cfg.models.experts.items():
         _check_path(f"models.experts.{name}", path)
     _check_tasks(cfg.tasks, run)
     check_optimizer(cfg.search.optimizer, cfg.search.options)
+
+
+def _check_adaptive(search: SearchConfig) -> None:
+    _check_choice("search.evaluation", search.evaluation, EVALUATIONS)
+    if not isinstance(search.confidence, (int, float)) or not 0 < search.confidence < 1:
+        raise EvogmError(f"search.confidence is {search.confidence!r}", "it is a probability, strictly between 0 and 1",
+                         "write search.confidence=0.95")
+    if isinstance(search.chunks, bool) or not isinstance(search.chunks, int) or search.chunks < 2:
+        raise EvogmError(f"search.chunks is {search.chunks!r}", "adaptive evaluation needs at least two looks",
+                         "write search.chunks=4")
 
 
 def _check_choice(key: str, value: str, choices) -> None:

@@ -3,7 +3,8 @@
 An executor is built from a zero-argument factory that makes the objective (so that a distributed
 executor can build one objective per worker, next to its own resident model) and reports each
 Result as soon as it exists through `on_result(row, result)` — the run logs it there, durably —
-whatever order the rows finish in. `map` returns the Results in row order.
+whatever order the rows finish in. `map` returns the Results in row order. A `threshold` given to
+`map` (adaptive evaluation's cut-off, `evogm.adaptive`) is passed to the objective with every row.
 
 >>> from evogm.runlog import Result
 >>> square = lambda x: Result(x=tuple(x), coefficients=tuple(x), loss=float((x ** 2).sum()))
@@ -27,7 +28,7 @@ ObjectiveFactory = Callable[[], Callable[[np.ndarray], Result]]
 
 
 class Executor(Protocol):
-    def map(self, xs: np.ndarray, on_result: OnResult | None = None) -> list[Result]: ...
+    def map(self, xs: np.ndarray, on_result: OnResult | None = None, threshold: float | None = None) -> list[Result]: ...
 
     def close(self) -> None: ...
 
@@ -45,10 +46,12 @@ class LocalExecutor:
             self._objective = self._make_objective()
         return self._objective
 
-    def map(self, xs: np.ndarray, on_result: OnResult | None = None) -> list[Result]:
+    def map(self, xs: np.ndarray, on_result: OnResult | None = None, threshold: float | None = None) -> list[Result]:
+        """Results in row order; `threshold` (adaptive evaluation's cut-off) goes to the objective when set."""
+        extra = {} if threshold is None else {"threshold": threshold}
         results = []
         for row, x in enumerate(np.asarray(xs, dtype=np.float64)):
-            result = self.objective(x)
+            result = self.objective(x, **extra)
             if on_result is not None:
                 on_result(row, result)
             results.append(result)

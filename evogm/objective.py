@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from evogm.adaptive import ChunkedScorer
 from evogm.lora import EvogmWarning
 from evogm.runlog import Result, flip
 from evogm.scoring import MULTI_TASK, fitness, score, scored_tasks
@@ -42,29 +43,38 @@ class Objective:
     """
 
     def __init__(self, merger: Callable, tokenizer, tasks: Sequence, *, target: str = MULTI_TASK,
-                 timeout: float | None = None):
+                 timeout: float | None = None, adaptive: dict | None = None):
         self.merger, self.tokenizer, self.target, self.timeout = merger, tokenizer, target, timeout
         self.scored = scored_tasks(tasks, target)
+        self.chunked = ChunkedScorer(self.scored, target, **adaptive) if adaptive else None
 
     @property
     def split(self) -> str:
         return "dev"
 
-    def __call__(self, x) -> Result:
+    def __call__(self, x, threshold: float | None = None) -> Result:
+        """The Result of candidate x; with adaptive evaluation and a `threshold` (the kept set's cut-off
+        fitness), scoring may stop early and the Result is partial (`evogm.adaptive`)."""
         start = time.perf_counter()
         x = np.asarray(x, dtype=np.float64)
+        items, partial = {}, False
         try:
             with deadline(self.timeout):
                 model = self.merger(x)
-                metrics = score(model, self.tokenizer, self.scored, self.split)
+                metrics, items, partial = self._score(model, threshold)
             value = fitness(metrics, self.scored, self.target)
             if not math.isfinite(value):
                 raise FloatingPointError(f"fitness is {value}")
             loss, error = flip(value), None
         except Exception as exc:  # noqa: BLE001 — inside a search a failure is data
-            metrics, loss, error = {}, math.inf, _describe(exc)
+            metrics, loss, error, partial = {}, math.inf, _describe(exc), False
         return Result(tuple(x.ravel().tolist()), tuple(x.ravel().tolist()), loss, metrics,
-                      time.perf_counter() - start, error)
+                      time.perf_counter() - start, error, items, partial)
+
+    def _score(self, model, threshold: float | None) -> tuple[dict, dict, bool]:
+        if self.chunked is None:
+            return score(model, self.tokenizer, self.scored, self.split), {}, False
+        return self.chunked(model, self.tokenizer, threshold)
 
 
 @contextlib.contextmanager

@@ -63,8 +63,8 @@ class Worker:
         self._objective = self._make_objective()
         return os.getpid(), ray.get_runtime_context().get_node_id()
 
-    def evaluate(self, x: np.ndarray) -> Result:
-        return self._objective(x)
+    def evaluate(self, x: np.ndarray, threshold: float | None = None) -> Result:
+        return self._objective(x) if threshold is None else self._objective(x, threshold=threshold)
 
 
 class RayExecutor:
@@ -98,12 +98,14 @@ class RayExecutor:
         for slot in range(self.workers):
             self._launch(slot, alive)
 
-    def map(self, xs: np.ndarray, on_result: Callable[[int, Result], None] | None = None) -> list[Result]:
-        """Every row evaluated once (a row whose worker died: twice at most); Results in row order."""
+    def map(self, xs: np.ndarray, on_result: Callable[[int, Result], None] | None = None,
+            threshold: float | None = None) -> list[Result]:
+        """Every row evaluated once (a row whose worker died: twice at most); Results in row order.
+        `threshold`: adaptive evaluation's cut-off, sent with every row."""
         xs = np.asarray(xs, dtype=np.float64)
         waiting, deaths, results = deque(range(len(xs))), Counter(), {}
         while waiting or any(row is not None for _, row in self._calls.values()):
-            self._dispatch(xs, waiting)
+            self._dispatch(xs, waiting, threshold)
             row, outcome = self._next()
             if row is None:
                 continue  # a worker started (or was replaced): it is idle now
@@ -137,10 +139,10 @@ class RayExecutor:
 
     # --- dispatch ---------------------------------------------------------------------------------
 
-    def _dispatch(self, xs: np.ndarray, waiting: deque) -> None:
+    def _dispatch(self, xs: np.ndarray, waiting: deque, threshold: float | None = None) -> None:
         while waiting and self._idle:
             slot, row = self._idle.popleft(), waiting.popleft()
-            self._calls[self._actors[slot].evaluate.remote(xs[row])] = (slot, row)
+            self._calls[self._actors[slot].evaluate.remote(xs[row], threshold)] = (slot, row)
 
     def _next(self) -> tuple[int | None, object]:
         """Wait for the first call to finish: (row, its Result or what went wrong); row None: a start."""

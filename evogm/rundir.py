@@ -163,8 +163,10 @@ class RunDir:
 
 
 def best_entry(records: list[dict], experts: list[str]) -> dict:
-    """The best logged evaluation (first of equals), with its place in the log and λ per expert."""
-    ok = [(i, r) for i, r in enumerate(records) if r["loss"] is not None and not r.get("error")]
+    """The best full logged evaluation (first of equals), with its place in the log and λ per expert;
+    a partial evaluation (adaptive evaluation stopped it) is never the best."""
+    ok = [(i, r) for i, r in enumerate(records)
+          if r["loss"] is not None and not r.get("error") and not r.get("partial")]  # a partial score is an estimate
     if not ok:
         raise EvogmError("no evaluation succeeded", records[0].get("error") if records else "the log is empty",
                          "see the error column of evaluations.jsonl")

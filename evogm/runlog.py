@@ -47,6 +47,8 @@ class Result:
     metrics: dict[str, float] = field(default_factory=dict)  # "task/metric" → value, higher is better
     seconds: float = 0.0
     error: str | None = None
+    items: dict[str, int] = field(default_factory=dict)  # task → dev items scored (adaptive evaluation)
+    partial: bool = False  # stopped before every dev item was scored: an estimate, never the run's best
 
     @property
     def ok(self) -> bool:
@@ -115,6 +117,8 @@ def record(gen: int, row: int, result: Result) -> dict:
         "seconds": round(float(result.seconds), 6),
         "error": result.error,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **({"items": dict(result.items)} if result.items else {}),
+        **({"partial": True} if result.partial else {}),
     }
 
 
@@ -127,6 +131,8 @@ def to_result(rec: dict) -> Result:
         metrics={k: (math.nan if v is None else v) for k, v in rec["metrics"].items()},
         seconds=rec.get("seconds", 0.0),
         error=rec.get("error"),
+        items=rec.get("items", {}),
+        partial=bool(rec.get("partial", False)),
     )
 
 

@@ -64,5 +64,8 @@ def make_objective(cfg_data: dict, target: str):
 
     cfg = from_dict(cfg_data)
     ws = workspace(cfg)
+    adaptive = None
+    if cfg.search.evaluation == "adaptive":
+        adaptive = {"chunks": cfg.search.chunks, "confidence": cfg.search.confidence, "seed": cfg.seed}
     return Objective(ws.merger, ws.models.tokenizer, list(ws.tasks.values()), target=target,
-                     timeout=cfg.search.timeout)
+                     timeout=cfg.search.timeout, adaptive=adaptive)

@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from evogm.adaptive import cutoff
 from evogm.errors import EvogmError
 from evogm.progress import Progress
 from evogm.runlog import Result, RunLog, record, to_result
 
 
 def search(optimizer, executor, log: RunLog, budget: int, *, progress: Progress | None = None,
-           title: str = "search", on_generation=None) -> None:
-    """Ask, map, tell, log until the budget is spent; logged rows are replayed, never re-evaluated."""
+           title: str = "search", on_generation=None, keep: int | None = None) -> None:
+    """Ask, map, tell, log until the budget is spent; logged rows are replayed, never re-evaluated.
+    `keep` (adaptive evaluation): each generation's candidates may stop early once they cannot beat
+    the keep-th best full evaluation before it (`evogm.adaptive.cutoff`)."""
     logged = by_generation(log.records())
+    history: list[dict] = []  # every record so far, replayed or new: the cut-off is computed from these
     done = gen = 0
     progress = progress or Progress()
     progress.start(title, budget, sum(len(rows) for rows in logged.values()))
@@ -35,7 +39,9 @@ def search(optimizer, executor, log: RunLog, budget: int, *, progress: Progress 
         xs = np.asarray(optimizer.ask(), dtype=np.float64)[: budget - done]  # the budget cuts the last ask
         if len(xs) == 0:
             break
-        results = evaluate_generation(executor, log, gen, xs, logged.pop(gen, {}), progress)
+        threshold = cutoff(history, keep) if keep else None
+        results = evaluate_generation(executor, log, gen, xs, logged.pop(gen, {}), progress, threshold)
+        history += [record(gen, row, r) for row, r in enumerate(results)]
         stop_if_all_failed(gen, results)
         round_ = optimizer.round  # before tell: tell may start the next round
         optimizer.tell(xs, np.array([r.loss for r in results]))
@@ -49,7 +55,7 @@ def search(optimizer, executor, log: RunLog, budget: int, *, progress: Progress 
 
 
 def evaluate_generation(executor, log: RunLog, gen: int, xs: np.ndarray, logged: dict[int, dict],
-                        progress: Progress) -> list[Result]:
+                        progress: Progress, threshold: float | None = None) -> list[Result]:
     """The generation's Results in row order: logged rows replayed, the others evaluated and logged."""
     results = {row: replayed(rec, xs, gen, log) for row, rec in logged.items()}
     missing = [row for row in range(len(xs)) if row not in results]
@@ -59,7 +65,8 @@ def evaluate_generation(executor, log: RunLog, gen: int, xs: np.ndarray, logged:
         progress.evaluated(result)
 
     if missing:
-        results.update(zip(missing, executor.map(xs[missing], on_result)))
+        extra = {} if threshold is None else {"threshold": threshold}
+        results.update(zip(missing, executor.map(xs[missing], on_result, **extra)))
     return [results[row] for row in range(len(xs))]
 
 

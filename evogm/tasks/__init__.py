@@ -99,10 +99,12 @@ def _build(cls: type, name: str, spec: dict, positional: tuple, selection: tuple
                              did_you_mean(key, (*valid, *selection), cutoff=0.6),
                              f"valid keys: {sorted((*valid, *selection))}")
     try:
-        return cls(name, *positional, **options)
+        task = cls(name, *positional, **options)
     except (TypeError, ValueError) as exc:
         raise EvogmError(f"task {name}: bad option value", f"{type(exc).__name__}: {exc}",
                          "check the values' types") from exc
+    task.options = options  # what it was built with: `evogm.tasks.chunks` builds a task on a slice of dev
+    return task
 
 
 def _option_names(cls: type) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ class ExactMatchTask:
     """Accuracy of generated answers."""
 
     primary = "accuracy"
+    per_item = True  # the metric is a mean over items: a slice of dev can be scored alone
 
     def __init__(self, name: str, data: TaskData, *, weight: float = 1.0, template: str = EXACT_MATCH,
                  fewshot: str | list[dict] | None = None, batch_size: int = 200, max_new_tokens: int = 32,

@@ -56,6 +56,11 @@ class LabelTask:
         self.labels = [str(x) for x in (labels or data.extras.get("labels") or self._targets())]
         self._cache = EncodingCache()
 
+    @property
+    def per_item(self) -> bool:
+        """Accuracy is a mean over items (a slice of dev can be scored alone); Spearman's ρ is not."""
+        return self.primary == "accuracy"
+
     def _targets(self) -> list[str]:
         """Every split's distinct targets, in order of appearance."""
         return list(dict.fromkeys(str(item["target"]) for split in self.data.filled for item in self.data.items(split)))

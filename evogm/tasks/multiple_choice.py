@@ -46,6 +46,7 @@ class MultipleChoiceTask:
     """Accuracy on multiple-choice questions."""
 
     primary = "accuracy"
+    per_item = True  # the metric is a mean over items: a slice of dev can be scored alone
 
     def __init__(self, name: str, data: TaskData, *, weight: float = 1.0, scoring: str = "loglik",
                  template: str = MULTIPLE_CHOICE, fewshot: str | list[dict] | None = None,
