@@ -179,7 +179,8 @@ def test_at(run_dir: Path, evaluations: int) -> dict:
     if cache.exists():
         return json.loads(cache.read_text())
     records = [json.loads(line) for line in (run_dir / "evaluations.jsonl").open()][:evaluations]
-    best = min((r for r in records if r["loss"] is not None and not r.get("error")), key=lambda r: r["loss"])
+    best = min((r for r in records if r["loss"] is not None and not r.get("error") and not r.get("partial")),
+               key=lambda r: r["loss"])
     experts = list(yaml.safe_load((run_dir / "config.yaml").read_text())["models"]["experts"])
     lam = np.reshape(best["coefficients"], (len(experts), -1))
     weights = [f"--weights={name}={','.join(map(repr, row.tolist()))}" for name, row in zip(experts, lam)]

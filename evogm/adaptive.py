@@ -18,6 +18,8 @@ is above the cut-off is stopped with probability at most 1 − confidence.
 0.5752
 >>> upper_bound([1.0], [0.7], seen=[200], totals=[200], delta=0.05)   # every item seen: the score itself
 0.7
+>>> items_scored([{"items": {"a": 50, "b": 50}}, {"items": {"a": 10, "b": 10}, "partial": True}], {"a": 50, "b": 50})
+(120, 200)
 >>> cutoff([{"loss": -0.3}, {"loss": -0.9}, {"loss": -0.5, "partial": True}, {"loss": None}], keep=2)
 0.3
 """
@@ -50,6 +52,19 @@ def cutoff(records: Sequence[dict], keep: int) -> float | None:
     full = sorted((flip(r["loss"]) for r in records
                    if r.get("loss") is not None and not r.get("error") and not r.get("partial")), reverse=True)
     return full[keep - 1] if len(full) >= keep else None
+
+
+def items_scored(records: Sequence[dict], dev_items: dict[str, int]) -> tuple[int, int]:
+    """(dev items the log's evaluations scored, the items scoring each of them in full costs). A record
+    without an item count (full evaluation, or a failure) counts in full."""
+    whole = sum(dev_items.values())
+    return sum(sum(r["items"].values()) if r.get("items") else whole for r in records), whole * len(records)
+
+
+def thresholds(records: Sequence[dict], keep: int) -> dict[int, float | None]:
+    """generation → the cut-off its candidates were compared with (as the search loop computed it)."""
+    gens = sorted({r["gen"] for r in records})
+    return {g: cutoff([r for r in records if r["gen"] < g], keep) for g in gens}
 
 
 class ChunkedScorer:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evogm.adaptive import items_scored
 from evogm.baselines import BASELINES
 from evogm.errors import EvogmError
 from evogm.rundir import RunDir
@@ -186,19 +187,27 @@ def summarize(jobs: list[Job], specs: dict, budget: int) -> dict:
             curve = best_so_far(run_dir.records(), budget)
             runs.append({"seed": job.seed, "run_dir": str(job.run_dir), "dev": best["dev"]["score"],
                          "test": best["test"]["score"], "evals_to_static": evals_to_reach(curve, target),
-                         "curve": curve})
+                         "curve": curve, **run_items(run_dir)})
         methods[name] = {"optimizer": specs[name][0], "options": specs[name][1], "runs": runs,
                          **{f"{k}_{s}": v for k in ("dev", "test") for s, v in mean_std([r[k] for r in runs]).items()},
-                         "evals_to_static": _reach_summary([r["evals_to_static"] for r in runs])}
+                         "evals_to_static": _reach_summary([r["evals_to_static"] for r in runs]),
+                         "items": mean_std([r["items"] for r in runs])["mean"],
+                         "items_full": mean_std([r["items_full"] for r in runs])["mean"]}
     return {"budget": budget, "seeds": [j.seed for j in jobs if j.method == jobs[0].method],
             "static": static, "static_best_dev": target, "methods": methods}
 
 
+def run_items(run_dir: RunDir) -> dict:
+    """Dev items a run's search scored, and what scoring every evaluation in full would have."""
+    scored, whole = items_scored(run_dir.records(), run_dir.read_final().get("dev_items") or {})
+    return {"items": scored, "items_full": whole}
+
+
 def best_so_far(records: list[dict], budget: int) -> list[float | None]:
-    """The best dev fitness after each evaluation (None until one succeeds)."""
+    """The best full dev fitness after each evaluation (None until one succeeds; partial ones never count)."""
     curve, best = [], -math.inf
     for rec in records[:budget]:
-        if rec["loss"] is not None and not rec.get("error"):
+        if rec["loss"] is not None and not rec.get("error") and not rec.get("partial"):
             best = max(best, flip(rec["loss"]))
         curve.append(None if best == -math.inf else best)
     return curve

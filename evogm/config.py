@@ -57,6 +57,7 @@ class SearchConfig:
     evaluation: str = "full"  # full | adaptive (stop scoring a candidate once it cannot enter the kept set)
     confidence: float = 0.95  # adaptive: the chance that no candidate which would have been kept is stopped
     chunks: int = 4  # adaptive: looks per candidate, each scoring 1/chunks of every task's dev items
+    keep: int | None = None  # adaptive: the kept set's size (cut-off: the keep-th best full evaluation); None: popsize
 
 
 @dataclass(frozen=True)
@@ -315,6 +316,9 @@ def _check_adaptive(search: SearchConfig) -> None:
     if isinstance(search.chunks, bool) or not isinstance(search.chunks, int) or search.chunks < 2:
         raise EvogmError(f"search.chunks is {search.chunks!r}", "adaptive evaluation needs at least two looks",
                          "write search.chunks=4")
+    if search.keep is not None and (isinstance(search.keep, bool) or not isinstance(search.keep, int) or search.keep < 1):
+        raise EvogmError(f"search.keep is {search.keep!r}", "it is the number of evaluations the search keeps",
+                         "write a positive integer, or leave it out (the population size)")
 
 
 def _check_choice(key: str, value: str, choices) -> None:

@@ -23,10 +23,15 @@ from evogm.config import RunConfig, to_dict
 IGNORED_SUFFIXES = (".md",)  # a model card changes no weight
 
 
+ADAPTIVE_KEYS = ("evaluation", "confidence", "chunks", "keep")  # search.*: adaptive evaluation's settings
+
+
 def fingerprint(cfg: RunConfig) -> dict:
     """{"config": the resolved config (without its output), "files": {input: sha256}} of a run."""
     files = {key: folder_hash(path) if path.is_dir() else file_hash(path) for key, path in input_paths(cfg).items()}
     config = {k: v for k, v in to_dict(cfg).items() if k != "output"}
+    if cfg.search.evaluation == "full":  # the adaptive knobs change nothing then (and runs from before them resume)
+        config["search"] = {k: v for k, v in config["search"].items() if k not in ADAPTIVE_KEYS}
     return {"config": config, "files": files}
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from evogm.adaptive import items_scored
 from evogm.rundir import RunDir
 from evogm.runlog import flip, write_atomic
 from evogm.scoring import MULTI_TASK
@@ -75,7 +76,19 @@ def header(run_dir: Path, config: dict, final: dict, records: list[dict]) -> str
         f"- experts: {', '.join(final['experts'])}; {final['groups']} coefficient group(s) each",
         f"- best: evaluation {best['evaluation']} — dev {_fmt(best['dev']['score'])}, "
         f"test {_fmt(best['test']['score'])}; exported to [model/](model/)",
-        search_gain(config, final), ""])
+        search_gain(config, final), items_line(records, final), ""])
+
+
+def items_line(records: list[dict], final: dict) -> str:
+    """Dev items the search scored, and the saving of adaptive evaluation against scoring every item."""
+    if not final.get("dev_items"):
+        return "- dev items scored: not counted (a task without a data file)"
+    scored, whole = items_scored(records, final["dev_items"])
+    partial = sum(bool(r.get("partial")) for r in records)
+    if scored == whole:
+        return f"- dev items scored: {scored:,} (every evaluation in full)"
+    return (f"- dev items scored: {scored:,} of {whole:,} for full scoring ({whole / max(scored, 1):.2f}× fewer); "
+            f"{partial} of {len(records)} evaluations stopped early (partial: estimates, never the best)")
 
 
 def search_gain(config: dict, final: dict) -> str:
@@ -162,7 +175,8 @@ def _fmt(value) -> str:
 
 def plot_best_so_far(records: list[dict], path: Path) -> str:
     fitness = np.array([flip(r["loss"]) if r["loss"] is not None else np.nan for r in records])
-    best = np.fmax.accumulate(np.where(np.isnan(fitness), -np.inf, fitness)) if len(fitness) else fitness
+    full = np.where(np.array([bool(r.get("partial")) for r in records], dtype=bool), np.nan, fitness)
+    best = np.fmax.accumulate(np.where(np.isnan(full), -np.inf, full)) if len(fitness) else fitness
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()
     ax.plot(np.arange(1, len(fitness) + 1), fitness, ".", alpha=0.4, label="evaluation")

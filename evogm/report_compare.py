@@ -26,11 +26,12 @@ def write(out: Path, summary: dict) -> Path:
 
 def markdown(summary: dict, plots: dict[str, str]) -> str:
     seeds = summary["seeds"]
-    rows = [["method", "best dev (mean ± std)", "its test (mean ± std)", "evals to reach the best static dev"]]
+    rows = [["method", "best dev (mean ± std)", "its test (mean ± std)", "evals to reach the best static dev",
+             "dev items scored per run", "fewer than full scoring"]]
     for name, m in summary["methods"].items():
         reach = m["evals_to_static"]
         rows.append([name, _pm(m["dev_mean"], m["dev_std"]), _pm(m["test_mean"], m["test_std"]),
-                     f"{_fmt1(reach['mean'])} ({reach['reached']}/{reach['of']} seeds)"])
+                     f"{_fmt1(reach['mean'])} ({reach['reached']}/{reach['of']} seeds)", *_items(m)])
     static = [["static baseline", "dev", "test"]] + [
         [LABELS.get(k, k), _fmt(v["dev"]), _fmt(v["test"])] for k, v in summary["static"].items()]
     return "\n".join([
@@ -70,6 +71,14 @@ def plot_dev_test(summary: dict, path: Path) -> str:
     ax.set(xlabel="dev score", ylabel="test score", title="each run's best (x: static baselines)")
     ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+def _items(m: dict) -> list[str]:
+    """Mean dev items scored per run, and the saving of adaptive evaluation against full scoring."""
+    items, whole = m.get("items"), m.get("items_full")
+    if not items or not whole:
+        return ["–", "–"]
+    return [f"{items:,.0f}", f"{whole / items:.2f}×"]
 
 
 def _pm(mean, std) -> str:

@@ -75,7 +75,7 @@ def run_search(cfg: RunConfig, run_dir: RunDir, target: str, log: RunLog, progre
         search(make_optimizer(cfg), executor, log, cfg.search.budget, progress=progress,
                title="search" if target == MULTI_TASK else f"search {target}",
                on_generation=lambda: run_dir.write_best(experts, log.records()),
-               keep=cfg.search.popsize if cfg.search.evaluation == "adaptive" else None)
+               keep=(cfg.search.keep or cfg.search.popsize) if cfg.search.evaluation == "adaptive" else None)
     finally:
         log.close()
         executor.close()

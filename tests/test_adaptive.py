@@ -1,0 +1,198 @@
+"""Adaptive evaluation: the stopping rule's bound, chunked scoring against full scoring, partial
+evaluations never the best, determinism, resume after SIGKILL, one-task targets, config errors.
+
+Model tests run the packaged zoo (its real tiny models), cut to 24 dev items per task."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evogm.adaptive import ChunkedScorer, cutoff, items_scored, thresholds, upper_bound
+from evogm.config import load_config, to_dict
+from evogm.errors import EvogmError
+from evogm.executors import LocalExecutor
+from evogm.rundir import best_entry
+from evogm.runlog import RunLog
+from evogm.scoring import MULTI_TASK
+from evogm.workspace import make_objective
+from evogm.zoo.packaged import zoo_config
+
+LIMITS = [f"tasks.{i}.limit=24" for i in range(10)]
+# A short adaptive search on the zoo in which candidates do stop: a strict cut-off (the best so far),
+# two looks of 12 items per task, a loose confidence.
+ADAPTIVE = ["search.evaluation=adaptive", "search.keep=1", "search.chunks=2", "search.confidence=0.5"]
+SHORT = ["search.optimizer=random", "search.options={}", "search.popsize=4", "search.budget=12", "seed=5",
+         "baselines.methods=[]"]
+
+
+def zoo(tmp_path: Path, *extra: str):
+    return load_config(zoo_config(), [*LIMITS, f"output={tmp_path / 'run'}", *extra])
+
+
+@pytest.fixture(scope="module")
+def objectives(tmp_path_factory):
+    """(full objective, adaptive objective with 4 chunks) on one resident zoo model."""
+    out = tmp_path_factory.mktemp("adaptive")
+    full = make_objective(to_dict(zoo(out)), MULTI_TASK)
+    return full, make_objective(to_dict(zoo(out, "search.evaluation=adaptive")), MULTI_TASK)
+
+
+# --- the stopping rule ----------------------------------------------------------------------------
+
+
+def test_the_bound_holds_over_every_look_at_its_stated_confidence():
+    """Simulated 0/1 items of three tasks: how often the full score exceeds the bound at some look, with
+    the union bound over looks, stays under 1 − confidence (and the rule is not vacuous: it is close)."""
+    rng = np.random.default_rng(0)
+    totals, weights, chunks, confidence = np.array([40, 60, 100]), np.array([1.0, 2.0, 1.0]), 4, 0.8
+    delta = (1 - confidence) / (chunks - 1)
+    misses, trials = 0, 4000
+    for _ in range(trials):
+        items = [rng.random(n) < p for n, p in zip(totals, rng.uniform(0.2, 0.8, 3))]
+        full = weights @ [x.mean() for x in items] / weights.sum()
+        orders = [x[rng.permutation(len(x))] for x in items]
+        looks = [[np.array_split(o, chunks)[k] for o in orders] for k in range(chunks - 1)]
+        seen = [np.zeros(0)] * 3
+        missed = False
+        for look in looks:
+            seen = [np.concatenate([s, part]) for s, part in zip(seen, look)]
+            ucb = upper_bound(weights, [s.mean() for s in seen], seen=[len(s) for s in seen], totals=totals,
+                              delta=delta)
+            missed |= full > ucb
+        misses += missed
+    assert misses / trials <= 1 - confidence
+    assert misses > 0  # a bound that never binds would make the test say nothing
+
+
+def test_the_cut_off_is_the_keep_th_best_full_evaluation():
+    records = [{"gen": 0, "loss": -0.2}, {"gen": 0, "loss": -0.6}, {"gen": 1, "loss": -0.9, "partial": True},
+               {"gen": 1, "loss": None, "error": "boom"}, {"gen": 2, "loss": -0.4}]
+    assert cutoff(records, 1) == 0.6 and cutoff(records, 3) == 0.2 and cutoff(records, 4) is None
+    assert thresholds(records, 2) == {0: None, 1: 0.2, 2: 0.2}
+
+
+def test_a_partial_evaluation_is_never_the_best():
+    records = [{"gen": 0, "row": 0, "loss": -0.5, "x": [1.0], "coefficients": [1.0], "metrics": {}},
+               {"gen": 1, "row": 0, "loss": -0.9, "x": [2.0], "coefficients": [2.0], "metrics": {}, "partial": True}]
+    assert best_entry(records, ["e"])["evaluation"] == 1
+    with pytest.raises(EvogmError, match="no evaluation succeeded"):
+        best_entry(records[1:], ["e"])
+    assert items_scored([{"items": {"a": 6}}, {}], {"a": 24}) == (30, 48)
+
+
+# --- chunked scoring on the zoo's real models -------------------------------------------------------
+
+
+def test_chunked_scoring_equals_full_scoring_when_nothing_stops(objectives):
+    full, adaptive = objectives
+    for x in np.random.default_rng(1).uniform(-0.2, 1.0, size=(3, 8)):
+        a, b = full(x), adaptive(x, threshold=-1.0)  # no bound is below −1: every look is scored
+        assert not b.partial and b.items == {name: 24 for name in b.items} and len(b.items) == 10
+        assert b.metrics.keys() == a.metrics.keys()
+        assert all(math.isclose(b.metrics[k], a.metrics[k], abs_tol=1e-12) for k in a.metrics)
+        assert math.isclose(a.loss, b.loss, abs_tol=1e-12)
+        c = adaptive(x)  # no cut-off yet (the first generation): the plain scorer, every item
+        assert (c.loss, c.metrics, c.items, c.partial) == (a.loss, a.metrics, b.items, False)
+
+
+def test_a_candidate_that_cannot_reach_the_cut_off_stops_after_its_first_look(objectives):
+    full, adaptive = objectives
+    x = np.full(8, 0.3)
+    stopped = adaptive(x, threshold=1.5)  # no candidate can score above 1
+    assert stopped.partial and stopped.ok and set(stopped.items.values()) == {6}  # 24 items in 4 chunks
+    assert math.isclose(stopped.fitness, float(np.mean(list(stopped.metrics.values()))))  # of the items it saw
+    assert stopped.seconds < full(x).seconds * 2
+
+
+def test_a_one_task_target_scores_and_stops_on_that_task_alone(tmp_path):
+    objective = make_objective(to_dict(zoo(tmp_path, "search.evaluation=adaptive")), "add")
+    stopped = objective(np.full(8, 0.3), threshold=1.5)
+    assert stopped.partial and stopped.items == {"add": 6} and list(stopped.metrics) == ["add/accuracy"]
+    whole = objective(np.full(8, 0.3), threshold=-1.0)
+    assert not whole.partial and whole.items == {"add": 24}
+
+
+def test_a_task_whose_metric_is_not_a_mean_is_scored_whole_at_the_first_look(objectives):
+    _, adaptive = objectives
+    scorer = adaptive.chunked
+    scorer_tasks = {t.name: parts for t, parts in zip(scorer.tasks, scorer.parts)}
+    assert all(parts is not None and len(parts) == 4 for parts in scorer_tasks.values())
+
+    class Whole:  # a task without per-item scores (a Python fitness, say)
+        name, weight, primary = "whole", 1.0, "value"
+
+        def evaluate(self, model, tokenizer, split):
+            return {"value": 0.25}
+
+    chunked = ChunkedScorer([*scorer.tasks[:1], Whole()], MULTI_TASK, chunks=4, confidence=0.9, seed=0)
+    adaptive.merger(np.full(8, 0.3))
+    metrics, items, partial = chunked(adaptive.merger.model, adaptive.tokenizer, 1.5)
+    assert partial and metrics["whole/value"] == 0.25 and items == {scorer.tasks[0].name: 6}
+
+
+# --- runs ------------------------------------------------------------------------------------------
+
+
+def run_records(out: Path, *extra: str) -> list[dict]:
+    from evogm.run import run
+
+    run(load_config(zoo_config(), [*LIMITS, *SHORT, *ADAPTIVE, f"output={out}", *extra]))
+    return RunLog(out / "evaluations.jsonl").records()
+
+
+def test_an_adaptive_run_is_deterministic_and_its_best_is_a_full_evaluation(tmp_path):
+    keep = ("gen", "row", "x", "metrics", "loss", "items", "partial")
+    a, b = (run_records(tmp_path / name) for name in ("a", "b"))
+    assert [{k: r.get(k) for k in keep} for r in a] == [{k: r.get(k) for k in keep} for r in b]
+    partial = [r for r in a if r.get("partial")]
+    assert partial and all(sum(r["items"].values()) < 240 for r in partial)  # the setting does stop candidates
+    best = json.loads((tmp_path / "a" / "best.json").read_text())
+    assert not a[best["evaluation"] - 1].get("partial")
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert f"{len(partial)} of 12 evaluations stopped early" in report
+
+
+def test_an_adaptive_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
+    import yaml
+
+    from evogm.config import read_raw
+    from test_resume import assert_sigkill_resumes
+
+    raw = read_raw(zoo_config())  # input paths made absolute
+    raw["tasks"] = [{**task, "limit": 24} for task in raw["tasks"]]
+    raw["search"] = {"optimizer": "evogm", "evaluation": "adaptive", "keep": 1, "chunks": 2, "confidence": 0.5}
+    config = tmp_path / "adaptive.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    whole = assert_sigkill_resumes(config, tmp_path)
+    killed = RunLog(tmp_path / "killed" / "evaluations.jsonl").records()
+    again = RunLog(whole / "evaluations.jsonl").records()
+    assert [(r.get("items"), r.get("partial")) for r in killed] == [(r.get("items"), r.get("partial")) for r in again]
+    assert any(r.get("partial") for r in again)
+
+
+# --- config ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.evaluation=adaptiv", "did you mean 'adaptive'"),
+    ("search.confidence=1.5", "strictly between 0 and 1"),
+    ("search.chunks=1", "at least two looks"),
+    ("search.keep=0", "search.keep is 0"),
+    ("search.confidance=0.9", "confidence"),
+])
+def test_bad_adaptive_settings_are_one_line_errors(tmp_path, override, message):
+    with pytest.raises(EvogmError, match=message):
+        zoo(tmp_path, override)
+
+
+def test_full_evaluation_is_the_default_and_logs_as_before(objectives):
+    full, _ = objectives
+    assert full.chunked is None
+    result = full(np.full(8, 0.3), threshold=None)
+    assert not result.partial and result.items == {}
+    assert LocalExecutor(lambda: full).map(np.full((1, 8), 0.3))[0].loss == result.loss
