@@ -102,7 +102,8 @@ def planned_budget(config: str, overrides: list[str], out: Path) -> int:
 
 
 def make_jobs(config, overrides, specs, seeds, budget, out: Path, workers: int) -> list[Job]:
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    # torch threads per run: the cores shared among the workers, unless OMP_NUM_THREADS sets a limit
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // max(1, workers))
     jobs = []
     for m, (name, (optimizer, options)) in enumerate(specs.items()):
         for s, seed in enumerate(seeds):

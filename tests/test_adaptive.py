@@ -196,3 +196,26 @@ def test_full_evaluation_is_the_default_and_logs_as_before(objectives):
     result = full(np.full(8, 0.3), threshold=None)
     assert not result.partial and result.items == {}
     assert LocalExecutor(lambda: full).map(np.full((1, 8), 0.3))[0].loss == result.loss
+
+
+def test_ray_workers_stop_candidates_as_the_local_executor_does(tmp_path):
+    """The cut-off travels with each candidate to a Ray worker: the same partial Results as locally."""
+    import os
+
+    ray = pytest.importorskip("ray")
+    from evogm.executors import RayExecutor
+    from evogm.workspace import objective_factory
+
+    cfg = zoo(tmp_path, "search.evaluation=adaptive")
+    xs = np.random.default_rng(2).uniform(-0.3, 1.0, size=(3, 8))
+    local = LocalExecutor(objective_factory(cfg, MULTI_TASK)).map(xs, threshold=0.3)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    try:
+        executor = RayExecutor(objective_factory(cfg, MULTI_TASK), workers=1, cpus_per_worker=1)
+        remote = executor.map(xs, threshold=0.3)
+        executor.close()
+    finally:
+        ray.shutdown()
+    assert [(r.loss, r.items, r.partial) for r in remote] == [(r.loss, r.items, r.partial) for r in local]
+    assert any(r.partial for r in local) and not all(r.partial for r in local)
