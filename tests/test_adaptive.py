@@ -30,6 +30,18 @@ SHORT = ["search.optimizer=random", "search.options={}", "search.popsize=4", "se
          "baselines.methods=[]"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread here: these tests run whole searches, and two threads on a busy two-core machine
+    spend most of their time waiting for each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def zoo(tmp_path: Path, *extra: str):
     return load_config(zoo_config(), [*LIMITS, f"output={tmp_path / 'run'}", *extra])
 
