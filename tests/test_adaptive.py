@@ -219,15 +219,17 @@ def test_ray_workers_stop_candidates_as_the_local_executor_does(tmp_path):
     from evogm.workspace import objective_factory
 
     cfg = zoo(tmp_path, "search.evaluation=adaptive")
-    xs = np.random.default_rng(2).uniform(-0.3, 1.0, size=(3, 8))
-    local = LocalExecutor(objective_factory(cfg, MULTI_TASK)).map(xs, threshold=0.3)
+    xs = np.random.default_rng(2).uniform(-0.3, 1.0, size=(2, 8))
+    cuts = (1.5, -1.0)  # every row stops after its first look; no row stops
+    local = [LocalExecutor(objective_factory(cfg, MULTI_TASK)).map(xs, threshold=cut) for cut in cuts]
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="warning")
     try:
         executor = RayExecutor(objective_factory(cfg, MULTI_TASK), workers=1, cpus_per_worker=1)
-        remote = executor.map(xs, threshold=0.3)
+        remote = [executor.map(xs, threshold=cut) for cut in cuts]
         executor.close()
     finally:
         ray.shutdown()
-    assert [(r.loss, r.items, r.partial) for r in remote] == [(r.loss, r.items, r.partial) for r in local]
-    assert any(r.partial for r in local) and not all(r.partial for r in local)
+    for a, b in zip(remote, local):
+        assert [(r.loss, r.items, r.partial) for r in a] == [(r.loss, r.items, r.partial) for r in b]
+    assert [r.partial for r in local[0]] == [True, True] and [r.partial for r in local[1]] == [False, False]
