@@ -144,8 +144,8 @@ def projections(summary: dict, confidence: float) -> str:
     body = [f"| {keep} | {chunks} | {items} | " + " | ".join(
         f"{np.mean([projected_saving(d, keep, chunks, confidence, items) for d in runs]):.2f}×"
         for runs in dirs.values()) + " |" for keep, chunks, items in grid]
-    return "\n".join([f"\nprojected saving at confidence {confidence} (from the full-scoring logs; see projected_saving):",
-                      *head, *body])
+    title = f"\nprojected saving at confidence {confidence} (from the full-scoring logs; see projected_saving):"
+    return "\n".join([title, *head, *body])
 
 
 def table(lines: list[dict], errors: dict, confidence: float) -> str:

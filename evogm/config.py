@@ -316,7 +316,8 @@ def _check_adaptive(search: SearchConfig) -> None:
     if isinstance(search.chunks, bool) or not isinstance(search.chunks, int) or search.chunks < 2:
         raise EvogmError(f"search.chunks is {search.chunks!r}", "adaptive evaluation needs at least two looks",
                          "write search.chunks=4")
-    if search.keep is not None and (isinstance(search.keep, bool) or not isinstance(search.keep, int) or search.keep < 1):
+    keep = search.keep
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise EvogmError(f"search.keep is {search.keep!r}", "it is the number of evaluations the search keeps",
                          "write a positive integer, or leave it out (the population size)")
 

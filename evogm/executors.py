@@ -28,7 +28,8 @@ ObjectiveFactory = Callable[[], Callable[[np.ndarray], Result]]
 
 
 class Executor(Protocol):
-    def map(self, xs: np.ndarray, on_result: OnResult | None = None, threshold: float | None = None) -> list[Result]: ...
+    def map(self, xs: np.ndarray, on_result: OnResult | None = None,
+            threshold: float | None = None) -> list[Result]: ...
 
     def close(self) -> None: ...
 
