@@ -141,14 +141,28 @@ class _Slot:
     B: torch.Tensor | None = None  # (d_out, R) stacked B factors
 
     def write(self, lam: torch.Tensor) -> None:
-        """param ← θ₀ + Σ_full λ τ + B · diag(λ s) · A.  lam: (E,) this parameter's group's coefficients."""
+        """param ← θ₀ + Σ_full λ τ + B · diag(λ s) · A.  lam: (E,) this parameter's group's coefficients.
+
+        A float32 (or float64) parameter is written in place. A bfloat16 or float16 one is summed in a
+        float32 buffer of its shape and rounded once, so that λ, the LoRA factors and the sum keep
+        float32 precision (the buffer is one tensor's, transient).
+        """
         out = self.param.data
-        if self.full is not None:
+        exact = out.dtype in (torch.float32, torch.float64)
+        acc = out if exact else torch.empty_like(out, dtype=torch.float32)
+        if self.full is not None and exact:
             torch.addmv(self.base.view(-1), self.full.T, lam[self.full_experts].to(out.dtype), out=out.view(-1))
         else:
-            out.copy_(self.base)
-        if self.A is not None:  # λ·s in float32, so that a bfloat16 model does not round λ itself
-            out.addmm_((self.B * (lam[self.lora_expert] * self.lora_scale)).to(out.dtype), self.A)
+            acc.copy_(self.base)
+            for row, expert in zip(self.full if self.full is not None else (), self._full_list()):
+                acc.view(-1).add_(row, alpha=lam[expert].item())
+        if self.A is not None:
+            acc.addmm_((self.B * (lam[self.lora_expert] * self.lora_scale)).to(acc.dtype), self.A.to(acc.dtype))
+        if not exact:
+            out.copy_(acc)
+
+    def _full_list(self) -> list[int]:
+        return [] if self.full_experts is None else self.full_experts.tolist()
 
 
 class Merger:
