@@ -118,22 +118,30 @@ def measure(evaluate, switch, clock: Clock, xs: np.ndarray, device: torch.device
     return {**out, "first": rows[0]["total"], "host": peak.host, "gpu": peak.gpu}
 
 
-def load(args):
+def load(args, folder: Path):
     from evogm.config import load_config
     from evogm.workspace import build_workspace
 
-    folder = folder_for(args.cache, args.shape, experts=args.experts, rank=args.rank, items=args.items, dtype=args.dtype)
-    build(args.shape, folder, experts=args.experts, rank=args.rank, items=args.items, dtype=args.dtype)
-    overrides = [f"models.device={args.device}", f"models.dtype={args.dtype}", *args.set]
-    return folder, build_workspace(load_config(folder / "run.yaml", overrides))
+    overrides = [f"models.device={args.device}", f"models.dtype={args.dtype}",
+                 f"models.base_copy={args.base_copy}", *args.set]
+    cfg = load_config(folder / "run.yaml", overrides)
+    return cfg, build_workspace(cfg)
 
 
-def run_evogm(ws, xs, device) -> dict:
+def loglik_tasks(cfg) -> list:
+    """The run's tasks with multiple choice (and AbstainQA) scored by log-likelihood."""
+    from evogm.tasks import load_task
+
+    choice = ("multiple_choice", "abstain")
+    return [load_task({**spec, "scoring": "loglik"} if spec.get("type") in choice else spec) for spec in cfg.tasks]
+
+
+def run_evogm(ws, tasks: list, xs, device) -> dict:
     from evogm.objective import Objective
 
     clock = Clock(ws.merger.model, device)
     merger = timed(ws.merger, clock.sync)
-    objective = Objective(merger, ws.models.tokenizer, list(ws.tasks.values()))
+    objective = Objective(merger, ws.models.tokenizer, tasks)
     failed = []
     result = measure(lambda x: failed.append(objective(x).error), merger, clock, xs, device)
     if any(failed):
@@ -195,19 +203,26 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--cache", default="~/.cache/evogm-paper-scale")
-    parser.add_argument("--set", nargs="*", default=[], help="run-config overrides, e.g. tasks.0.scoring=loglik")
+    parser.add_argument("--base-copy", default="device", choices=["device", "host", "disk"],
+                        help="where the merger keeps θ₀ (models.base_copy)")
+    parser.add_argument("--loglik", action="store_true", help="add a column: multiple choice scored by log-likelihood")
+    parser.add_argument("--set", nargs="*", default=[], help="run-config overrides, e.g. tasks.0.batch_size=50")
     parser.add_argument("--build-only", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
     start = time.perf_counter()
-    folder, ws = load(args)
+    folder = folder_for(args.cache, args.shape, experts=args.experts, rank=args.rank, items=args.items, dtype=args.dtype)
+    build(args.shape, folder, experts=args.experts, rank=args.rank, items=args.items, dtype=args.dtype)
     if args.build_only:
-        print(f"built {folder} (run config: {folder / 'run.yaml'})")
+        print(f"built {folder} in {time.perf_counter() - start:.0f} s (run config: {folder / 'run.yaml'})")
         return
+    cfg, ws = load(args, folder)
     print(f"{folder}: built or reused and loaded in {time.perf_counter() - start:.0f} s; "
           f"peak host RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     xs = np.random.default_rng(0).uniform(-1, 1, size=(max(args.evaluations, args.reference_evaluations), ws.merger.dim))
-    columns = {"evogm": run_evogm(ws, xs[: args.evaluations], device)}
+    columns = {"evogm": run_evogm(ws, list(ws.tasks.values()), xs[: args.evaluations], device)}
+    if args.loglik:
+        columns["evogm loglik"] = run_evogm(ws, loglik_tasks(cfg), xs[: args.evaluations], device)
     notes = [f"evogm: median of {max(1, args.evaluations - 1)} evaluation(s) after the first; merge measured in full"]
     if args.reference_evaluations:
         columns["reference"], ref = run_reference(ws, xs[: args.reference_evaluations], device, args.reference_layers)

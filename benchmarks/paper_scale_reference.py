@@ -41,7 +41,7 @@ class ReferenceSwitch:
         self.keys = [k for k in keys if int(_LAYER.search(k)[1]) < self.layers]
         state = model.state_dict()
         self.base = {k: state[k].detach().cpu().clone() for k in self.keys}
-        self.vectors = [{k: e.dense(k).cpu() for k in self.keys} for e in experts]
+        self.vectors = [{k: e.dense(k).to(state[k].dtype).cpu() for k in self.keys} for e in experts]  # model dtype
         self.all_keys = len(keys)
 
     @property
