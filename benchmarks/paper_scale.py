@@ -149,6 +149,32 @@ def run_evogm(ws, tasks: list, xs, device) -> dict:
     return result
 
 
+def run_switches(ws, xs, device, layers) -> None:
+    """Switch time alone: evogm's merger against the reference switch (no scoring), medians over `xs`."""
+    from paper_scale_reference import ReferenceSwitch
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    ours = median_seconds(ws.merger, xs, sync)
+    ws.merger.reset()
+    with Peak(device) as peak:
+        reference = ReferenceSwitch(ws.merger.model, ws.merger.experts, layers)
+        theirs = median_seconds(reference, xs, sync) * reference.scale
+    print(f"switch, median of {len(xs)}: evogm {ours:.3f} s (base copy: {ws.merger.base.place}), reference "
+          f"{theirs:.3f} s ({'measured over every layer' if reference.scale == 1 else f'{reference.layers} of {reference.n_layers} layers measured, scaled ×{reference.scale:.1f}'}): "
+          f"{theirs / ours:.1f}× faster; peak host RSS with the reference's vectors {peak.host / GiB:.2f} GiB, a whole "
+          f"reference holds {reference.bytes_whole() / GiB:.1f} GiB of θ₀ and dense τ (computed)")
+
+
+def median_seconds(switch, xs, sync) -> float:
+    times = []
+    for x in xs:
+        start = time.perf_counter()
+        switch(x)
+        sync()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def run_reference(ws, xs, device, layers) -> tuple[dict, object]:
     from paper_scale_reference import ReferenceSwitch, reference_score
 
@@ -208,6 +234,7 @@ def main() -> None:
     parser.add_argument("--loglik", action="store_true", help="add a column: multiple choice scored by log-likelihood")
     parser.add_argument("--set", nargs="*", default=[], help="run-config overrides, e.g. tasks.0.batch_size=50")
     parser.add_argument("--build-only", action="store_true")
+    parser.add_argument("--switches", type=int, default=0, help="only time this many switches, evogm vs reference")
     args = parser.parse_args()
     device = torch.device(args.device)
     start = time.perf_counter()
@@ -219,7 +246,10 @@ def main() -> None:
     cfg, ws = load(args, folder)
     print(f"{folder}: built or reused and loaded in {time.perf_counter() - start:.0f} s; "
           f"peak host RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
-    xs = np.random.default_rng(0).uniform(-1, 1, size=(max(args.evaluations, args.reference_evaluations), ws.merger.dim))
+    xs = np.random.default_rng(0).uniform(-1, 1, size=(max(args.evaluations, args.reference_evaluations, args.switches),
+                                                        ws.merger.dim))
+    if args.switches:
+        return run_switches(ws, xs[: args.switches], device, args.reference_layers)
     columns = {"evogm": run_evogm(ws, list(ws.tasks.values()), xs[: args.evaluations], device)}
     if args.loglik:
         columns["evogm loglik"] = run_evogm(ws, loglik_tasks(cfg), xs[: args.evaluations], device)
