@@ -160,9 +160,19 @@ def run_switches(ws, xs, device, layers) -> None:
         reference = ReferenceSwitch(ws.merger.model, ws.merger.experts, layers)
         theirs = median_seconds(reference, xs, sync) * reference.scale
     print(f"switch, median of {len(xs)}: evogm {ours:.3f} s (base copy: {ws.merger.base.place}), reference "
-          f"{theirs:.3f} s ({'measured over every layer' if reference.scale == 1 else f'{reference.layers} of {reference.n_layers} layers measured, scaled ×{reference.scale:.1f}'}): "
-          f"{theirs / ours:.1f}× faster; peak host RSS with the reference's vectors {peak.host / GiB:.2f} GiB, a whole "
-          f"reference holds {reference.bytes_whole() / GiB:.1f} GiB of θ₀ and dense τ (computed)")
+          f"{theirs:.3f} s ({measured(reference)}): {theirs / ours:.1f}× faster; peak host RSS with the "
+          f"reference's vectors {peak.host / GiB:.2f} GiB, a whole reference holds "
+          f"{reference.bytes_whole() / GiB:.1f} GiB of θ₀ and dense τ (computed)")
+
+
+def counted(k: int) -> str:
+    return f"median of {k - 1} evaluations after the first" if k > 1 else "one evaluation (it tokenizes too)"
+
+
+def measured(reference) -> str:
+    if reference.scale == 1:
+        return "measured over every layer"
+    return f"{reference.layers} of {reference.n_layers} layers measured, scaled ×{reference.scale:.1f}"
 
 
 def median_seconds(switch, xs, sync) -> float:
@@ -238,8 +248,9 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     start = time.perf_counter()
-    folder = folder_for(args.cache, args.shape, experts=args.experts, rank=args.rank, items=args.items, dtype=args.dtype)
-    build(args.shape, folder, experts=args.experts, rank=args.rank, items=args.items, dtype=args.dtype)
+    sizes = dict(experts=args.experts, rank=args.rank, items=args.items, dtype=args.dtype)
+    folder = folder_for(args.cache, args.shape, **sizes)
+    build(args.shape, folder, **sizes)
     if args.build_only:
         print(f"built {folder} in {time.perf_counter() - start:.0f} s (run config: {folder / 'run.yaml'})")
         return
@@ -253,14 +264,14 @@ def main() -> None:
     columns = {"evogm": run_evogm(ws, list(ws.tasks.values()), xs[: args.evaluations], device)}
     if args.loglik:
         columns["evogm loglik"] = run_evogm(ws, loglik_tasks(cfg), xs[: args.evaluations], device)
-    notes = [f"evogm: median of {max(1, args.evaluations - 1)} evaluation(s) after the first; merge measured in full"]
+    notes = [f"evogm: {counted(args.evaluations)}; merge measured in full"]
     if args.reference_evaluations:
-        columns["reference"], ref = run_reference(ws, xs[: args.reference_evaluations], device, args.reference_layers)
-        notes.append(f"reference: median of {max(1, args.reference_evaluations - 1)} evaluation(s) after the first; "
-                     + (f"switch measured over {ref.layers} of {ref.n_layers} layers and scaled ×{ref.scale:.1f}; a whole "
-                        f"reference would hold {ref.bytes_whole() / GiB:.1f} GiB of θ₀ and dense τ on the host (computed), "
-                        "its peak RSS here is for the kept layers only" if ref.layers < ref.n_layers
-                        else "switch measured over every layer"))
+        xs_ref = xs[: args.reference_evaluations]
+        columns["reference"], ref = run_reference(ws, xs_ref, device, args.reference_layers)
+        notes.append(f"reference: {counted(len(xs_ref))}; switch "
+                     + measured(ref) + ("" if ref.scale == 1 else f"; a whole reference would hold "
+                                        f"{ref.bytes_whole() / GiB:.1f} GiB of θ₀ and dense τ on the host "
+                                        "(computed), its peak RSS here is for the kept layers"))
     report(columns, ws, args, notes)
 
 

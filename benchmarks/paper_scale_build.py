@@ -127,17 +127,18 @@ def write_adapter(folder: Path, base: Path, shape: str, rank: int, dtype: str, s
     from safetensors.torch import save_file
 
     s = SHAPES[shape]
-    d, ff, kv = s["hidden_size"], s["intermediate_size"], QWEN["num_key_value_heads"] * s["hidden_size"] // s["num_attention_heads"]
+    d, ff = s["hidden_size"], s["intermediate_size"]
+    kv = QWEN["num_key_value_heads"] * d // s["num_attention_heads"]  # k and v project to the kv heads only
     dims = {"q_proj": (d, d), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (d, d),
             "gate_proj": (d, ff), "up_proj": (d, ff), "down_proj": (ff, d)}  # (d_in, d_out)
-    g = torch.Generator().manual_seed(seed)
+    g, cast = torch.Generator().manual_seed(seed), getattr(torch, dtype)
     tensors = {}
     for layer in range(s["num_hidden_layers"]):
         for name, (d_in, d_out) in dims.items():
             part = "self_attn" if name in TARGETS[:4] else "mlp"
             key = f"base_model.model.model.layers.{layer}.{part}.{name}"
-            tensors[f"{key}.lora_A.weight"] = (torch.randn(rank, d_in, generator=g) / d_in**0.5).to(getattr(torch, dtype))
-            tensors[f"{key}.lora_B.weight"] = (torch.randn(d_out, rank, generator=g) * 0.01).to(getattr(torch, dtype))
+            a, b = torch.randn(rank, d_in, generator=g) / d_in**0.5, torch.randn(d_out, rank, generator=g) * 0.01
+            tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"] = a.to(cast), b.to(cast)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / "adapter_model.safetensors"))
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank,
