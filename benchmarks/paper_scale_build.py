@@ -1,11 +1,12 @@
 """The paper's setting at its real shapes, built locally: random weights, the right sizes, no download.
 
 A random-weight Qwen2.5 of a named shape costs the same to merge and to run as the trained one, and
-a word-level tokenizer with Qwen2.5's vocabulary size (151,936 ids) gives the embedding and the
-output head their real sizes. The experts are random rank-r PEFT LoRA adapters on every linear
-module of the layers; the task files hold synthetic items whose prompt and answer lengths follow
-the paper's 8 tasks; the run config is the shipped `configs/qwen2.5-1.5b-tulu.yaml` with its paths
-pointed here. Everything is written once into a cache folder and reused.
+a byte-level BPE tokenizer with Qwen2.5's vocabulary size (151,936 ids) gives the embedding and the
+output head their real sizes; a synthetic word is one token, as a common English word is in Qwen's.
+The experts are random rank-r PEFT LoRA adapters on every linear module of the layers; the task
+files hold synthetic items whose prompt and answer lengths follow the paper's 8 tasks; the run
+config is the shipped `configs/qwen2.5-1.5b-tulu.yaml` with its paths pointed here. Everything is
+written once into a cache folder and reused.
 
 >>> folder = build("small", Path("/tmp/ps"), experts=2, rank=4, items=8, dtype="float32")  # doctest: +SKIP
 >>> sorted(p.name for p in folder.iterdir())                                               # doctest: +SKIP
@@ -17,6 +18,7 @@ the time figures are an upper bound on a trained model's.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import string
@@ -35,7 +37,8 @@ SHAPES = {  # Qwen2Config keywords of the published models; "small" is a quick c
     "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14),
     "small": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4),
 }
-FILLER = "Zz"  # filler words' prefix, which no template word has
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")  # Qwen2.5's pre-tokenizer
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # Synthetic items, lengths in words (one token each): (mean, spread) of the question, choices and
@@ -58,68 +61,92 @@ def folder_for(cache: Path, shape: str, *, experts: int, rank: int, items: int, 
 def build(shape: str, folder: Path, *, experts: int, rank: int, items: int, dtype: str, seed: int = 0) -> Path:
     """Base, tokenizer, adapters, task files and run.yaml under `folder`; parts already there are kept."""
     folder.mkdir(parents=True, exist_ok=True)
-    words = vocabulary()
     if not (folder / "base" / "config.json").exists():
-        write_base(folder / "base", shape, dtype, words, seed)
+        write_base(folder / "base", shape, dtype, seed)
     for i in range(experts):
         if not (folder / "experts" / f"e{i}" / "adapter_model.safetensors").exists():
             write_adapter(folder / "experts" / f"e{i}", folder / "base", shape, rank, dtype, seed=seed + 1 + i)
-    write_tasks(folder / "tasks", words, items, seed)
+    write_tasks(folder / "tasks", vocabulary()[2], items, seed)
     write_config(folder, experts)
     return folder
 
 
 # ----------------------------------------------------------------------------- tokenizer
-def vocabulary() -> list[str]:
-    """Specials, printable characters, the prompt templates' words, then filler words up to VOCAB."""
+def vocabulary() -> tuple[dict[str, int], list[tuple[str, str]], list[str]]:
+    """A byte-level BPE of exactly VOCAB ids, as Qwen2.5's tokenizer reads text: (vocab, merges, filler).
+
+    transformers loads a Qwen2 model folder's tokenizer as Qwen2's own class, which keeps a file's
+    vocabulary and merges but imposes Qwen's pre-tokenizer, so the vocabulary is built for it:
+    the 256 byte symbols, every template word (with and without its leading space) as one token,
+    and filler words ("Ġab", "Ġabc", …: a space and 1–4 lowercase letters) as one token each.
+    """
+    from tokenizers import pre_tokenizers
+
     from evogm.tasks.prompts import MULTIPLE_CHOICE, REFLECTION
 
+    symbols = ["<|endoftext|>", *sorted(pre_tokenizers.ByteLevel.alphabet())]  # and the 256 byte symbols
+    vocab = {c: i for i, c in enumerate(symbols)}
+    spaced, filling, bare = {}, {}, {}  # merges by rank group: a word after a space first, bare words last
     config = (ROOT / "configs" / "qwen2.5-1.5b-tulu.yaml").read_text()
-    template_words = re.findall(r"[A-Za-z]+", MULTIPLE_CHOICE + REFLECTION + config)
-    head = ["<|endoftext|>", "<unk>"] + [c for c in string.printable if not c.isspace()]
-    head += list(dict.fromkeys(w for w in template_words if w not in head))
-    return head + [FILLER + _letters(i) for i in range(VOCAB - len(head))]
+    words = [*string.ascii_uppercase, *re.findall(r"[A-Za-z]+", MULTIPLE_CHOICE + REFLECTION + config)]  # " A" too
+    for word in dict.fromkeys(words):
+        _chain("Ġ" + word, vocab, spaced)
+        _chain(word, vocab, bare)
+    filler = []
+    for word in _letter_words():
+        if len(vocab) == VOCAB:
+            break
+        _chain("Ġ" + word, vocab, filling)
+        filler.append(word)
+    return vocab, list({**spaced, **filling, **bare}), filler
 
 
-def _letters(i: int) -> str:
-    """i in base 26, lowercase letters (no digits: the pre-tokenizer splits digits off)."""
-    out = ""
-    while True:
-        i, r = divmod(i, 26)
-        out = string.ascii_lowercase[r] + out
-        if i == 0:
-            return out
+def _letter_words():
+    """a … z, aa … zz, aaa … zzz, aaaa …: shorter first, so that every prefix is a token before its word."""
+    for n in range(1, 5):
+        for letters in itertools.product(string.ascii_lowercase, repeat=n):
+            yield "".join(letters)
 
 
-def build_tokenizer(words: list[str]):
-    """A word-level fast tokenizer over `words`: one token per word, digit or punctuation mark."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def _chain(token: str, vocab: dict, merges: dict) -> None:
+    """Make `token` one id: a merge of its prefix and its last character, the prefix made the same way.
+    A merge's rank is its group's place, so a bare word's merges never split a spaced word."""
+    for end in range(2, len(token) + 1):
+        if token[:end] not in vocab and len(vocab) < VOCAB:
+            vocab[token[:end]] = len(vocab)
+        merges[(token[: end - 1], token[end - 1])] = None
+
+
+def build_tokenizer():
+    """The byte-level BPE of `vocabulary()`, with Qwen2's pre-tokenizer: one token per filler word."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
-                                                  pre_tokenizers.Digits(individual_digits=True)])
+    vocab, merges, _ = vocabulary()
+    core = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    split = pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated")
+    core.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                                                  use_regex=False)])
+    core.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                   unk_token="<unk>", padding_side="left")
+                                   padding_side="left")
 
 
 # ----------------------------------------------------------------------------- weights
 def model_config(shape: str, dtype: str):
     from transformers import Qwen2Config
 
-    config = Qwen2Config(**QWEN, **SHAPES[shape], eos_token_id=0, bos_token_id=0, pad_token_id=0)
-    config.torch_dtype = dtype
-    return config
+    return Qwen2Config(**QWEN, **SHAPES[shape], eos_token_id=0, bos_token_id=0, pad_token_id=0, dtype=dtype)
 
 
-def write_base(folder: Path, shape: str, dtype: str, words: list[str], seed: int) -> None:
+def write_base(folder: Path, shape: str, dtype: str, seed: int) -> None:
     """A randomly initialised base of `shape` (Qwen2's own init) and the tokenizer, as safetensors."""
     from transformers import Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(model_config(shape, dtype)).to(getattr(torch, dtype))
     model.save_pretrained(folder, safe_serialization=True)
-    build_tokenizer(words).save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
 
 
 def write_adapter(folder: Path, base: Path, shape: str, rank: int, dtype: str, seed: int) -> None:
@@ -147,17 +174,22 @@ def write_adapter(folder: Path, base: Path, shape: str, rank: int, dtype: str, s
 
 
 # ----------------------------------------------------------------------------- tasks and config
-def write_tasks(folder: Path, words: list[str], items: int, seed: int) -> None:
+def write_tasks(folder: Path, filler: list[str], items: int, seed: int) -> None:
     """One paper-format JSON file per task: `items` dev items and as many test items."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    filler = [w for w in words if w.startswith(FILLER)]
     for name, shape in TASK_SHAPES.items():
         text = lambda mean_spread: " ".join(rng.choice(filler, size=_length(rng, *mean_spread)))  # noqa: E731
         data = {split: [_item(shape, text, rng) for _ in range(items)] for split in ("dev", "test")}
         if "fewshot" in shape:
             data["icl_prompt"] = text((shape["fewshot"], 0))
-        (folder / f"{name}.json").write_text(json.dumps(data))
+        _write_if_changed(folder / f"{name}.json", json.dumps(data))
+
+
+def _write_if_changed(file: Path, text: str) -> None:
+    """A run keyed on its inputs' modification times (evogm's workspace cache) is not disturbed by a rebuild."""
+    if not file.exists() or file.read_text() != text:
+        file.write_text(text)
 
 
 def _length(rng, mean: int, spread: int) -> int:
@@ -180,4 +212,4 @@ def write_config(folder: Path, experts: int) -> None:
     for task in raw["tasks"]:
         task["path"] = str(folder / "tasks" / Path(task["path"]).name)
     raw["output"] = str(folder / "runs" / "run")
-    (folder / "run.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    _write_if_changed(folder / "run.yaml", yaml.safe_dump(raw, sort_keys=False))
