@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from evogm.base_copy import PLACES
 from evogm.baselines import BASELINES
 from evogm.errors import EvogmError
 from evogm.executors import EXECUTORS
@@ -43,6 +44,7 @@ class ModelsConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto (bfloat16 on a GPU, float32 on a CPU)
     device: str = "auto"  # auto (cuda when there is one) | cpu | cuda | cuda:1 …
     groups: int = 1  # coefficients per expert: 1, or a number of layer groups
+    base_copy: str = "device"  # where the merger keeps θ₀ of the touched parameters: device | host | disk
     allow_pickle: bool = False  # load pickled (.bin) checkpoints; off: safetensors only
     trust_remote_code: bool = False  # run a model folder's own Python code (auto_map); off by default
 
@@ -290,6 +292,7 @@ def check(cfg: RunConfig, *, run: bool = True) -> None:
                          "add output: runs/NAME (or the override output=runs/NAME)")
     _check_choice("models.dtype", cfg.models.dtype, DTYPES)
     _check_choice("mode", cfg.mode, MODES)
+    _check_choice("models.base_copy", cfg.models.base_copy, PLACES)
     _check_choice("executor.kind", cfg.executor.kind, tuple(EXECUTORS))
     for method in cfg.baselines.methods:
         _check_choice("baselines.methods", method, BASELINES)

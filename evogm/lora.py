@@ -93,7 +93,8 @@ def read_adapter(folder: Path, model, *, name: str, base_path: str = "", allow_p
             raise EvogmError(f"adapter {name!r} module {module} makes a {b.shape[0]}×{a.shape[1]} update, the base weight is "
                              f"{tuple(param.shape)}", "the adapter was made for another base", "use an adapter of this base")
         scale = _scaling(config, module, a.shape[0])
-        cast = dict(device=param.device, dtype=param.dtype)
+        # float32 at least: a bfloat16 model's merge then rounds once, at the end (Merger)
+        cast = dict(device=param.device, dtype=torch.promote_types(param.dtype, torch.float32))
         factors[f"{module}.weight"] = LoraFactors(A=a.to(**cast).contiguous(), B=b.to(**cast).contiguous(), scaling=scale)
     return factors
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from evogm.base_copy import BaseCopy
 from evogm.errors import EvogmError
 from evogm.models import Expert
 
@@ -131,7 +132,7 @@ class _Slot:
 
     name: str
     param: torch.nn.Parameter
-    base: torch.Tensor  # θ₀, the parameter's shape
+    index: int  # its θ₀'s index in the Merger's BaseCopy
     group: int
     full_experts: torch.Tensor | None = None  # (k,) long: which experts the dense rows belong to
     full: torch.Tensor | None = None  # (k, numel) stacked dense task vectors
@@ -140,28 +141,40 @@ class _Slot:
     A: torch.Tensor | None = None  # (R, d_in) stacked A factors
     B: torch.Tensor | None = None  # (d_out, R) stacked B factors
 
-    def write(self, lam: torch.Tensor) -> None:
-        """param ← θ₀ + Σ_full λ τ + B · diag(λ s) · A.  lam: (E,) this parameter's group's coefficients."""
+    def write(self, lam: torch.Tensor, base: BaseCopy) -> None:
+        """param ← θ₀ + Σ_full λ τ + B · diag(λ s) · A.  lam: (E,) this parameter's group's coefficients.
+
+        A float32 (or float64) parameter is written in place. A bfloat16 or float16 one is summed in a
+        float32 buffer of its shape and rounded once, so that λ, the LoRA factors and the sum keep
+        float32 precision (the buffer is one tensor's, transient).
+        """
         out = self.param.data
-        if self.full is not None:
-            torch.addmv(self.base.view(-1), self.full.T, lam[self.full_experts].to(out.dtype), out=out.view(-1))
-        else:
-            out.copy_(self.base)
-        if self.A is not None:  # λ·s in float32, so that a bfloat16 model does not round λ itself
-            out.addmm_((self.B * (lam[self.lora_expert] * self.lora_scale)).to(out.dtype), self.A)
+        exact = out.dtype in (torch.float32, torch.float64)
+        acc = out if exact else torch.empty_like(out, dtype=torch.float32)
+        base.restore(self.index, acc)
+        if self.full is not None and exact:
+            acc.view(-1).addmv_(self.full.T, lam[self.full_experts].to(out.dtype))
+        elif self.full is not None:
+            for row, expert in zip(self.full, self.full_experts.tolist()):
+                acc.view(-1).add_(row, alpha=lam[expert].item())
+        if self.A is not None:
+            acc.addmm_((self.B * (lam[self.lora_expert] * self.lora_scale)).to(acc.dtype), self.A.to(acc.dtype))
+        if not exact:
+            out.copy_(acc)
 
 
 class Merger:
     """Writes θ₀ + Σ λ τ into `model` in place; any real λ, no drift across calls.
 
     θ₀ is what the model holds when the Merger is built: build it on the freshly loaded base (and
-    `reset()` before building another Merger on the same model).
+    `reset()` before building another Merger on the same model). `base_copy` says where θ₀ of the
+    touched parameters is kept: "device" (next to the model), "host" or "disk" (`evogm.base_copy`).
 
     >>> merger = Merger(model, experts)            # doctest: +SKIP
     >>> merger(np.array([0.7, -0.2, 1.5]))          # doctest: +SKIP
     """
 
-    def __init__(self, model: torch.nn.Module, experts: list[Expert], groups: int = 1):
+    def __init__(self, model: torch.nn.Module, experts: list[Expert], groups: int = 1, base_copy: str = "device"):
         if groups < 1:
             raise ValueError(f"groups must be ≥ 1, got {groups}")
         self.model, self.experts, self.groups = model, list(experts), groups
@@ -176,7 +189,9 @@ class Merger:
         touched = set().union(*(e.params for e in experts)) if experts else set()
         first_layer = next((i for i, n in enumerate(order) if _LAYER.search(n)), len(order))
         params = dict(model.named_parameters())
-        self._slots = [self._slot(n, params[n], i < first_layer) for i, n in enumerate(order) if n in touched]
+        names = [(i, n) for i, n in enumerate(order) if n in touched]
+        self._slots = [self._slot(k, n, params[n], i < first_layer) for k, (i, n) in enumerate(names)]
+        self.base = BaseCopy.of(base_copy, [params[n] for _, n in names])  # θ₀ of the touched parameters
 
     @property
     def names(self) -> list[str]:
@@ -212,14 +227,14 @@ class Merger:
         lam = self.coefficients(coefficients)
         columns = torch.as_tensor(lam.T, device=self._device(), dtype=torch.float32)  # (groups, experts)
         for slot in self._slots:
-            slot.write(columns[slot.group])
+            slot.write(columns[slot.group], self.base)
         return self.model
 
     @torch.no_grad()
     def reset(self) -> torch.nn.Module:
         """Back to the base model θ₀."""
         for slot in self._slots:
-            slot.param.data.copy_(slot.base)
+            self.base.restore(slot.index, slot.param.data)
         return self.model
 
     @torch.no_grad()
@@ -240,12 +255,13 @@ class Merger:
             if method == "dare":
                 extra["generator"] = torch.Generator(device=deltas.device).manual_seed(seed * 1_000_003 + index)
             merged = fn(deltas, w.to(deltas.device), **options, **extra)
-            slot.param.data.copy_(slot.base.float() + merged)  # copy_ casts back to the model's dtype
+            base = self.base.get(slot.index).to(merged.device)
+            slot.param.data.copy_(base.float() + merged)  # copy_ casts back to the model's dtype
         return self.model
 
     # -- construction ----------------------------------------------------------------------
-    def _slot(self, name: str, param: torch.nn.Parameter, before_layers: bool) -> _Slot:
-        slot = _Slot(name, param, param.detach().clone(), self.group_of(name, before_layers))
+    def _slot(self, index: int, name: str, param: torch.nn.Parameter, before_layers: bool) -> _Slot:
+        slot = _Slot(name, param, index, self.group_of(name, before_layers))
         full = [(i, e.deltas[name]) for i, e in enumerate(self.experts) if name in e.deltas]
         if full:
             slot.full_experts = torch.tensor([i for i, _ in full], device=param.device)
@@ -260,7 +276,7 @@ class Merger:
         return slot
 
     def _dense_stack(self, slot: _Slot) -> torch.Tensor:
-        zeros = torch.zeros_like(slot.base, dtype=torch.float32)
+        zeros = torch.zeros_like(slot.param, dtype=torch.float32)
         return torch.stack([_or(e.dense(slot.name), zeros).float() for e in self.experts])
 
     def _device(self) -> torch.device:

@@ -51,7 +51,7 @@ def build_workspace(cfg: RunConfig) -> Workspace:
     models = load_models(m.base, m.experts, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle,
                          trust_remote_code=m.trust_remote_code)
     tasks = {spec["name"]: load_task(spec) for spec in cfg.tasks}
-    return Workspace(models, Merger(models.model, models.experts, groups=m.groups), tasks)
+    return Workspace(models, Merger(models.model, models.experts, groups=m.groups, base_copy=m.base_copy), tasks)
 
 
 def objective_factory(cfg: RunConfig, target: str):

@@ -135,6 +135,7 @@ def test_the_test_split_is_refused_in_the_search(config_file: Path):
     ("search.budget=0", "search.budget must be a positive number"),
     ("mode=multitask", "mode is 'multitask': did you mean 'multi_task'?"),
     ("models.dtype=fp16", "models.dtype is 'fp16'"),
+    ("models.base_copy=disc", "models.base_copy is 'disc': did you mean 'disk'?"),
     ("executor.kind=slurm", "executor.kind is 'slurm'"),
     ("tasks.1.name=add", "task name 'add' appears twice"),
     ("baselines.methods=[ties, dara]", "did you mean 'dare'?"),
