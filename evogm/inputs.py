@@ -30,6 +30,8 @@ def fingerprint(cfg: RunConfig) -> dict:
     """{"config": the resolved config (without its output), "files": {input: sha256}} of a run."""
     files = {key: folder_hash(path) if path.is_dir() else file_hash(path) for key, path in input_paths(cfg).items()}
     config = {k: v for k, v in to_dict(cfg).items() if k != "output"}
+    # where the merger keeps θ₀ changes no score (the copies are exact): a resume may move it
+    config["models"] = {k: v for k, v in config["models"].items() if k != "base_copy"}
     if cfg.search.evaluation == "full":  # the adaptive knobs change nothing then (and runs from before them resume)
         config["search"] = {k: v for k, v in config["search"].items() if k not in ADAPTIVE_KEYS}
     return {"config": config, "files": files}
