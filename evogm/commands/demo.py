@@ -1,4 +1,4 @@
-"""`evogm demo`: EvoGM with the paper's settings on the packaged tiny model zoo, on a CPU, in minutes.
+"""`evogm demo`: EvoGM+ with the paper's budget on the packaged tiny model zoo, on a CPU, in minutes.
 
     $ evogm demo                 # writes runs/demo (or runs/demo-2, … if taken) and prints the report's path
     $ evogm demo --output /tmp/d search.budget=80
@@ -17,7 +17,7 @@ from evogm.zoo.packaged import zoo_config
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="run EvoGM on the packaged tiny zoo and print where the report is",
+    p = subparsers.add_parser("demo", help="run EvoGM+ on the packaged tiny zoo and print where the report is",
                               description=__doc__.splitlines()[0])
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config keys, e.g. seed=1")
     p.add_argument("--output", metavar="DIR", help="run directory (default: a fresh runs/demo*)")

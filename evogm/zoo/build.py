@@ -183,10 +183,10 @@ def write_run_config(folder: Path, plan: Preset, specs: list[dict]) -> None:
         "models": {"base": "base", "experts": {s.name: f"experts/{s.name}" for s in plan.experts},
                    "dtype": "float32", "device": "cpu", "groups": 1},
         "tasks": [{**s, "path": str(Path(s["path"]).relative_to(folder))} for s in specs],
-        "search": {"optimizer": "evogm", "budget": 160},
+        "search": {"optimizer": "evogm-plus", "budget": 160},
         "baselines": {"methods": list(BASELINES), "scales": [0.1, 0.3, 0.5, 0.7, 1.0]},
     }
-    header = "# The tiny zoo: EvoGM with the paper's settings (160 evaluations), on a CPU.\n"
+    header = "# The tiny zoo: EvoGM+ with the paper's budget (160 evaluations), on a CPU.\n"
     (folder / "run.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
 
 
