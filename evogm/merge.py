@@ -155,8 +155,8 @@ class _Slot:
         if self.full is not None and exact:
             acc.view(-1).addmv_(self.full.T, lam[self.full_experts].to(out.dtype))
         elif self.full is not None:
-            for row, expert in zip(self.full, self.full_experts.tolist()):
-                acc.view(-1).add_(row, alpha=lam[expert].item())
+            for row, weight in zip(self.full, lam[self.full_experts].tolist()):  # one device sync per tensor
+                acc.view(-1).add_(row, alpha=weight)
         if self.A is not None:
             acc.addmm_((self.B * (lam[self.lora_expert] * self.lora_scale)).to(acc.dtype), self.A.to(acc.dtype))
         if not exact:

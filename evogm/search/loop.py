@@ -65,8 +65,7 @@ def evaluate_generation(executor, log: RunLog, gen: int, xs: np.ndarray, logged:
         progress.evaluated(result)
 
     if missing:
-        extra = {} if threshold is None else {"threshold": threshold}
-        results.update(zip(missing, executor.map(xs[missing], on_result, **extra)))
+        results.update(zip(missing, executor.map(xs[missing], on_result, threshold=threshold)))
     return [results[row] for row in range(len(xs))]
 
 
