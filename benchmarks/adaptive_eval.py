@@ -16,9 +16,8 @@ within one standard error (of the difference of means) of full scoring's. Then t
 error rate: up to ``--sample`` stopped candidates per adaptive run, drawn with a fixed seed, are
 scored in full; an error is one whose full dev score is above the cut-off it was stopped against
 (it would have entered the kept set). The stated rate bounds the chance of any such error per
-candidate at 1 − confidence. Last, the saving other settings would project (kept-set size, looks,
-dev items per task), read from the full-scoring runs' logs (`projected_saving`: an approximation that
-centres each bound on the candidate's full score).
+candidate at 1 − confidence. What other settings would save on the same candidates:
+`benchmarks/adaptive_replay.py`.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ def mode_overrides(mode: str, args) -> list[str]:
     """The overrides of one arm; the adaptive knobs only where the command line sets them."""
     if mode == "full":
         return ["baselines.methods=[]"]
-    knobs = {"confidence": args.confidence, "chunks": args.chunks, "keep": args.keep}
+    knobs = {"confidence": args.confidence, "chunks": args.chunks, "keep": args.keep, "bound": args.bound}
     return ["baselines.methods=[]", "search.evaluation=adaptive",
             *(f"search.{k}={v}" for k, v in knobs.items() if v is not None)]
 
@@ -115,39 +114,6 @@ def check_run(run_dir: Path, sample: int) -> tuple[int, int, list[float]]:
     return len(chosen), errors, gaps
 
 
-def projected_saving(run_dir: Path, keep: int, chunks: int, confidence: float, items: int) -> float:
-    """Fewer items than full scoring that a full-scoring run's log projects for these settings, with
-    `items` dev items per task: a candidate stops at the first look whose bound, centred on its full
-    score (no sampling noise: an approximation), falls below the cut-off."""
-    from evogm.adaptive import thresholds, upper_bound
-
-    records = [json.loads(line) for line in (run_dir / "evaluations.jsonl").open()]
-    tasks = len(records[0]["metrics"])
-    cut, delta, spent = thresholds(records, keep), (1 - confidence) / (chunks - 1), 0.0
-    for rec in records:
-        share = 1.0
-        for look in range(1, chunks) if cut[rec["gen"]] is not None and rec["loss"] is not None else ():
-            seen = [items * look / chunks] * tasks
-            if upper_bound([1.0] * tasks, [-rec["loss"]] * tasks, seen=seen, totals=[items] * tasks,
-                           delta=delta) < cut[rec["gen"]]:
-                share = look / chunks
-                break
-        spent += share
-    return len(records) / spent
-
-
-def projections(summary: dict, confidence: float) -> str:
-    """Projected savings of other settings (kept-set size, looks, dev items per task), from the full arm."""
-    dirs = {name: [Path(r["run_dir"]) for r in m["runs"]] for name, m in summary["methods"].items()}
-    grid = [(keep, chunks, items) for items in (50, 200, 1000) for keep in (20, 10, 5) for chunks in (4, 8)]
-    head = ["| keep | chunks | dev items per task | " + " | ".join(dirs) + " |", "|---|---|---|" + "---|" * len(dirs)]
-    body = [f"| {keep} | {chunks} | {items} | " + " | ".join(
-        f"{np.mean([projected_saving(d, keep, chunks, confidence, items) for d in runs]):.2f}×"
-        for runs in dirs.values()) + " |" for keep, chunks, items in grid]
-    title = f"\nprojected saving at confidence {confidence} (from the full-scoring logs; see projected_saving):"
-    return "\n".join([title, *head, *body])
-
-
 def table(lines: list[dict], errors: dict, confidence: float) -> str:
     head = ["| optimizer | mode | seeds | dev items per run | fewer than full | search s per run | best dev | its test "
             "| test within 1 SE of full |", "|---|---|---|---|---|---|---|---|---|"]
@@ -176,6 +142,7 @@ def main() -> None:
     parser.add_argument("--confidence", type=float, default=None, help="search.confidence (default: evogm's)")
     parser.add_argument("--chunks", type=int, default=None, help="search.chunks (default: evogm's)")
     parser.add_argument("--keep", type=int, default=None, help="search.keep (default: the population size)")
+    parser.add_argument("--bound", default=None, help="search.bound (default: evogm's, paired)")
     parser.add_argument("--out", type=Path, default=None, help="default runs/adaptive-eval[-quick]")
     args = parser.parse_args()
     args.out = (args.out or ROOT / "runs" / ("adaptive-eval-quick" if args.quick else "adaptive-eval")).resolve()
@@ -187,7 +154,7 @@ def main() -> None:
     errors = error_rate(summaries["adaptive"], args.sample)
     lines = rows(summaries)
     confidence = args.confidence or SearchConfig.confidence
-    text = table(lines, errors, confidence) + "\n" + projections(summaries["full"], confidence)
+    text = table(lines, errors, confidence)
     (args.out / "adaptive.md").write_text(text + "\n")
     (args.out / "adaptive.json").write_text(json.dumps({"rows": lines, "errors": errors}, indent=1))
     print(text)

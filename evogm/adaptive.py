@@ -1,32 +1,43 @@
 """Adaptive evaluation: score a candidate chunk by chunk, stop once it cannot enter the kept set.
 
-The kept set is what the search carries forward; its cut-off (`cutoff`) is the fitness of the
-k-th best full evaluation logged so far (k: the population size), computed from the log before
-each generation, so a resumed run replays it exactly. Before a generation holds k full
-evaluations there is no cut-off and candidates are scored in full.
+The kept set is what the search carries forward; its cut-off (`cutoff`) is the k-th best full
+evaluation logged so far (k: the population size), taken from the log before each generation, so a
+resumed run replays it exactly. Before a generation holds k full evaluations there is no cut-off and
+candidates are scored in full.
 
 A candidate is scored in `chunks` looks; each look scores one chunk of every task that can be cut
-(`evogm.tasks.chunks`), the others in full at the first look. After every look but the last, an
-upper confidence bound on the candidate's full fitness (`upper_bound`) is compared with the cut-off:
-below it, scoring stops and the Result is partial, its loss −(weighted mean of the items seen).
-The bound is Hoeffding's for scores in [0, 1] with Serfling's finite-population factor (the items
-seen are a uniformly random subset of the split: a seeded permutation), at level δ = (1 −
-confidence) / (chunks − 1): a union bound over the looks, so that a candidate whose full fitness
-is above the cut-off is stopped with probability at most 1 − confidence.
+(`evogm.tasks.chunks`: the same seeded permutation of the dev items for every candidate), the others
+in full at the first look. After every look but the last, an upper confidence bound is compared with
+the cut-off; below it, scoring stops and the Result is partial, its loss −(weighted mean of the items
+seen). Either bound is taken at level δ = (1 − confidence) / (chunks − 1), a union bound over the looks.
+
+- `paired` (default): a bound on the candidate's full fitness minus the cut-off's. Every evaluation
+  keeps its per-item outcomes (`Result.outcomes`), so on the items seen so far the candidate is
+  compared with the cut-off candidate item by item: merges near each other answer most items alike,
+  and the differences vary far less than the scores. The bound is the normal approximation of the
+  differences' mean (finite-population corrected; one pseudo-item each way keeps the variance of a
+  handful of discordant items from collapsing): approximate, so the benchmark measures its error rate.
+- `hoeffding`: Hoeffding's bound on the candidate's own score in [0, 1] with Serfling's
+  finite-population factor. Exact at its confidence, and wide: it rarely stops anything on dev
+  splits of a few hundred items.
 
 >>> round(upper_bound([0.5, 0.5], [0.4, 0.6], seen=[50, 200], totals=[200, 200], delta=0.05), 4)
 0.5752
 >>> upper_bound([1.0], [0.7], seen=[200], totals=[200], delta=0.05)   # every item seen: the score itself
 0.7
+>>> round(paired_bound([1.0], [np.array([-1.0] * 6 + [0.0] * 44)], totals=[200], delta=0.05), 4)
+-0.0391
 >>> items_scored([{"items": {"a": 50, "b": 50}}, {"items": {"a": 10, "b": 10}, "partial": True}], {"a": 50, "b": 50})
 (120, 200)
->>> cutoff([{"loss": -0.3}, {"loss": -0.9}, {"loss": -0.5, "partial": True}, {"loss": None}], keep=2)
+>>> cutoff([{"loss": -0.3}, {"loss": -0.9}, {"loss": -0.5, "partial": True}, {"loss": None}], keep=2).fitness
 0.3
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
@@ -34,6 +45,15 @@ import numpy as np
 from evogm.runlog import flip
 from evogm.scoring import MULTI_TASK, score
 from evogm.tasks.chunks import dev_size, split_dev
+
+@dataclass(frozen=True)
+class Cutoff:
+    """The kept set's cut-off: the k-th best full evaluation's fitness, its metrics, and its per-item
+    outcomes (task → "0110…" in the seeded order; empty for a log written without them)."""
+
+    fitness: float
+    metrics: dict = field(default_factory=dict)
+    outcomes: dict = field(default_factory=dict)
 
 
 def upper_bound(weights: Sequence[float], means: Sequence[float], *, seen: Sequence[int], totals: Sequence[int],
@@ -47,11 +67,33 @@ def upper_bound(weights: Sequence[float], means: Sequence[float], *, seen: Seque
     return float(w @ np.asarray(means, dtype=float)) + math.sqrt(variance * math.log(1.0 / delta) / 2.0)
 
 
-def cutoff(records: Sequence[dict], keep: int) -> float | None:
-    """The fitness of the `keep`-th best full, successful evaluation (None while there are fewer)."""
-    full = sorted((flip(r["loss"]) for r in records
-                   if r.get("loss") is not None and not r.get("error") and not r.get("partial")), reverse=True)
-    return full[keep - 1] if len(full) >= keep else None
+def paired_bound(weights: Sequence[float], diffs: Sequence, *, totals: Sequence[int], delta: float) -> float:
+    """An upper confidence bound (normal approximation, level 1 − δ) on Σ wₜ·(the mean over all totalsₜ
+    items of task t of candidate − cut-off), from the differences on the items seen (an array per task;
+    a float: the task's exact difference, known in full)."""
+    w = np.asarray(weights, dtype=float) / np.sum(weights)
+    means, variances = zip(*(_difference(d, n) for d, n in zip(diffs, totals)))
+    z = NormalDist().inv_cdf(1.0 - delta)
+    return float(w @ np.array(means) + z * math.sqrt(float(np.sum(w ** 2 * np.array(variances)))))
+
+
+def _difference(d, total: int) -> tuple[float, float]:
+    """(estimate of the mean difference over all items, its variance) of one task."""
+    if np.isscalar(d) or len(d) >= total:
+        return float(np.mean(d)), 0.0
+    padded = np.concatenate([np.asarray(d, dtype=float), [1.0, -1.0]])  # one pseudo-item each way
+    n = len(d)
+    return float(padded.mean()), float(padded.var(ddof=1)) * (1.0 - n / total) / n
+
+
+def cutoff(records: Sequence[dict], keep: int) -> Cutoff | None:
+    """The `keep`-th best full, successful evaluation (None while there are fewer)."""
+    full = sorted((r for r in records if r.get("loss") is not None and not r.get("error") and not r.get("partial")),
+                  key=lambda r: r["loss"])
+    if len(full) < keep:
+        return None
+    chosen = full[keep - 1]
+    return Cutoff(flip(chosen["loss"]), dict(chosen.get("metrics", {})), dict(chosen.get("outcomes", {})))
 
 
 def items_scored(records: Sequence[dict], dev_items: dict[str, int]) -> tuple[int, int]:
@@ -62,58 +104,90 @@ def items_scored(records: Sequence[dict], dev_items: dict[str, int]) -> tuple[in
 
 
 def thresholds(records: Sequence[dict], keep: int) -> dict[int, float | None]:
-    """generation → the cut-off its candidates were compared with (as the search loop computed it)."""
+    """generation → the cut-off fitness its candidates were compared with (as the search loop computed it)."""
     gens = sorted({r["gen"] for r in records})
-    return {g: cutoff([r for r in records if r["gen"] < g], keep) for g in gens}
+    return {g: (c.fitness if (c := cutoff([r for r in records if r["gen"] < g], keep)) else None) for g in gens}
+
+
+def encode(outcomes: Sequence) -> str:
+    """Per-item 0/1 outcomes as a compact string for the log."""
+    return "".join("1" if o else "0" for o in outcomes)
+
+
+def decode(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), dtype=np.uint8).astype(float) - ord("0")
 
 
 class ChunkedScorer:
-    """Scores the target's tasks on dev look by look; `__call__` → (metrics, items per task, partial).
+    """Scores the target's tasks on dev look by look; `__call__` → (metrics, items per task, partial,
+    outcomes per task).
 
     >>> # scorer = ChunkedScorer(tasks, MULTI_TASK, chunks=4, confidence=0.95, seed=42)
-    >>> # metrics, items, partial = scorer(model, tokenizer, threshold=0.61)
+    >>> # metrics, items, partial, outcomes = scorer(model, tokenizer, threshold=cutoff(records, keep=20))
     """
 
-    def __init__(self, tasks: Sequence, target: str = MULTI_TASK, *, chunks: int, confidence: float, seed: int):
-        self.tasks = list(tasks)
+    def __init__(self, tasks: Sequence, target: str = MULTI_TASK, *, chunks: int, confidence: float, seed: int,
+                 bound: str = "paired"):
+        self.tasks, self.bound = list(tasks), bound
         self.weights = [t.weight if target == MULTI_TASK else 1.0 for t in self.tasks]
-        self.parts = [split_dev(t, chunks, seed) for t in self.tasks]  # None: scored whole at the first look
+        self.parts = [split_dev(t, chunks, seed) or None for t in self.tasks]  # None: scored whole at the first look
+        self.whole = [(split_dev(t, 1, seed) or [t])[0] for t in self.tasks]  # in the chunks' order, one batch
         self.totals = [dev_size(t) or 1 for t in self.tasks]
         self.looks = max([len(p) for p in self.parts if p] or [1])
         self.delta = (1.0 - confidence) / max(1, self.looks - 1)
 
-    def full(self, model, tokenizer) -> tuple[dict, dict, bool]:
-        """Every task on its whole dev split: the plain scorer's metrics."""
-        return score(model, tokenizer, self.tasks, "dev"), self._items(self.totals), False
-
-    def __call__(self, model, tokenizer, threshold: float | None) -> tuple[dict, dict, bool]:
+    def __call__(self, model, tokenizer, threshold: Cutoff | None = None) -> tuple[dict, dict, bool, dict]:
+        seen, metrics = [[] for _ in self.tasks], {}  # per cut task: its outcomes so far; the uncut tasks' metrics
         if threshold is None:
-            return self.full(model, tokenizer)
-        sums = [dict() for _ in self.tasks]  # per task: metric → Σ (items · value)
-        seen = [0] * len(self.tasks)
+            self._look(model, tokenizer, self.whole, seen, metrics)
+            return self._result(seen, metrics, False)
         for look in range(self.looks):
-            for t, task in enumerate(self.tasks):
-                self._score_look(model, tokenizer, t, look, sums, seen)
-            if look < self.looks - 1 and self._bound(sums, seen) < threshold:
-                return self._metrics(sums, seen), self._items(seen), True
-        return self._metrics(sums, seen), self._items(seen), False
+            self._look(model, tokenizer, [self._chunk(t, look) for t in range(len(self.tasks))], seen, metrics)
+            if look < self.looks - 1 and self._below(seen, metrics, threshold):
+                return self._result(seen, metrics, True)
+        return self._result(seen, metrics, False)
 
-    def _score_look(self, model, tokenizer, t: int, look: int, sums: list, seen: list) -> None:
+    def _chunk(self, t: int, look: int):
         parts = self.parts[t]
-        if (parts is None and look > 0) or (parts is not None and look >= len(parts)):
-            return
-        task = self.tasks[t] if parts is None else parts[look]
-        n = self.totals[t] if parts is None else dev_size(task)
-        for key, value in score(model, tokenizer, [task], "dev").items():
-            sums[t][key] = sums[t].get(key, 0.0) + n * value
-        seen[t] += n
+        if parts is None:
+            return self.tasks[t] if look == 0 else None
+        return parts[look] if look < len(parts) else None
 
-    def _metrics(self, sums: list, seen: list) -> dict[str, float]:
-        return {key: total / seen[t] for t in range(len(self.tasks)) for key, total in sums[t].items()}
+    def _look(self, model, tokenizer, tasks: list, seen: list, metrics: dict) -> None:
+        model.eval()
+        for t, task in enumerate(tasks):
+            if task is None:
+                continue
+            if self.parts[t] is None:
+                metrics.update(score(model, tokenizer, [task], "dev"))
+            else:
+                seen[t] += task.outcomes(model, tokenizer, "dev")
 
-    def _bound(self, sums: list, seen: list) -> float:
-        means = [sums[t][f"{task.name}/{task.primary}"] / seen[t] for t, task in enumerate(self.tasks)]
-        return upper_bound(self.weights, means, seen=seen, totals=self.totals, delta=self.delta)
+    def _primary(self, seen: list, metrics: dict) -> list[float]:
+        return [metrics[f"{task.name}/{task.primary}"] if self.parts[t] is None else float(np.mean(seen[t]))
+                for t, task in enumerate(self.tasks)]
 
-    def _items(self, seen: list) -> dict[str, int]:
-        return {task.name: int(n) for task, n in zip(self.tasks, seen) if dev_size(task) is not None}
+    def _below(self, seen: list, metrics: dict, cut: Cutoff) -> bool:
+        """Whether the bound says the candidate's full fitness is below the cut-off's."""
+        if self.bound == "hoeffding" or not self._pairable(cut):
+            n = [len(s) if p is not None else total for s, p, total in zip(seen, self.parts, self.totals)]
+            return upper_bound(self.weights, self._primary(seen, metrics), seen=n, totals=self.totals,
+                               delta=self.delta) < cut.fitness
+        diffs = [np.asarray(seen[t], dtype=float) - decode(cut.outcomes[task.name])[: len(seen[t])]
+                 if self.parts[t] is not None else
+                 metrics[f"{task.name}/{task.primary}"] - cut.metrics[f"{task.name}/{task.primary}"]
+                 for t, task in enumerate(self.tasks)]
+        return paired_bound(self.weights, diffs, totals=self.totals, delta=self.delta) < 0.0
+
+    def _pairable(self, cut: Cutoff) -> bool:
+        """The cut-off's evaluation holds what pairing needs: every cut task's outcomes, the others' metrics."""
+        return all(len(cut.outcomes.get(task.name, "")) == total if parts is not None
+                   else f"{task.name}/{task.primary}" in cut.metrics
+                   for task, parts, total in zip(self.tasks, self.parts, self.totals))
+
+    def _result(self, seen: list, metrics: dict, partial: bool) -> tuple[dict, dict, bool, dict]:
+        cut = [(t, task) for t, task in enumerate(self.tasks) if self.parts[t] is not None]
+        metrics = {**metrics, **{f"{task.name}/{task.primary}": float(np.mean(seen[t])) for t, task in cut}}
+        items = {task.name: (len(seen[t]) if self.parts[t] is not None else self.totals[t])
+                 for t, task in enumerate(self.tasks) if dev_size(task) is not None}
+        return metrics, items, partial, {task.name: encode(seen[t]) for t, task in cut}

@@ -32,6 +32,7 @@ from evogm.scoring import MULTI_TASK
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 MODES = (MULTI_TASK, "single_task")
+BOUNDS = ("paired", "hoeffding")  # search.bound: adaptive evaluation's stopping bound (evogm.adaptive)
 EVALUATIONS = ("full", "adaptive")  # search.evaluation: every dev item, or stop once a candidate cannot matter
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED = ("model", "plots")
@@ -60,6 +61,7 @@ class SearchConfig:
     confidence: float = 0.95  # adaptive: the chance that no candidate which would have been kept is stopped
     chunks: int = 4  # adaptive: looks per candidate, each scoring 1/chunks of every task's dev items
     keep: int | None = None  # adaptive: the kept set's size (cut-off: the keep-th best full evaluation); None: popsize
+    bound: str = "paired"  # adaptive: paired (item by item against the cut-off) | hoeffding (exact, wider)
 
 
 @dataclass(frozen=True)
@@ -313,6 +315,7 @@ def check(cfg: RunConfig, *, run: bool = True) -> None:
 
 def _check_adaptive(search: SearchConfig) -> None:
     _check_choice("search.evaluation", search.evaluation, EVALUATIONS)
+    _check_choice("search.bound", search.bound, BOUNDS)
     if not isinstance(search.confidence, (int, float)) or not 0 < search.confidence < 1:
         raise EvogmError(f"search.confidence is {search.confidence!r}", "it is a probability, strictly between 0 and 1",
                          "write search.confidence=0.95")

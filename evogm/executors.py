@@ -29,7 +29,7 @@ ObjectiveFactory = Callable[[], Callable[[np.ndarray], Result]]
 
 class Executor(Protocol):
     def map(self, xs: np.ndarray, on_result: OnResult | None = None,
-            threshold: float | None = None) -> list[Result]: ...
+            threshold: "Cutoff | None" = None) -> list[Result]: ...
 
     def close(self) -> None: ...
 
@@ -47,7 +47,7 @@ class LocalExecutor:
             self._objective = self._make_objective()
         return self._objective
 
-    def map(self, xs: np.ndarray, on_result: OnResult | None = None, threshold: float | None = None) -> list[Result]:
+    def map(self, xs: np.ndarray, on_result: OnResult | None = None, threshold: "Cutoff | None" = None) -> list[Result]:
         """Results in row order; `threshold` (adaptive evaluation's cut-off) goes to the objective when set."""
         extra = {} if threshold is None else {"threshold": threshold}
         results = []

@@ -23,7 +23,7 @@ from evogm.config import RunConfig, to_dict
 IGNORED_SUFFIXES = (".md",)  # a model card changes no weight
 
 
-ADAPTIVE_KEYS = ("evaluation", "confidence", "chunks", "keep")  # search.*: adaptive evaluation's settings
+ADAPTIVE_KEYS = ("evaluation", "confidence", "chunks", "keep", "bound")  # search.*: adaptive evaluation's settings
 
 
 def fingerprint(cfg: RunConfig) -> dict:

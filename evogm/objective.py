@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from evogm.adaptive import ChunkedScorer
+from evogm.adaptive import ChunkedScorer, Cutoff
 from evogm.lora import EvogmWarning
 from evogm.runlog import Result, flip
 from evogm.scoring import MULTI_TASK, fitness, score, scored_tasks
@@ -52,28 +52,28 @@ class Objective:
     def split(self) -> str:
         return "dev"
 
-    def __call__(self, x, threshold: float | None = None) -> Result:
-        """The Result of candidate x; with adaptive evaluation and a `threshold` (the kept set's cut-off
-        fitness), scoring may stop early and the Result is partial (`evogm.adaptive`)."""
+    def __call__(self, x, threshold: Cutoff | None = None) -> Result:
+        """The Result of candidate x; with adaptive evaluation and a `threshold` (the kept set's cut-off,
+        `evogm.adaptive.Cutoff`), scoring may stop early and the Result is partial."""
         start = time.perf_counter()
         x = np.asarray(x, dtype=np.float64)
-        items, partial = {}, False
+        items, partial, outcomes = {}, False, {}
         try:
             with deadline(self.timeout):
                 model = self.merger(x)
-                metrics, items, partial = self._score(model, threshold)
+                metrics, items, partial, outcomes = self._score(model, threshold)
             value = fitness(metrics, self.scored, self.target)
             if not math.isfinite(value):
                 raise FloatingPointError(f"fitness is {value}")
             loss, error = flip(value), None
         except Exception as exc:  # noqa: BLE001 — inside a search a failure is data
-            metrics, loss, error, partial = {}, math.inf, _describe(exc), False
+            metrics, loss, error, partial, outcomes = {}, math.inf, _describe(exc), False, {}
         return Result(tuple(x.ravel().tolist()), tuple(x.ravel().tolist()), loss, metrics,
-                      time.perf_counter() - start, error, items, partial)
+                      time.perf_counter() - start, error, items, partial, outcomes)
 
-    def _score(self, model, threshold: float | None) -> tuple[dict, dict, bool]:
+    def _score(self, model, threshold: Cutoff | None) -> tuple[dict, dict, bool, dict]:
         if self.chunked is None:
-            return score(model, self.tokenizer, self.scored, self.split), {}, False
+            return score(model, self.tokenizer, self.scored, self.split), {}, False, {}
         return self.chunked(model, self.tokenizer, threshold)
 
 

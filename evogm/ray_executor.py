@@ -63,7 +63,7 @@ class Worker:
         self._objective = self._make_objective()
         return os.getpid(), ray.get_runtime_context().get_node_id()
 
-    def evaluate(self, x: np.ndarray, threshold: float | None = None) -> Result:
+    def evaluate(self, x: np.ndarray, threshold: "Cutoff | None" = None) -> Result:
         return self._objective(x) if threshold is None else self._objective(x, threshold=threshold)
 
 
@@ -99,7 +99,7 @@ class RayExecutor:
             self._launch(slot, alive)
 
     def map(self, xs: np.ndarray, on_result: Callable[[int, Result], None] | None = None,
-            threshold: float | None = None) -> list[Result]:
+            threshold: "Cutoff | None" = None) -> list[Result]:
         """Every row evaluated once (a row whose worker died: twice at most); Results in row order.
         `threshold`: adaptive evaluation's cut-off, sent with every row."""
         xs = np.asarray(xs, dtype=np.float64)
@@ -139,7 +139,7 @@ class RayExecutor:
 
     # --- dispatch ---------------------------------------------------------------------------------
 
-    def _dispatch(self, xs: np.ndarray, waiting: deque, threshold: float | None = None) -> None:
+    def _dispatch(self, xs: np.ndarray, waiting: deque, threshold: "Cutoff | None" = None) -> None:
         while waiting and self._idle:
             slot, row = self._idle.popleft(), waiting.popleft()
             self._calls[self._actors[slot].evaluate.remote(xs[row], threshold)] = (slot, row)

@@ -49,6 +49,7 @@ class Result:
     error: str | None = None
     items: dict[str, int] = field(default_factory=dict)  # task → dev items scored (adaptive evaluation)
     partial: bool = False  # stopped before every dev item was scored: an estimate, never the run's best
+    outcomes: dict[str, str] = field(default_factory=dict)  # task → per-item 0/1 outcomes (adaptive evaluation)
 
     @property
     def ok(self) -> bool:
@@ -119,6 +120,7 @@ def record(gen: int, row: int, result: Result) -> dict:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **({"items": dict(result.items)} if result.items else {}),
         **({"partial": True} if result.partial else {}),
+        **({"outcomes": dict(result.outcomes)} if result.outcomes else {}),
     }
 
 
@@ -133,6 +135,7 @@ def to_result(rec: dict) -> Result:
         error=rec.get("error"),
         items=rec.get("items", {}),
         partial=bool(rec.get("partial", False)),
+        outcomes=rec.get("outcomes", {}),
     )
 
 

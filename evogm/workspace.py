@@ -66,6 +66,7 @@ def make_objective(cfg_data: dict, target: str):
     ws = workspace(cfg)
     adaptive = None
     if cfg.search.evaluation == "adaptive":
-        adaptive = {"chunks": cfg.search.chunks, "confidence": cfg.search.confidence, "seed": cfg.seed}
+        adaptive = {"chunks": cfg.search.chunks, "confidence": cfg.search.confidence, "seed": cfg.seed,
+                    "bound": cfg.search.bound}
     return Objective(ws.merger, ws.models.tokenizer, list(ws.tasks.values()), target=target,
                      timeout=cfg.search.timeout, adaptive=adaptive)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evogm.adaptive import ChunkedScorer, cutoff, items_scored, thresholds, upper_bound
+from evogm.adaptive import ChunkedScorer, Cutoff, cutoff, decode, items_scored, paired_bound, thresholds, upper_bound
 from evogm.config import load_config, to_dict
 from evogm.errors import EvogmError
 from evogm.executors import LocalExecutor
@@ -23,6 +23,7 @@ from evogm.workspace import make_objective
 from evogm.zoo.packaged import zoo_config
 
 LIMITS = [f"tasks.{i}.limit=24" for i in range(10)]
+UNREACHABLE, NOTHING = Cutoff(1.5), Cutoff(-1.0)  # no candidate scores above 1 / every bound is above −1
 # A short adaptive search on the zoo in which candidates do stop: a strict cut-off (the best so far),
 # two looks of 12 items per task, a loose confidence.
 ADAPTIVE = ["search.evaluation=adaptive", "search.keep=1", "search.chunks=2", "search.confidence=0.5"]
@@ -81,10 +82,28 @@ def test_the_bound_holds_over_every_look_at_its_stated_confidence():
     assert misses > 0  # a bound that never binds would make the test say nothing
 
 
+def test_the_paired_bound_holds_over_every_look_at_its_stated_confidence():
+    """Simulated pairs: a cut-off's 0/1 outcomes on ten tasks of 200 items, and a candidate that answers
+    30% of the items anew. The paired bound (a normal approximation) misses the full difference at
+    some look less often than 1 − confidence, and it does miss sometimes."""
+    rng = np.random.default_rng(0)
+    totals, weights, chunks, confidence = np.full(10, 200), np.ones(10), 4, 0.8
+    delta = (1 - confidence) / (chunks - 1)
+    misses, trials = 0, 1000
+    for _ in range(trials):
+        cut = [rng.random(n) < p for n, p in zip(totals, rng.uniform(0.2, 0.8, 10))]
+        diffs = [np.where(rng.random(n) < 0.3, rng.random(n) < 0.5, k) - k.astype(float) for n, k in zip(totals, cut)]
+        full = weights @ [d.mean() for d in diffs] / weights.sum()
+        orders = [d[rng.permutation(len(d))] for d in diffs]
+        misses += any(full > paired_bound(weights, [o[: len(o) * look // chunks] for o in orders], totals=totals,
+                                          delta=delta) for look in range(1, chunks))
+    assert 0 < misses / trials <= 1 - confidence
+
+
 def test_the_cut_off_is_the_keep_th_best_full_evaluation():
     records = [{"gen": 0, "loss": -0.2}, {"gen": 0, "loss": -0.6}, {"gen": 1, "loss": -0.9, "partial": True},
                {"gen": 1, "loss": None, "error": "boom"}, {"gen": 2, "loss": -0.4}]
-    assert cutoff(records, 1) == 0.6 and cutoff(records, 3) == 0.2 and cutoff(records, 4) is None
+    assert cutoff(records, 1).fitness == 0.6 and cutoff(records, 3).fitness == 0.2 and cutoff(records, 4) is None
     assert thresholds(records, 2) == {0: None, 1: 0.2, 2: 0.2}
 
 
@@ -103,19 +122,20 @@ def test_a_partial_evaluation_is_never_the_best():
 def test_chunked_scoring_equals_full_scoring_when_nothing_stops(objectives):
     full, adaptive = objectives
     for x in np.random.default_rng(1).uniform(-0.2, 1.0, size=(3, 8)):
-        a, b = full(x), adaptive(x, threshold=-1.0)  # no bound is below −1: every look is scored
+        a, b = full(x), adaptive(x, threshold=NOTHING)  # every look is scored
         assert not b.partial and b.items == {name: 24 for name in b.items} and len(b.items) == 10
         assert b.metrics.keys() == a.metrics.keys()
         assert all(math.isclose(b.metrics[k], a.metrics[k], abs_tol=1e-12) for k in a.metrics)
         assert math.isclose(a.loss, b.loss, abs_tol=1e-12)
-        c = adaptive(x)  # no cut-off yet (the first generation): the plain scorer, every item
-        assert (c.loss, c.metrics, c.items, c.partial) == (a.loss, a.metrics, b.items, False)
+        c = adaptive(x)  # no cut-off yet (the first generation): every item, one batch per task
+        assert (c.loss, c.metrics, c.items, c.partial, c.outcomes) == (a.loss, a.metrics, b.items, False, b.outcomes)
+        assert all(len(o) == 24 and decode(o).mean() == c.metrics[f"{name}/accuracy"] for name, o in c.outcomes.items())
 
 
 def test_a_candidate_that_cannot_reach_the_cut_off_stops_after_its_first_look(objectives):
     full, adaptive = objectives
     x = np.full(8, 0.3)
-    stopped = adaptive(x, threshold=1.5)  # no candidate can score above 1
+    stopped = adaptive(x, threshold=UNREACHABLE)
     assert stopped.partial and stopped.ok and set(stopped.items.values()) == {6}  # 24 items in 4 chunks
     assert math.isclose(stopped.fitness, float(np.mean(list(stopped.metrics.values()))))  # of the items it saw
     assert stopped.seconds < full(x).seconds * 2
@@ -123,9 +143,9 @@ def test_a_candidate_that_cannot_reach_the_cut_off_stops_after_its_first_look(ob
 
 def test_a_one_task_target_scores_and_stops_on_that_task_alone(tmp_path):
     objective = make_objective(to_dict(zoo(tmp_path, "search.evaluation=adaptive")), "add")
-    stopped = objective(np.full(8, 0.3), threshold=1.5)
+    stopped = objective(np.full(8, 0.3), threshold=UNREACHABLE)
     assert stopped.partial and stopped.items == {"add": 6} and list(stopped.metrics) == ["add/accuracy"]
-    whole = objective(np.full(8, 0.3), threshold=-1.0)
+    whole = objective(np.full(8, 0.3), threshold=NOTHING)
     assert not whole.partial and whole.items == {"add": 24}
 
 
@@ -143,8 +163,25 @@ def test_a_task_whose_metric_is_not_a_mean_is_scored_whole_at_the_first_look(obj
 
     chunked = ChunkedScorer([*scorer.tasks[:1], Whole()], MULTI_TASK, chunks=4, confidence=0.9, seed=0)
     adaptive.merger(np.full(8, 0.3))
-    metrics, items, partial = chunked(adaptive.merger.model, adaptive.tokenizer, 1.5)
+    metrics, items, partial, outcomes = chunked(adaptive.merger.model, adaptive.tokenizer, UNREACHABLE)
     assert partial and metrics["whole/value"] == 0.25 and items == {scorer.tasks[0].name: 6}
+    assert list(outcomes) == [scorer.tasks[0].name] and len(outcomes[scorer.tasks[0].name]) == 6
+
+
+def as_cutoff(result) -> Cutoff:
+    return Cutoff(result.fitness, result.metrics, result.outcomes)
+
+
+def test_the_paired_rule_stops_a_clear_loser_and_never_the_cut_off_itself(objectives):
+    """Against a real cut-off (a full evaluation with its outcomes), a much worse merge stops after its first
+    look (of 6 items per task) or the next; the cut-off's own merge, equal item by item, is scored in full."""
+    _, adaptive = objectives
+    good, bad = np.full(8, 0.5), np.full(8, -1.0)
+    cut = as_cutoff(adaptive(good))
+    loser = adaptive(bad, threshold=cut)
+    assert cut.fitness - loser.fitness > 0.1 and loser.partial and max(loser.items.values()) < 24
+    same = adaptive(good, threshold=cut)
+    assert not same.partial and same.outcomes == cut.outcomes
 
 
 # --- runs ------------------------------------------------------------------------------------------
@@ -196,6 +233,7 @@ def test_an_adaptive_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path
     ("search.chunks=1", "at least two looks"),
     ("search.keep=0", "search.keep is 0"),
     ("search.confidance=0.9", "confidence"),
+    ("search.bound=paird", "did you mean 'paired'"),
 ])
 def test_bad_adaptive_settings_are_one_line_errors(tmp_path, override, message):
     with pytest.raises(EvogmError, match=message):
@@ -220,7 +258,7 @@ def test_ray_workers_stop_candidates_as_the_local_executor_does(tmp_path):
 
     cfg = zoo(tmp_path, "search.evaluation=adaptive")
     xs = np.random.default_rng(2).uniform(-0.3, 1.0, size=(2, 8))
-    cuts = (1.5, -1.0)  # every row stops after its first look; no row stops
+    cuts = (UNREACHABLE, NOTHING)  # every row stops after its first look; no row stops
     local = [LocalExecutor(objective_factory(cfg, MULTI_TASK)).map(xs, threshold=cut) for cut in cuts]
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="warning")

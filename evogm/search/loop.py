@@ -55,7 +55,7 @@ def search(optimizer, executor, log: RunLog, budget: int, *, progress: Progress 
 
 
 def evaluate_generation(executor, log: RunLog, gen: int, xs: np.ndarray, logged: dict[int, dict],
-                        progress: Progress, threshold: float | None = None) -> list[Result]:
+                        progress: Progress, threshold: "Cutoff | None" = None) -> list[Result]:
     """The generation's Results in row order: logged rows replayed, the others evaluated and logged."""
     results = {row: replayed(rec, xs, gen, log) for row, rec in logged.items()}
     missing = [row for row in range(len(xs)) if row not in results]

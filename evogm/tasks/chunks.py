@@ -33,7 +33,8 @@ def splittable(task) -> bool:
 
 def split_dev(task, chunks: int, seed: int) -> list | None:
     """`chunks` tasks over disjoint slices of `task`'s dev items (a seeded permutation, cut in near-equal
-    parts, the empty ones dropped), or None when the task cannot be cut."""
+    parts, the empty ones dropped), or None when the task cannot be cut. `chunks=1`: the whole split
+    in the permutation's order (what a chunked candidate scored in full sees, in one batch)."""
     if not splittable(task):
         return None
     items = task.data.items("dev")

@@ -46,9 +46,13 @@ class ExactMatchTask:
         return [self.prefix + render(self.template, item) for item in self.data.items(split)]
 
     def evaluate(self, model, tokenizer, split: str) -> dict[str, float]:
-        outputs = self.generate(model, tokenizer, split)
-        correct = [self.is_correct(out, item) for out, item in zip(outputs, self.data.items(split))]
+        correct = self.outcomes(model, tokenizer, split)
         return {"accuracy": float(np.mean(correct)) if correct else 0.0}
+
+    def outcomes(self, model, tokenizer, split: str) -> list[bool]:
+        """Whether each item's answer matched (accuracy is their mean)."""
+        outputs = self.generate(model, tokenizer, split)
+        return [self.is_correct(out, item) for out, item in zip(outputs, self.data.items(split))]
 
     def generate(self, model, tokenizer, split: str) -> list[str]:
         batches = self._cache.get(tokenizer, split, self._encode)

@@ -75,9 +75,13 @@ class LabelTask:
             predicted = [self.fallback if n is None else n for n in numbers]
             return {"spearman": spearman(predicted, [float(t) for t in targets]),
                     "parsed": float(np.mean([n is not None for n in numbers])) if numbers else 0.0}
-        predicted = self.predict(model, tokenizer, split)
-        correct = [normalize(p) == normalize(t) for p, t in zip(predicted, targets)]
+        correct = self.outcomes(model, tokenizer, split)
         return {"accuracy": float(np.mean(correct)) if correct else 0.0}
+
+    def outcomes(self, model, tokenizer, split: str) -> list[bool]:
+        """Whether each item's label was right (accuracy, the metric when `per_item`, is their mean)."""
+        targets = [str(item["target"]) for item in self.data.items(split)]
+        return [normalize(p) == normalize(t) for p, t in zip(self.predict(model, tokenizer, split), targets)]
 
     def predict(self, model, tokenizer, split: str) -> list[str]:
         """The predicted label (loglik) or the generated text (generate) of every item."""

@@ -73,9 +73,13 @@ class MultipleChoiceTask:
         return [self.prefix + render(self.template, item) for item in self.items(split)]
 
     def evaluate(self, model, tokenizer, split: str) -> dict[str, float]:
-        letters, _ = self.predict(model, tokenizer, split)
-        correct = [letter == item["answer"] for letter, item in zip(letters, self.items(split))]
+        correct = self.outcomes(model, tokenizer, split)
         return {"accuracy": float(np.mean(correct)) if correct else 0.0}
+
+    def outcomes(self, model, tokenizer, split: str) -> list[bool]:
+        """Whether each item was answered correctly (accuracy is their mean)."""
+        letters, _ = self.predict(model, tokenizer, split)
+        return [letter == item["answer"] for letter, item in zip(letters, self.items(split))]
 
     def predict(self, model, tokenizer, split: str) -> tuple[list[str], list[str]]:
         """(chosen letter, the model's answer text) per item; the text is the letter under loglik."""
