@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=20, help="stopped candidates per run scored in full")
     parser.add_argument("--confidence", type=float, default=None, help="search.confidence (default: evogm's)")
     parser.add_argument("--chunks", type=int, default=None, help="search.chunks (default: evogm's)")
-    parser.add_argument("--keep", type=int, default=None, help="search.keep (default: the population size)")
+    parser.add_argument("--keep", type=int, default=None, help="search.keep (default: evogm's, 1)")
     parser.add_argument("--bound", default=None, help="search.bound (default: evogm's, paired)")
     parser.add_argument("--out", type=Path, default=None, help="default runs/adaptive-eval[-quick]")
     args = parser.parse_args()

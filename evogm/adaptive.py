@@ -70,20 +70,23 @@ def upper_bound(weights: Sequence[float], means: Sequence[float], *, seen: Seque
 def paired_bound(weights: Sequence[float], diffs: Sequence, *, totals: Sequence[int], delta: float) -> float:
     """An upper confidence bound (normal approximation, level 1 − δ) on Σ wₜ·(the mean over all totalsₜ
     items of task t of candidate − cut-off), from the differences on the items seen (an array per task;
-    a float: the task's exact difference, known in full)."""
+    a float: the task's exact difference, known in full). One pseudo-pair of items (+1 and −1), shared
+    by the tasks still partly seen, keeps a handful of discordant items from making it overconfident."""
     w = np.asarray(weights, dtype=float) / np.sum(weights)
-    means, variances = zip(*(_difference(d, n) for d, n in zip(diffs, totals)))
+    partly = [not np.isscalar(d) and len(d) < n for d, n in zip(diffs, totals)]
+    pseudo = 1.0 / max(1, sum(partly))
+    means, variances = zip(*(_difference(d, n, pseudo) if p else (float(np.mean(d)), 0.0)
+                             for d, n, p in zip(diffs, totals, partly)))
     z = NormalDist().inv_cdf(1.0 - delta)
     return float(w @ np.array(means) + z * math.sqrt(float(np.sum(w ** 2 * np.array(variances)))))
 
 
-def _difference(d, total: int) -> tuple[float, float]:
-    """(estimate of the mean difference over all items, its variance) of one task."""
-    if np.isscalar(d) or len(d) >= total:
-        return float(np.mean(d)), 0.0
-    padded = np.concatenate([np.asarray(d, dtype=float), [1.0, -1.0]])  # one pseudo-item each way
-    n = len(d)
-    return float(padded.mean()), float(padded.var(ddof=1)) * (1.0 - n / total) / n
+def _difference(d, total: int, pseudo: float) -> tuple[float, float]:
+    """(estimate of a task's mean difference over all its items, its variance) from the first n seen,
+    with `pseudo` items of +1 and of −1 added."""
+    d, n = np.asarray(d, dtype=float), len(d)
+    squares = float(np.sum((d - d.mean()) ** 2)) + 2 * pseudo
+    return float(d.sum() / (n + 2 * pseudo)), squares / (n + 2 * pseudo - 1) * (1.0 - n / total) / n
 
 
 def cutoff(records: Sequence[dict], keep: int) -> Cutoff | None:

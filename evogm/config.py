@@ -59,8 +59,8 @@ class SearchConfig:
     timeout: float | None = None  # seconds per evaluation; a longer one fails (loss inf) and the search goes on
     evaluation: str = "full"  # full | adaptive (stop scoring a candidate once it cannot enter the kept set)
     confidence: float = 0.95  # adaptive: the chance that no candidate which would have been kept is stopped
-    chunks: int = 4  # adaptive: looks per candidate, each scoring 1/chunks of every task's dev items
-    keep: int | None = None  # adaptive: the kept set's size (cut-off: the keep-th best full evaluation); None: popsize
+    chunks: int = 8  # adaptive: looks per candidate, each scoring 1/chunks of every task's dev items
+    keep: int | None = 1  # adaptive: the kept set's size (cut-off: the keep-th best full evaluation); None: popsize
     bound: str = "paired"  # adaptive: paired (item by item against the cut-off) | hoeffding (exact, wider)
 
 

@@ -52,7 +52,7 @@ def objectives(tmp_path_factory):
     """(full objective, adaptive objective with 4 chunks) on one resident zoo model."""
     out = tmp_path_factory.mktemp("adaptive")
     full = make_objective(to_dict(zoo(out)), MULTI_TASK)
-    return full, make_objective(to_dict(zoo(out, "search.evaluation=adaptive")), MULTI_TASK)
+    return full, make_objective(to_dict(zoo(out, "search.evaluation=adaptive", "search.chunks=4")), MULTI_TASK)
 
 
 # --- the stopping rule ----------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def test_a_candidate_that_cannot_reach_the_cut_off_stops_after_its_first_look(ob
 
 
 def test_a_one_task_target_scores_and_stops_on_that_task_alone(tmp_path):
-    objective = make_objective(to_dict(zoo(tmp_path, "search.evaluation=adaptive")), "add")
+    objective = make_objective(to_dict(zoo(tmp_path, "search.evaluation=adaptive", "search.chunks=4")), "add")
     stopped = objective(np.full(8, 0.3), threshold=UNREACHABLE)
     assert stopped.partial and stopped.items == {"add": 6} and list(stopped.metrics) == ["add/accuracy"]
     whole = objective(np.full(8, 0.3), threshold=NOTHING)
@@ -256,7 +256,7 @@ def test_ray_workers_stop_candidates_as_the_local_executor_does(tmp_path):
     from evogm.executors import RayExecutor
     from evogm.workspace import objective_factory
 
-    cfg = zoo(tmp_path, "search.evaluation=adaptive")
+    cfg = zoo(tmp_path, "search.evaluation=adaptive", "search.chunks=4")
     xs = np.random.default_rng(2).uniform(-0.3, 1.0, size=(2, 8))
     cuts = (UNREACHABLE, NOTHING)  # every row stops after its first look; no row stops
     local = [LocalExecutor(objective_factory(cfg, MULTI_TASK)).map(xs, threshold=cut) for cut in cuts]
