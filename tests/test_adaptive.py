@@ -271,3 +271,22 @@ def test_ray_workers_stop_candidates_as_the_local_executor_does(tmp_path):
     for a, b in zip(remote, local):
         assert [(r.loss, r.items, r.partial) for r in a] == [(r.loss, r.items, r.partial) for r in b]
     assert [r.partial for r in local[0]] == [True, True] and [r.partial for r in local[1]] == [False, False]
+
+
+def test_the_replay_benchmark_predicts_a_real_run_exactly(tmp_path):
+    """benchmarks/adaptive_replay.py on a log scored in full (no cut-off ever) predicts the items a real
+    adaptive run scores: with random search the candidates do not depend on the losses, so the real run
+    asks the same ones and must stop exactly where the replay says."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from adaptive_replay import load, replay
+
+    whole = run_records(tmp_path / "whole", "search.keep=1000000")
+    assert not any(r.get("partial") for r in whole) and all(len(r["outcomes"]) == 10 for r in whole)
+    real = run_records(tmp_path / "real")
+    predicted = replay(*load(tmp_path / "whole"), keep=1, chunks=2, confidence=0.5, bound="paired")
+    scored, full = items_scored(real, {name: 24 for name in whole[0]["outcomes"]})
+    assert predicted["stopped"] * len(real) == sum(bool(r.get("partial")) for r in real) > 0
+    assert math.isclose(predicted["saving"], full / scored)
+    assert [r["x"] for r in real] == [r["x"] for r in whole]
