@@ -3,6 +3,7 @@
     python benchmarks/adaptive_eval.py --quick --seeds 2 --workers 1     # while iterating
     python benchmarks/adaptive_eval.py --seeds 5 --workers 2             # for the record
     python benchmarks/adaptive_eval.py --quick --seeds 2 --keep 5 --confidence 0.9 --chunks 8 --out runs/ae-k5
+    python benchmarks/adaptive_eval.py --quick --seeds 5 --full-from runs/landscapes-quick/zoo   # full arm: the suite's
 
 Runs the packaged zoo (multi-task, 160 evaluations) for each optimizer and seed twice, with
 ``search.evaluation: full`` and ``adaptive``, as two ``evogm compare`` runs (OUT/full, OUT/adaptive;
@@ -50,10 +51,32 @@ def run_mode(mode: str, args, base: list[str]) -> dict:
     from evogm.compare import compare
 
     print(f"== {mode}", flush=True)
+    if mode == "full" and args.full_from:
+        return suite_runs(args, base)
     return compare(str(ZOO_CONFIG), methods=args.optimizers.split(","), seeds=list(range(args.seeds)),
                    out=args.out / mode, budget=args.budget, overrides=[*base, *mode_overrides(mode, args)],
                    workers=args.workers, on_done=lambda job, how: print(f"  {job.method} seed {job.seed}: {how}",
                                                                         flush=True))
+
+
+def suite_runs(args, base: list[str]) -> dict:
+    """The full arm read, not run, from the landscape suite's zoo runs (benchmarks/landscapes.py: the
+    same config, overrides and seeds, scored in full): each must be finished with unchanged inputs,
+    the check `evogm compare` makes before it reuses a run."""
+    from evogm.compare import make_jobs, method_specs, summarize
+    from evogm.config import load_config, resolve
+    from evogm.rundir import RunDir
+
+    specs = method_specs(args.optimizers.split(","), ablations=False)
+    jobs = make_jobs(str(ZOO_CONFIG), base, specs, list(range(args.seeds)), args.budget, args.full_from.resolve(), 1)
+    for job in jobs:
+        run_dir = RunDir(job.run_dir)
+        if not run_dir.finished() or run_dir.changed_inputs(resolve(load_config(job.config, list(job.overrides)),
+                                                                    run_dir.path)):
+            sys.exit(f"{job.run_dir}: not a finished run of this config; run benchmarks/landscapes.py "
+                     f"--seeds {args.seeds}{' --quick' if args.quick else ''} first, or leave out --full-from")
+        print(f"  {job.method} seed {job.seed}: read from {job.run_dir}", flush=True)
+    return summarize(jobs, specs, args.budget)
 
 
 def run_seconds(run_dir: Path) -> float:
@@ -144,6 +167,9 @@ def main() -> None:
     parser.add_argument("--keep", type=int, default=None, help="search.keep (default: evogm's, 1)")
     parser.add_argument("--bound", default=None, help="search.bound (default: evogm's, paired)")
     parser.add_argument("--out", type=Path, default=None, help="default runs/adaptive-eval[-quick]")
+    parser.add_argument("--full-from", type=Path, default=None,
+                        help="read the full arm from the landscape suite's zoo runs (e.g. runs/landscapes-quick/zoo) "
+                             "instead of running it")
     args = parser.parse_args()
     args.out = (args.out or ROOT / "runs" / ("adaptive-eval-quick" if args.quick else "adaptive-eval")).resolve()
 

@@ -46,6 +46,7 @@ from evogm.runlog import flip
 from evogm.scoring import MULTI_TASK, score
 from evogm.tasks.chunks import dev_size, split_dev
 
+
 @dataclass(frozen=True)
 class Cutoff:
     """The kept set's cut-off: the k-th best full evaluation's fitness, its metrics, and its per-item
