@@ -76,7 +76,22 @@ def suite_runs(args, base: list[str]) -> dict:
             sys.exit(f"{job.run_dir}: not a finished run of this config; run benchmarks/landscapes.py "
                      f"--seeds {args.seeds}{' --quick' if args.quick else ''} first, or leave out --full-from")
         print(f"  {job.method} seed {job.seed}: read from {job.run_dir}", flush=True)
-    return summarize(jobs, specs, args.budget)
+    summary = summarize(jobs, specs, args.budget)
+    for method in summary["methods"].values():
+        for run in method["runs"]:
+            if not run["items_full"]:  # a run from before final.json counted dev items: every one was scored
+                run["items"] = run["items_full"] = full_items(Path(run["run_dir"]))
+    return summary
+
+
+def full_items(run_dir: Path) -> int:
+    """Dev items a run scoring every evaluation in full scored: evaluations × its tasks' dev items."""
+    from evogm.config import load_config
+    from evogm.tasks import load_tasks
+
+    tasks = load_tasks(load_config(run_dir / "config.yaml").tasks, ("dev",))
+    evaluations = sum(1 for _ in (run_dir / "evaluations.jsonl").open())
+    return evaluations * sum(len(t.data.items("dev")) for t in tasks if hasattr(t, "data"))
 
 
 def run_seconds(run_dir: Path) -> float:
