@@ -169,3 +169,18 @@ def test_the_mergekit_yaml_of_a_dare_merge_names_its_density_and_how_mergekit_di
     assert config["models"][0]["parameters"]["density"] == 0.5 and "L1 norm" in text
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     assert recipe["options"] == {"density": 0.5, "scale": 1.0, "consensus": bool(consensus), "seed": 3}
+
+
+def test_the_finiteness_check_reads_every_slice():
+    from evogm.errors import EvogmError
+    from evogm.export import all_finite, check_finite_model
+
+    values = torch.ones(1000)
+    assert all_finite(values, chunk=7)
+    values[-1] = float("inf")  # in the last, short slice
+    assert not all_finite(values, chunk=7)
+    layer = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.bias[2] = float("nan")
+    with pytest.raises(EvogmError, match="bias holds non-finite values"):
+        check_finite_model(layer)
