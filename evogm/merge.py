@@ -20,6 +20,7 @@ dense task vectors, applied per parameter by `Merger.static`.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from dataclasses import dataclass
@@ -273,7 +274,18 @@ class Merger:
                                            device=param.device, dtype=torch.float32)
             slot.A = torch.cat([f.A for _, f in lora], dim=0)
             slot.B = torch.cat([f.B for _, f in lora], dim=1)
+            self._share_factors(name, lora, slot)
         return slot
+
+    def _share_factors(self, name: str, lora: list, slot: _Slot) -> None:
+        """Point each expert's factors of `name` at its rows and columns of the stacked ones, so that
+        the factors as loaded are freed: one copy in memory instead of two (for 10 rank-16 experts
+        on a 0.5B model, 0.35 GB)."""
+        start = 0
+        for i, factors in lora:
+            end = start + factors.rank
+            self.experts[i].factors[name] = dataclasses.replace(factors, A=slot.A[start:end], B=slot.B[:, start:end])
+            start = end
 
     def _dense_stack(self, slot: _Slot) -> torch.Tensor:
         zeros = torch.zeros_like(slot.param, dtype=torch.float32)

@@ -173,3 +173,16 @@ def test_dare_static_merge_depends_on_seed_only(loaded, make_merger):
     assert all(torch.equal(first[k], again[k]) for k in first)
     other = merger.static("dare", seed=4).state_dict()
     assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+def test_experts_keep_their_factors_in_the_mergers_stacks(tiny_models, expert_paths, reference):
+    # one copy of the LoRA factors in memory: the experts' own are views of the Merger's stacked ones
+    models = load_models(tiny_models["base"], expert_paths, dtype="float32", device="cpu")
+    merger = Merger(models.model, models.experts)
+    stacks = {slot.A.untyped_storage().data_ptr() for slot in merger._slots if slot.A is not None}
+    lora = [e for e in models.experts if e.kind == "lora"]
+    assert all(f.A.untyped_storage().data_ptr() in stacks for e in lora for f in e.factors.values())
+    _, vectors = reference  # and each expert's task vector is still its own
+    for i, expert in enumerate(models.experts):
+        for name in expert.factors:
+            torch.testing.assert_close(expert.dense(name), vectors[i][name], atol=1e-6, rtol=1e-5)
