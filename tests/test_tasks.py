@@ -147,6 +147,22 @@ def test_a_shared_prefix_is_read_once_and_changes_nothing(tokenizer):
         assert all(torch.equal(a, b) for a, b in zip(generated, expected))
 
 
+def test_a_batch_over_the_prefill_budget_is_read_in_row_chunks_and_generates_the_same(tokenizer, monkeypatch):
+    from evogm.tasks import inference
+
+    model = tiny_model(len(tokenizer), seed=3)
+    sequences = encode(tokenizer, [f"Choose the best option.\nQ: {q}" for q in ("a", "bcd", "efgh", "ij", "k l m n o")])
+    shared = left_pad(sequences, 8, 0)
+    prefix = SharedPrefix.read(model, shared.prefix)
+    expected = greedy_generate(model, shared[0], prefix=prefix, max_new_tokens=6, stop_ids=set(), pad_id=0)
+    forwards = []
+    model.register_forward_pre_hook(lambda _m, _a, kw: forwards.append(kw["input_ids"].shape), with_kwargs=True)
+    monkeypatch.setitem(inference.PREFILL_TOKENS, "cpu", 2 * shared[0].input_ids.shape[1])  # two rows at a time
+    chunked = greedy_generate(model, shared[0], prefix=prefix, max_new_tokens=6, stop_ids=set(), pad_id=0)
+    assert [s[0] for s in forwards[:3]] == [2, 2, 1] and forwards[3] == (5, 1)  # 3 prefill chunks, then steps of all 5
+    assert torch.equal(chunked, expected)
+
+
 def test_generation_stops_at_eos_and_at_stop_strings(tokenizer, confident):
     model, _, ems = confident
     prompts = [item["question"] for item in ems]
