@@ -239,6 +239,17 @@ class _Joined:
         self.logits, self.cache, self.past_key_values = logits, cache, cache
 
 
+def _finite_rows(logits: torch.Tensor) -> torch.Tensor:
+    """Whether each row is finite: its largest and smallest values are (nan propagates through both).
+    Two reductions instead of `isfinite(logits).all(-1)`, whose (b × vocabulary) temporaries cost a
+    150k-token vocabulary's decoding step more than its argmax.
+
+    >>> _finite_rows(torch.tensor([[0.0, 1.0], [float("nan"), 1.0], [0.0, -float("inf")]])).tolist()
+    [True, False, False]
+    """
+    return logits.amax(-1).isfinite() & logits.amin(-1).isfinite()
+
+
 def greedy_loop(out, step: Callable, *, max_new_tokens: int, stop_ids: set[int], pad_id: int,
                 text_done: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 where: str = "generation") -> torch.Tensor:
@@ -253,7 +264,7 @@ def greedy_loop(out, step: Callable, *, max_new_tokens: int, stop_ids: set[int],
     tokens: list[torch.Tensor] = []
     for index in range(max_new_tokens):
         logits = out.logits[:, -1]
-        bad |= ~torch.isfinite(logits).all(-1) & ~done
+        bad |= ~_finite_rows(logits) & ~done
         token = logits.argmax(-1).masked_fill(done, pad_id)  # (b,)
         tokens.append(token)
         done |= torch.isin(token, stops)
