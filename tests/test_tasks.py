@@ -163,6 +163,25 @@ def test_a_batch_over_the_prefill_budget_is_read_in_row_chunks_and_generates_the
     assert torch.equal(chunked, expected)
 
 
+def test_a_batch_over_the_generation_budget_is_generated_in_row_groups_with_the_same_tokens(tokenizer, monkeypatch):
+    from evogm.tasks import inference
+
+    model = tiny_model(len(tokenizer), seed=4)
+    sequences = encode(tokenizer, [f"Choose the best option.\nQ: {q}" for q in ("a", "bcd", "efgh", "ij", "k l m n o")])
+    shared = left_pad(sequences, 8, 0)
+    prefix = SharedPrefix.read(model, shared.prefix)
+    free = greedy_generate(model, shared[0], prefix=prefix, max_new_tokens=6, stop_ids=set(), pad_id=0)
+    stop = {int(free[0, 0])}  # the first row stops at once: its group of one is padded to the others' length
+    expected = greedy_generate(model, shared[0], prefix=prefix, max_new_tokens=6, stop_ids=stop, pad_id=0)
+    monkeypatch.setitem(inference.GENERATION_TOKENS, "cpu", shared[0].input_ids.shape[1] + len(prefix) + 6)
+    prompts = []
+    model.register_forward_pre_hook(lambda _m, _a, kw: prompts.append(kw["input_ids"].shape[0])
+                                    if kw["input_ids"].shape[1] > 1 else None, with_kwargs=True)
+    grouped = greedy_generate(model, shared[0], prefix=prefix, max_new_tokens=6, stop_ids=stop, pad_id=0)
+    assert prompts == [1] * 5  # one row per group
+    assert torch.equal(grouped, expected) and (grouped[0, 1:] == 0).all()
+
+
 def test_generation_stops_at_eos_and_at_stop_strings(tokenizer, confident):
     model, _, ems = confident
     prompts = [item["question"] for item in ems]
