@@ -2,7 +2,8 @@
 
 Written on the model's own forward (no `generate`): one prefill, then one token per step with the
 cache, stopping as soon as every row has produced a stop token. A prefix that every prompt shares
-is run once per evaluation (`SharedPrefix`) and its keys and values are reused by every batch.
+is run once per evaluation (`SharedPrefix`) and its keys and values are reused by every batch. On a
+CPU a long batch is read and generated a few rows at a time, to bound memory (same tokens).
 Non-finite logits raise FloatingPointError, which the objective records as a failed evaluation.
 
 >>> # prefix = SharedPrefix.read(model, batches.prefix)
@@ -171,10 +172,9 @@ def greedy_generate(
     return torch.cat([torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=pad_id) for ids in outs])
 
 
-# Most cached tokens (rows × (shared prefix + prompt + new tokens)) one generation holds on a CPU: a
-# larger batch is generated in groups of rows. Every decoding step copies the whole cache (it grows
-# by concatenation), so its peak is twice its size: 10 prompts of 2,700 tokens (a 1,900-token
-# few-shot prefix each) at Qwen2.5-0.5B shape hold 0.66 GB, 1.3 GB at each step's peak.
+# Most cached tokens (rows × (prefix + prompt + new tokens)) one generation holds on a CPU (more are
+# generated in groups of rows). Each step copies the cache, so its peak is twice its size: 10 prompts
+# behind a 1,900-token few-shot prefix at Qwen2.5-0.5B shape hold 0.66 GB, 1.3 GB at a step's peak.
 GENERATION_TOKENS = {"cpu": 8192}
 
 
@@ -210,10 +210,8 @@ def prefill(model, batch: Batch, prefix: SharedPrefix | None = None, steps: int 
     return _prompts_forward(model, batch, prefix, inputs), step
 
 
-# Most prompt tokens one prefill forward takes on a CPU; a larger batch is read a few rows at a time
-# and their caches joined. Its activations (the MLP's (tokens × intermediate) products) would
-# otherwise be the largest thing in memory after the model: 10 prompts of 636 tokens through a
-# Qwen2.5-0.5B take 0.8 GB at once, a third of the model. A GPU reads the whole batch at once.
+# Most prompt tokens one prefill forward takes on a CPU (more are read a few rows at a time, caches
+# joined): 10 prompts of 636 tokens through a Qwen2.5-0.5B take 0.8 GB of activations at once.
 PREFILL_TOKENS = {"cpu": 2048}
 
 
