@@ -26,7 +26,7 @@ seen). Either bound is taken at level δ = (1 − confidence) / (chunks − 1), 
 >>> upper_bound([1.0], [0.7], seen=[200], totals=[200], delta=0.05)   # every item seen: the score itself
 0.7
 >>> round(paired_bound([1.0], [np.array([-1.0] * 6 + [0.0] * 44)], totals=[200], delta=0.05), 4)
--0.0391
+-0.0393
 >>> items_scored([{"items": {"a": 50, "b": 50}}, {"items": {"a": 10, "b": 10}, "partial": True}], {"a": 50, "b": 50})
 (120, 200)
 >>> cutoff([{"loss": -0.3}, {"loss": -0.9}, {"loss": -0.5, "partial": True}, {"loss": None}], keep=2).fitness
