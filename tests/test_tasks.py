@@ -147,18 +147,23 @@ def test_a_shared_prefix_is_read_once_and_changes_nothing(tokenizer):
         assert all(torch.equal(a, b) for a, b in zip(generated, expected))
 
 
+def prefixed_batch(tokenizer, seed: int):
+    """(a tiny model, one batch of five prompts behind a shared prefix, that prefix read once)."""
+    model = tiny_model(len(tokenizer), seed=seed)
+    sequences = encode(tokenizer, [f"Choose the best option.\nQ: {q}" for q in ("a", "bcd", "efgh", "ij", "k l m n o")])
+    shared = left_pad(sequences, 8, 0)
+    return model, shared[0], SharedPrefix.read(model, shared.prefix)
+
+
 def test_a_batch_over_the_prefill_budget_is_read_in_row_chunks_and_generates_the_same(tokenizer, monkeypatch):
     from evogm.tasks import inference
 
-    model = tiny_model(len(tokenizer), seed=3)
-    sequences = encode(tokenizer, [f"Choose the best option.\nQ: {q}" for q in ("a", "bcd", "efgh", "ij", "k l m n o")])
-    shared = left_pad(sequences, 8, 0)
-    prefix = SharedPrefix.read(model, shared.prefix)
-    expected = greedy_generate(model, shared[0], prefix=prefix, max_new_tokens=6, stop_ids=set(), pad_id=0)
+    model, batch, prefix = prefixed_batch(tokenizer, seed=3)
+    expected = greedy_generate(model, batch, prefix=prefix, max_new_tokens=6, stop_ids=set(), pad_id=0)
     forwards = []
     model.register_forward_pre_hook(lambda _m, _a, kw: forwards.append(kw["input_ids"].shape), with_kwargs=True)
-    monkeypatch.setitem(inference.PREFILL_TOKENS, "cpu", 2 * shared[0].input_ids.shape[1])  # two rows at a time
-    chunked = greedy_generate(model, shared[0], prefix=prefix, max_new_tokens=6, stop_ids=set(), pad_id=0)
+    monkeypatch.setitem(inference.PREFILL_TOKENS, "cpu", 2 * batch.input_ids.shape[1])  # two rows at a time
+    chunked = greedy_generate(model, batch, prefix=prefix, max_new_tokens=6, stop_ids=set(), pad_id=0)
     assert [s[0] for s in forwards[:3]] == [2, 2, 1] and forwards[3] == (5, 1)  # 3 prefill chunks, then steps of all 5
     assert torch.equal(chunked, expected)
 
@@ -166,18 +171,15 @@ def test_a_batch_over_the_prefill_budget_is_read_in_row_chunks_and_generates_the
 def test_a_batch_over_the_generation_budget_is_generated_in_row_groups_with_the_same_tokens(tokenizer, monkeypatch):
     from evogm.tasks import inference
 
-    model = tiny_model(len(tokenizer), seed=4)
-    sequences = encode(tokenizer, [f"Choose the best option.\nQ: {q}" for q in ("a", "bcd", "efgh", "ij", "k l m n o")])
-    shared = left_pad(sequences, 8, 0)
-    prefix = SharedPrefix.read(model, shared.prefix)
-    free = greedy_generate(model, shared[0], prefix=prefix, max_new_tokens=6, stop_ids=set(), pad_id=0)
+    model, batch, prefix = prefixed_batch(tokenizer, seed=4)
+    free = greedy_generate(model, batch, prefix=prefix, max_new_tokens=6, stop_ids=set(), pad_id=0)
     stop = {int(free[0, 0])}  # the first row stops at once: its group of one is padded to the others' length
-    expected = greedy_generate(model, shared[0], prefix=prefix, max_new_tokens=6, stop_ids=stop, pad_id=0)
-    monkeypatch.setitem(inference.GENERATION_TOKENS, "cpu", shared[0].input_ids.shape[1] + len(prefix) + 6)
+    expected = greedy_generate(model, batch, prefix=prefix, max_new_tokens=6, stop_ids=stop, pad_id=0)
+    monkeypatch.setitem(inference.GENERATION_TOKENS, "cpu", batch.input_ids.shape[1] + len(prefix) + 6)
     prompts = []
     model.register_forward_pre_hook(lambda _m, _a, kw: prompts.append(kw["input_ids"].shape[0])
                                     if kw["input_ids"].shape[1] > 1 else None, with_kwargs=True)
-    grouped = greedy_generate(model, shared[0], prefix=prefix, max_new_tokens=6, stop_ids=stop, pad_id=0)
+    grouped = greedy_generate(model, batch, prefix=prefix, max_new_tokens=6, stop_ids=stop, pad_id=0)
     assert prompts == [1] * 5  # one row per group
     assert torch.equal(grouped, expected) and (grouped[0, 1:] == 0).all()
 
