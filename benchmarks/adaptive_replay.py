@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evogm.adaptive import Cutoff, decode, paired_bound, upper_bound
+from evogm.adaptive import decode, stops
 from evogm.config import load_config
 from evogm.runlog import flip
 
@@ -73,19 +73,10 @@ def replay(records: list[dict], weights: list[float], keep: int, chunks: int, co
 
 def first_stop(mine, theirs, cut_record, weights, ends, totals, delta, bound) -> int | None:
     """The look after which the rule stops this candidate (None: scored in full)."""
-    cut = Cutoff(flip(cut_record["loss"]))
-    for look, end in enumerate(ends):
-        if bound == "paired":
-            ucb = paired_bound(weights, [m[:e] - t[:e] for m, t, e in zip(mine, theirs, end)], totals=totals,
-                               delta=delta)
-            below = ucb < 0.0
-        else:
-            ucb = upper_bound(weights, [m[:e].mean() for m, e in zip(mine, end)], seen=end, totals=totals,
-                              delta=delta)
-            below = ucb < cut.fitness
-        if below:
-            return look
-    return None
+    cut = flip(cut_record["loss"])
+    return next((look for look, end in enumerate(ends)
+                 if stops(bound, weights, [m[:e] for m, e in zip(mine, end)], theirs, totals=totals, delta=delta,
+                          cut_fitness=cut)), None)
 
 
 def main() -> None:

@@ -90,6 +90,19 @@ def _difference(d, total: int, pseudo: float) -> tuple[float, float]:
     return float(d.sum() / (n + 2 * pseudo)), squares / (n + 2 * pseudo - 1) * (1.0 - n / total) / n
 
 
+def stops(bound: str, weights: Sequence[float], mine: Sequence, theirs: Sequence | None, *, totals: Sequence[int],
+          delta: float, cut_fitness: float) -> bool:
+    """Whether the bound puts the candidate's full fitness below the cut-off's. Per task, `mine`: the
+    candidate's outcomes on the items seen (an array) or its exact metric (a float, the task seen in
+    full); `theirs` (paired only): the cut-off's outcomes on every item, or its metric."""
+    if bound == "hoeffding":
+        seen = [total if np.isscalar(m) else len(m) for m, total in zip(mine, totals)]
+        return upper_bound(weights, [float(np.mean(m)) for m in mine], seen=seen, totals=totals,
+                           delta=delta) < cut_fitness
+    diffs = [m - t if np.isscalar(m) else np.asarray(m, dtype=float) - t[: len(m)] for m, t in zip(mine, theirs)]
+    return paired_bound(weights, diffs, totals=totals, delta=delta) < 0.0
+
+
 def cutoff(records: Sequence[dict], keep: int) -> Cutoff | None:
     """The `keep`-th best full, successful evaluation (None while there are fewer)."""
     full = sorted((r for r in records if r.get("loss") is not None and not r.get("error") and not r.get("partial")),
@@ -167,21 +180,14 @@ class ChunkedScorer:
             else:
                 seen[t] += task.outcomes(model, tokenizer, "dev")
 
-    def _primary(self, seen: list, metrics: dict) -> list[float]:
-        return [metrics[f"{task.name}/{task.primary}"] if self.parts[t] is None else float(np.mean(seen[t]))
-                for t, task in enumerate(self.tasks)]
-
     def _below(self, seen: list, metrics: dict, cut: Cutoff) -> bool:
         """Whether the bound says the candidate's full fitness is below the cut-off's."""
-        if self.bound == "hoeffding" or not self._pairable(cut):
-            n = [len(s) if p is not None else total for s, p, total in zip(seen, self.parts, self.totals)]
-            return upper_bound(self.weights, self._primary(seen, metrics), seen=n, totals=self.totals,
-                               delta=self.delta) < cut.fitness
-        diffs = [np.asarray(seen[t], dtype=float) - decode(cut.outcomes[task.name])[: len(seen[t])]
-                 if self.parts[t] is not None else
-                 metrics[f"{task.name}/{task.primary}"] - cut.metrics[f"{task.name}/{task.primary}"]
-                 for t, task in enumerate(self.tasks)]
-        return paired_bound(self.weights, diffs, totals=self.totals, delta=self.delta) < 0.0
+        key = [f"{task.name}/{task.primary}" for task in self.tasks]
+        mine = [metrics[k] if parts is None else seen[t] for t, (k, parts) in enumerate(zip(key, self.parts))]
+        bound = self.bound if self._pairable(cut) else "hoeffding"
+        theirs = [cut.metrics[k] if parts is None else decode(cut.outcomes[task.name])
+                  for k, parts, task in zip(key, self.parts, self.tasks)] if bound == "paired" else None
+        return stops(bound, self.weights, mine, theirs, totals=self.totals, delta=self.delta, cut_fitness=cut.fitness)
 
     def _pairable(self, cut: Cutoff) -> bool:
         """The cut-off's evaluation holds what pairing needs: every cut task's outcomes, the others' metrics."""
