@@ -168,6 +168,8 @@ def greedy_generate(
         outs.append(greedy_loop(out, step, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_id,
                                 text_done=text_done, where=where))
         del out, step  # this group's cache, before the next group's
+    if len(outs) == 1:  # the usual case (every GPU batch): no copy
+        return outs[0]
     width = max(ids.shape[1] for ids in outs)  # a group whose rows all stopped early is padded after them
     return torch.cat([torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=pad_id) for ids in outs])
 
