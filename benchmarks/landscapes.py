@@ -175,19 +175,22 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def test_at(run_dir: Path, evaluations: int) -> dict:
     """The best of a run's first ``evaluations`` evaluations: its dev score, and its test score
     from ``evogm eval`` on the run's own config (computed once, kept in the run directory)."""
-    cache = run_dir / f"test_at_{evaluations}.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
     records = [json.loads(line) for line in (run_dir / "evaluations.jsonl").open()][:evaluations]
     best = min((r for r in records if r["loss"] is not None and not r.get("error") and not r.get("partial")),
                key=lambda r: r["loss"])
+    cache = run_dir / f"test_at_{evaluations}.json"
+    if cache.exists():  # reused only for the same candidate (a run made again may end elsewhere)
+        kept = json.loads(cache.read_text())
+        if kept.get("coefficients") == best["coefficients"]:
+            return kept
     experts = list(yaml.safe_load((run_dir / "config.yaml").read_text())["models"]["experts"])
     lam = np.reshape(best["coefficients"], (len(experts), -1))
     weights = [f"--weights={name}={','.join(map(repr, row.tolist()))}" for name, row in zip(experts, lam)]
     evogm = Path(sys.executable).parent / "evogm"
     shown = subprocess.run([str(evogm), "eval", str(run_dir / "config.yaml"), "--split", "test", "--json", *weights],
                            check=True, capture_output=True, text=True).stdout
-    out = {"dev": -best["loss"], "test": json.loads(shown)["score"], "evaluations": evaluations}
+    out = {"dev": -best["loss"], "test": json.loads(shown)["score"], "evaluations": evaluations,
+           "coefficients": best["coefficients"]}
     cache.write_text(json.dumps(out))
     return out
 

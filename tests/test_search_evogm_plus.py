@@ -70,6 +70,23 @@ def test_the_gp_ignores_failed_rows_and_ranks_by_its_fit():
     assert shifted_sphere(probe[picks]).mean() < shifted_sphere(probe).mean()
 
 
+def test_the_sum_input_fits_a_landscape_along_the_all_ones_direction():
+    """A loss that depends on λ's sum alone (what a component all experts share makes of a merge):
+    the GP with the sum as an input predicts it better than axis length scales alone, on each of
+    three draws; EI and descent run through the same inputs."""
+    along = lambda X: (X.sum(1) / np.sqrt(X.shape[1]) - 0.3) ** 2
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        X, probe = rng.uniform(-1, 1, (40, 6)), rng.uniform(-1, 1, (300, 6))
+        errors = []
+        for sum_input in (False, True):
+            gp = GaussianProcess(warp=False, sum_input=sum_input).fit(X, along(X))
+            errors.append(np.sqrt(np.mean((gp.predict(probe)[0] - along(probe)) ** 2)))
+        assert errors[1] < errors[0]
+        assert len(set(gp.expected_improvement(probe, 4).tolist())) == 4
+        assert along(gp.descend(probe[:5])).mean() < along(probe[:5]).mean()
+
+
 def test_the_pool_holds_good_rows_added_together():
     """Recombination puts the sum of two good merges (task arithmetic of two merges) into the pool;
     ``recombine=0`` leaves it out."""

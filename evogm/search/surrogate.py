@@ -21,6 +21,11 @@ merges with a few good ones, a heavy tail a stationary GP fits badly, and only t
 losses matters to the search. Inputs are coefficients, used as they are. Everything runs in
 float64 on the CPU and draws its random numbers from the caller's numpy generator only, so it is
 reproducible.
+
+``sum_input=True`` gives the kernel one more input, the coefficients' sum over √d (the merge's
+position along the all-ones direction), with its own length scale: an ARD kernel only has length
+scales along the axes, and on a merge landscape the all-ones direction is where task arithmetic's
+global scale and a component the experts share both lie.
 """
 
 from __future__ import annotations
@@ -67,8 +72,8 @@ class GaussianProcess:
 
     NOISE_FLOOR = 1e-4  # variance, in standardized units
 
-    def __init__(self, steps: int = 15, warp: bool = True, threads: int | None = 1):
-        self.steps, self.warp, self.threads = steps, warp, threads
+    def __init__(self, steps: int = 15, warp: bool = True, threads: int | None = 1, sum_input: bool = False):
+        self.steps, self.warp, self.threads, self.sum_input = steps, warp, threads, sum_input
         self.raw: torch.Tensor | None = None  # log length scales (d), log signal var, log noise var
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "GaussianProcess":
@@ -77,9 +82,9 @@ class GaussianProcess:
         if self.warp:
             y = normal_scores(y)
         self.shift, self.scale = float(y.mean()), float(y.std()) or 1.0
-        self.X = torch.as_tensor(X)
+        self.X = self._inputs(torch.as_tensor(X))
         self.y = torch.as_tensor((y - self.shift) / self.scale)
-        dim = X.shape[1]
+        dim = self.X.shape[1]
         self.prior_loc = math.sqrt(2.0) + 0.5 * math.log(dim)
         starts = [torch.tensor([loc] * dim + [0.0, math.log(noise)], dtype=torch.float64)
                   for loc, noise in ((self.prior_loc, 0.1), (0.0, 0.01))]  # smooth, and short length scales
@@ -95,7 +100,7 @@ class GaussianProcess:
         """Posterior mean and standard deviation of the loss (original units) at the rows of Xc."""
         with torch_threads(self.threads), torch.no_grad():
             ls, sf2, _ = self._params(self.raw)
-            Ks = sf2 * matern52(torch.as_tensor(np.asarray(Xc, dtype=np.float64)), self.X, ls)
+            Ks = sf2 * matern52(self._inputs(torch.as_tensor(np.asarray(Xc, dtype=np.float64))), self.X, ls)
             mean = Ks @ self.alpha
             v = torch.linalg.solve_triangular(self.L, Ks.T, upper=False)
             var = (sf2 - (v * v).sum(0)).clamp_min(1e-12)
@@ -113,7 +118,7 @@ class GaussianProcess:
             return keep[self.thompson(Xc[keep], n, rng, shortlist)]
         with torch_threads(self.threads), torch.no_grad():
             ls, sf2, _ = self._params(self.raw)
-            Xc_t = torch.as_tensor(np.asarray(Xc, dtype=np.float64))
+            Xc_t = self._inputs(torch.as_tensor(np.asarray(Xc, dtype=np.float64)))
             Ks = sf2 * matern52(Xc_t, self.X, ls)
             v = torch.linalg.solve_triangular(self.L, Ks.T, upper=False)
             cov = sf2 * matern52(Xc_t, Xc_t, ls) - v.T @ v
@@ -143,14 +148,15 @@ class GaussianProcess:
                 ei[chosen] = -np.inf
                 pick = int(np.argmax(ei))
                 chosen.append(pick)
-                self._condition(np.vstack([self.X.numpy(), Xc[pick]]), np.append(self.y.numpy(), mean[pick]))
+                picked = self._inputs(torch.as_tensor(Xc[pick : pick + 1]))
+                self._condition(torch.cat([self.X, picked]), torch.cat([self.y, torch.tensor([mean[pick]])]))
         finally:
             self.X, self.y, self.L, self.alpha = X, y, L, alpha
         return np.array(chosen)
 
-    def _condition(self, X: np.ndarray, y_standardized: np.ndarray) -> None:
-        """The same kernel on other data (no refit)."""
-        self.X, self.y = torch.as_tensor(X), torch.as_tensor(y_standardized)
+    def _condition(self, X: torch.Tensor, y_standardized: torch.Tensor) -> None:
+        """The same kernel on other data (kernel inputs; no refit)."""
+        self.X, self.y = X, y_standardized
         with torch_threads(self.threads):
             self._factorize()
 
@@ -162,11 +168,17 @@ class GaussianProcess:
             adam = torch.optim.Adam([x], lr=0.02)
             for _ in range(steps):
                 adam.zero_grad()
-                (sf2 * matern52(x, self.X, ls) @ self.alpha).sum().backward()
+                (sf2 * matern52(self._inputs(x), self.X, ls) @ self.alpha).sum().backward()
                 adam.step()
                 with torch.no_grad():
                     x.clamp_(*bounds)
         return x.detach().numpy()
+
+    def _inputs(self, X: torch.Tensor) -> torch.Tensor:
+        """The kernel's inputs: the coefficients, and with ``sum_input`` their sum over √d."""
+        if not self.sum_input:
+            return X
+        return torch.cat([X, X.sum(1, keepdim=True) / math.sqrt(X.shape[1])], dim=1)
 
     # --- fitting ---------------------------------------------------------------------------------
 
