@@ -34,6 +34,7 @@ CONFIGS = {  # name -> (optimizer, options); the paper's P = 20 everywhere
     "de": ("de", {}),
     "random": ("random", {}),
     "evogm-plus": ("evogm-plus", {}),
+    "evogm-plus-nosum": ("evogm-plus", dict(sum_input=False)),
     "bo": ("bo", {}),
     "tpe": ("tpe", {}),
 }

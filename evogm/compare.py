@@ -39,7 +39,7 @@ VARIANTS = {
     "evogm-plus-sparse": ("evogm-plus", {"dense_share": 0.0}),
     "evogm-plus-norecomb": ("evogm-plus", {"recombine": 0.0}),
     "evogm-plus-noshift": ("evogm-plus", {"scale_shift": 0.0}),  # no local steps along λ's scale and the 1 vector
-    "evogm-plus-sum": ("evogm-plus", {"sum_input": True}),  # the GP also sees Σλ (the all-ones direction)
+    "evogm-plus-nosum": ("evogm-plus", {"sum_input": False}),  # the GP without Σλ as an input
     "cmaes-pycma": ("cmaes", {"pycma_popsize": True}),  # the library's population size, not P
     "bo-seq": ("bo", {"batch": 1}),  # sequential BO: one candidate per model update
 }

@@ -44,8 +44,8 @@ of the local steps into moves along the merge's own directions: every λ scaled 
 [0.5, 2] (task arithmetic's scale), or every λ shifted by one amount (toward or away from the
 uniform merge). Isotropic steps rarely move along those two directions, and on a merge landscape
 they matter most: the global scale is task arithmetic's one knob, and experts that share a
-component need every λ lowered together to cancel it. ``sum_input`` (default off; the variant
-``evogm-plus-sum``) gives the GP the coefficients' sum as one more input with its own length scale,
+component need every λ lowered together to cancel it. ``sum_input`` (default on; off is the variant
+``evogm-plus-nosum``) gives the GP the coefficients' sum as one more input with its own length scale,
 so that the model, not only the steps, sees the all-ones direction. ``surrogate=False`` turns off the screening (P pool rows drawn at random: the
 generators and local steps alone), for ablations.
 """
@@ -89,7 +89,7 @@ class EvoGMPlusRound:
     def __init__(self, dim: int, *, popsize: int, seed: int, basis: np.ndarray, archive: Archive,
                  winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str,
                  dense_share: float, recombine: float, make_generators, groups: int = 1,
-                 scale_shift: float = 0.2, sum_input: bool = False):
+                 scale_shift: float = 0.2, sum_input: bool = True):
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
         self.acquisition, self.dense_share, self.recombine = acquisition, dense_share, recombine
@@ -199,7 +199,7 @@ class EvoGMPlus(Rounds):
                  lr: float = 1e-3, steps: int = 30, cycle_scale: float = 100.0, opt_scale: float = 1.0,
                  pool: int | None = None, surrogate: bool = True, acquisition: str = "thompson",
                  dense_share: float = 0.5, recombine: float = 0.2, scale_shift: float = 0.2,
-                 sum_input: bool = False, groups: int = 1, threads: int | None = 1):
+                 sum_input: bool = True, groups: int = 1, threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads)
         check_fraction(winner_portion=winner_portion)
         check_choice("acquisition", acquisition, ("thompson", "ei"))
