@@ -53,27 +53,10 @@ def input_paths(cfg: RunConfig) -> dict[str, Path]:
 
 
 def changes(saved: dict, now: dict) -> list[str]:
-    """What differs between two fingerprints, in words: changed files first, then config keys.
-
-    An optimizer option the saved run does not have, now at its default, is not a change: an option
-    added to an optimizer defaults to what the optimizer did before it (new behaviour is opt-in), so
-    a finished run stays reusable and a killed one resumable."""
+    """What differs between two fingerprints, in words: changed files first, then config keys."""
     files = sorted(set(saved["files"]) | set(now["files"]))
     changed = [f"the files of {key}" for key in files if saved["files"].get(key) != now["files"].get(key)]
-    return changed + _changed_keys(saved["config"], _without_new_defaults(saved["config"], now["config"]), "")
-
-
-def _without_new_defaults(saved: dict, now: dict) -> dict:
-    from evogm.config import optimizer_defaults
-    from evogm.search import OPTIMIZERS
-
-    search, old = now.get("search") or {}, (saved.get("search") or {}).get("options")
-    if not isinstance(old, dict) or search.get("optimizer") not in OPTIMIZERS:
-        return now
-    defaults = optimizer_defaults(search["optimizer"])
-    options = {k: v for k, v in search.get("options", {}).items()
-               if k in old or k not in defaults or v != defaults[k]}
-    return {**now, "search": {**search, "options": options}}
+    return changed + _changed_keys(saved["config"], now["config"], "")
 
 
 def _changed_keys(a, b, where: str) -> list[str]:

@@ -64,20 +64,6 @@ def test_a_finished_run_whose_inputs_changed_is_run_again_not_reused(comparison,
     assert yaml.safe_load((run / "config.yaml").read_text())["tasks"][0]["limit"] == 20
 
 
-def test_an_option_added_to_an_optimizer_since_a_run_is_a_change_only_off_its_default():
-    from evogm.config import optimizer_defaults
-    from evogm.inputs import changes
-
-    defaults = optimizer_defaults("evogm-plus")
-    saved = {"files": {}, "config": {"search": {"optimizer": "evogm-plus",
-                                                "options": {k: v for k, v in defaults.items() if k != "sum_input"}}}}
-    now = lambda **options: {"files": {}, "config": {"search": {"optimizer": "evogm-plus",
-                                                                "options": {**defaults, **options}}}}
-    assert changes(saved, now()) == []
-    assert changes(saved, now(sum_input=True)) == ["search.options.sum_input"]
-    assert changes(saved, now(pool=7)) == ["search.options.pool"]
-
-
 def test_variants_are_named_and_ablations_stay_the_papers():
     from evogm.compare import ABLATIONS, method_specs
 
