@@ -88,8 +88,8 @@ class EvoGMPlusRound:
 
     def __init__(self, dim: int, *, popsize: int, seed: int, basis: np.ndarray, archive: Archive,
                  winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str,
-                 dense_share: float, recombine: float, make_generators, groups: int = 1,
-                 scale_shift: float = 0.2, sum_input: bool = True):
+                 dense_share: float, recombine: float, make_generators, groups: int,
+                 scale_shift: float, sum_input: bool):  # defaults: EvoGMPlus's, the one place they live
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
         self.acquisition, self.dense_share, self.recombine = acquisition, dense_share, recombine
