@@ -22,8 +22,9 @@ tasks (multi-task mode, 160 evaluations unless --budget):
 The derived experts are full fine-tunes written once, with evogm's own exact merge, into
 ``--cache`` (default ``~/.cache/evogm/landscapes``); ``zoo-seed1`` is built there once (about 8
 minutes). A build of ``zoo-seed1`` on another machine (another CPU) can train to other
-weights: a run made on another build is run again, and ``--report`` leaves it out, saying so. Every landscape is one ``evogm compare`` (OUT/LANDSCAPE/), so finished runs are reused and
-a killed suite resumes. ``--quick`` scores 50 items per task split instead of 200 dev / 1000 test.
+weights: a run made on another build is run again, and ``--report`` leaves it out, saying so.
+Every landscape is one ``evogm compare`` (OUT/LANDSCAPE/), so finished runs are reused and a
+killed suite resumes. ``--quick`` scores 50 items per task split instead of 200 dev / 1000 test.
 
 Prints, and writes to OUT/suite.md and suite.json: per landscape, each optimizer's best dev and its
 test score (mean ± std over seeds) at half the budget and at the full budget (the best of the first
