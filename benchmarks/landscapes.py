@@ -232,9 +232,9 @@ def suite_table(summaries: dict[str, dict]) -> tuple[str, dict]:
         for e, m in chosen.items():  # within one standard error (of the difference of means) of the best
             se = math.hypot(*(stats[k]["test_std"] / math.sqrt(len(stats[k]["runs"])) for k in (m, best)))
             close[e] += stats[best]["test_mean"] - stats[m]["test_mean"] <= se
-        if any(len(members) > 1 for e, members in entries.items() if e in chosen):
-            lines.append("\nranked at the better setting: " + ", ".join(
-                f"{e}: {chosen[e]}" for e, members in entries.items() if e in chosen and len(members) > 1))
+        settings = [f"{e}: {m}" for e, m in chosen.items() if len(entries[e]) > 1]
+        if settings:
+            lines.append("\nranked at the better setting: " + ", ".join(settings))
         static = summary["static"]
         lines.append("\nstatic merges (dev / test): " + ", ".join(
             f"{k} {v['dev']:.4f} / {v['test']:.4f}" for k, v in static.items()))
@@ -247,17 +247,17 @@ def suite_table(summaries: dict[str, dict]) -> tuple[str, dict]:
 
 def ranked_entries(methods: list[str]) -> dict[str, list[str]]:
     """The rank table's rows: each method alone, except a baseline's settings of ``SETTINGS``
-    together in one row, named by its members.
+    together in one row, named by its members (not with "|": the name is a cell of a Markdown table).
 
     >>> ranked_entries(["evogm-plus", "cmaes", "pso", "cmaes-pycma"])
-    {'evogm-plus': ['evogm-plus'], 'cmaes | cmaes-pycma': ['cmaes', 'cmaes-pycma'], 'pso': ['pso']}
+    {'evogm-plus': ['evogm-plus'], 'cmaes / cmaes-pycma': ['cmaes', 'cmaes-pycma'], 'pso': ['pso']}
     """
     entries, seen = {}, set()
     for m in methods:
         if m in seen:
             continue
         members = next(([k for k in group if k in methods] for group in SETTINGS if m in group), [m])
-        entries[" | ".join(members)] = members
+        entries[" / ".join(members)] = members
         seen.update(members)
     return entries
 
