@@ -103,11 +103,8 @@ def derive_experts(folder: Path, name: str) -> None:
     import torch
 
     from evogm.merge import Merger
-    from evogm.models import load_models
 
-    spec = yaml.safe_load((ZOO / "run.yaml").read_text())["models"]
-    models = load_models(ZOO / spec["base"], {k: ZOO / v for k, v in spec["experts"].items()},
-                         dtype="float32", device="cpu")
+    models = zoo_models()
     products = gram(models.experts)  # one pass over every parameter
     norms = np.sqrt(np.diag(products))
     matrix = interior_matrix(len(norms)) if name == "zoo-interior" else correlated_matrix(norms)
@@ -126,6 +123,15 @@ def derive_experts(folder: Path, name: str) -> None:
     (folder / "experts.json").write_text(json.dumps({
         "matrix": matrix.tolist(), "experts": paths,
         "mean_cosine": float(cosines[~np.eye(len(scale), dtype=bool)].mean())}, indent=1))
+
+
+def zoo_models():
+    """The packaged zoo's base and experts, in float32 on the CPU."""
+    from evogm.models import load_models
+
+    spec = yaml.safe_load((ZOO / "run.yaml").read_text())["models"]
+    return load_models(ZOO / spec["base"], {k: ZOO / v for k, v in spec["experts"].items()},
+                       dtype="float32", device="cpu")
 
 
 def gram(experts) -> np.ndarray:

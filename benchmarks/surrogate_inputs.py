@@ -21,12 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from scipy.stats import spearmanr
 
-from landscapes import ROOT, ZOO, gram
+from landscapes import ROOT, gram, zoo_models
 
-from evogm.models import load_models
 from evogm.search.surrogate import GaussianProcess
 
 
@@ -76,13 +74,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    spec = yaml.safe_load((ZOO / "run.yaml").read_text())["models"]
-    models = load_models(ZOO / spec["base"], {k: ZOO / v for k, v in spec["experts"].items()},
-                         dtype="float32", device="cpu")
-    zoo_gram = gram(models.experts)
+    zoo_gram = gram(zoo_models().experts)
     for name in args.landscapes:
         X, y = pooled(args.runs / name, args.optimizers.split(","))
-        root = sqrt_metric(landscape_gram(name, zoo_gram, args.cache))
+        G = landscape_gram(name, zoo_gram, args.cache)
+        root = sqrt_metric(G)
         gps = {"λ": GaussianProcess, "λ and Σλ": lambda: GaussianProcess(sum_input=True),
                "G^½·λ": lambda: MetricGP(root)}
         scores = {k: [] for k in gps}
@@ -95,7 +91,7 @@ def main() -> None:
                 mean, _ = make().fit(X[train], y[train]).predict(X[test])
                 found = set(np.argsort(mean)[: len(test) // 10])
                 scores[label].append((spearmanr(mean, y[test]).statistic, len(best & found) / len(best)))
-        print(f"{name}: {len(X)} evaluations, condition number of G {np.linalg.cond(root @ root):.1f}")
+        print(f"{name}: {len(X)} evaluations, condition number of G {np.linalg.cond(G):.1f}")
         for label, values in scores.items():
             (rho, top), (rho_sd, top_sd) = np.mean(values, axis=0), np.std(values, axis=0)
             print(f"  {label:9s} Spearman {rho:.3f} ± {rho_sd:.3f}   best tenth found {top:.3f} ± {top_sd:.3f}")
