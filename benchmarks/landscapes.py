@@ -24,8 +24,9 @@ The derived experts are full fine-tunes written once, with evogm's own exact mer
 minutes). A build of ``zoo-seed1`` on another machine (another CPU) can train to other
 weights (another landscape): the suite runs such runs again, but ``--report`` tables whatever has
 finished, so run the suite, not only ``--report``, after moving runs between machines. (The derived
-experts of ``zoo-interior`` and ``zoo-correlated`` differ between machines in their last bits only:
-the same scores.)
+experts of ``zoo-interior`` and ``zoo-correlated``, written on another machine, had other file
+hashes, so the suite runs their runs again too; each expert alone and the uniform merge scored the
+same on both.)
 Every landscape is one ``evogm compare`` (OUT/LANDSCAPE/), so finished runs are reused and a
 killed suite resumes. ``--quick`` scores 50 items per task split instead of 200 dev / 1000 test.
 
