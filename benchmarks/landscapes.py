@@ -42,6 +42,7 @@ is ranked once, at whichever of the two has the higher mean test score on each l
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import subprocess
@@ -195,9 +196,10 @@ def test_at(run_dir: Path, evaluations: int) -> dict:
     best = min((r for r in records if r["loss"] is not None and not r.get("error") and not r.get("partial")),
                key=lambda r: r["loss"])
     cache = run_dir / f"test_at_{evaluations}.json"
-    if cache.exists():  # reused only for the same candidate (a run made again may end elsewhere)
-        kept = json.loads(cache.read_text())
-        if kept.get("coefficients") == best["coefficients"]:
+    inputs = run_inputs(run_dir)
+    if cache.exists():  # reused only for the same candidate of the same inputs (a run made again on
+        kept = json.loads(cache.read_text())  # another build can pick the same one-hot row)
+        if kept.get("coefficients") == best["coefficients"] and kept.get("inputs") == inputs:
             return kept
     experts = list(yaml.safe_load((run_dir / "config.yaml").read_text())["models"]["experts"])
     lam = np.reshape(best["coefficients"], (len(experts), -1))
@@ -206,9 +208,14 @@ def test_at(run_dir: Path, evaluations: int) -> dict:
     shown = subprocess.run([str(evogm), "eval", str(run_dir / "config.yaml"), "--split", "test", "--json", *weights],
                            check=True, capture_output=True, text=True).stdout
     out = {"dev": -best["loss"], "test": json.loads(shown)["score"], "evaluations": evaluations,
-           "coefficients": best["coefficients"]}
+           "coefficients": best["coefficients"], "inputs": inputs}
     cache.write_text(json.dumps(out))
     return out
+
+
+def run_inputs(run_dir: Path) -> str:
+    """A fingerprint of the run's inputs (its models' and tasks' files, as the runner recorded them)."""
+    return hashlib.sha256((run_dir / "inputs.json").read_bytes()).hexdigest()
 
 
 def suite_table(summaries: dict[str, dict]) -> tuple[str, dict]:
