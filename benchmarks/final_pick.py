@@ -67,8 +67,9 @@ class TestScorer:
         return weighted_mean(self.tasks, rows)
 
 
-def picks(run_dir: Path, scorer) -> dict[str, float]:
-    """Each rule's pick's test score (cached in the run directory)."""
+def picks(run_dir: Path, scorers: dict[str, TestScorer]) -> dict[str, float]:
+    """Each rule's pick's test score (cached in the run directory); ``scorers`` keeps one TestScorer
+    per base model, built the first time a pick needs scoring."""
     X, y = evaluations(run_dir)
     best = json.loads((run_dir / "final.json").read_text())["candidates"]["best"]
     out = {"best": best["test"]["score"]}
@@ -78,7 +79,14 @@ def picks(run_dir: Path, scorer) -> dict[str, float]:
     if all(kept.get(k) == v for k, v in key.items()):
         out["gp"] = kept["test"]
     else:
-        out["gp"] = out["best"] if int(np.argmin(y)) == row else scorer()(X[row])
+        if int(np.argmin(y)) == row:
+            out["gp"] = out["best"]
+        else:
+            config = run_dir / "config.yaml"
+            base = yaml.safe_load(config.read_text())["models"]["base"]
+            if base not in scorers:
+                scorers[base] = TestScorer(config)
+            out["gp"] = scorers[base](X[row])
         cache.write_text(json.dumps({**key, "dev": -float(y[row]), "test": out["gp"]}))
     return out
 
@@ -94,21 +102,13 @@ def main() -> None:
     print("| landscape | optimizer | runs | test of best dev | test of gp pick | gp − best (± SE) |")
     print("|---|---|---|---|---|---|")
     for landscape in landscapes:
-        scorer_cache: dict[str, TestScorer] = {}
+        scorers: dict[str, TestScorer] = {}
         for method in args.optimizers.split(","):
             diffs, rows = [], []
             for run_dir in sorted((args.out / landscape / "runs" / method).glob("seed*")):
                 if not (run_dir / "final.json").exists():
                     continue
-                config = run_dir / "config.yaml"
-                key = yaml.safe_load(config.read_text())["models"]["base"]
-
-                def scorer(config=config, key=key):
-                    if key not in scorer_cache:
-                        scorer_cache[key] = TestScorer(config)
-                    return scorer_cache[key]
-
-                got = picks(run_dir, scorer)
+                got = picks(run_dir, scorers)
                 rows.append(got)
                 diffs.append(got["gp"] - got["best"])
             if not rows:
