@@ -35,6 +35,7 @@ CONFIGS = {  # name -> (optimizer, options); the paper's P = 20 everywhere
     "random": ("random", {}),
     "evogm-plus": ("evogm-plus", {}),
     "evogm-plus-nosum": ("evogm-plus", dict(sum_input=False)),
+    "evogm-plus-nowarp": ("evogm-plus", dict(warp=False)),
     "bo": ("bo", {}),
     "tpe": ("tpe", {}),
 }

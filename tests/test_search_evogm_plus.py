@@ -111,3 +111,13 @@ def test_scale_shift_steps_move_every_coefficient_by_one_amount():
         return np.sum(np.all(np.isclose(diff, diff[:, :1], atol=1e-12), axis=1) & (np.abs(diff[:, 0]) > 1e-9))
 
     assert shifted_rows(0.5) > 10 and shifted_rows(0.0) == 0
+
+
+def test_warp_off_fits_the_gp_to_the_losses_themselves():
+    """``warp=False`` (the variant ``evogm-plus-nowarp``): the GP's data are the standardized losses,
+    so its shift is their mean; with the default rank warp it is the mean of normal scores, 0."""
+    for warp in (True, False):
+        opt = EvoGMPlus(4, popsize=8, seed=0, iterations=2, warp=warp, **SMALL)
+        _, losses = drive(opt, 16)               # the GP was last fitted on the first 8 evaluations
+        expected = losses[:8].mean() if not warp else 0.0
+        assert np.isclose(opt.strategy.gp.shift, expected, atol=1e-9)

@@ -46,7 +46,9 @@ uniform merge). Isotropic steps rarely move along those two directions, and on a
 they matter most: the global scale is task arithmetic's one knob, and experts that share a
 component need every λ lowered together to cancel it. ``sum_input`` (default on; off is the variant
 ``evogm-plus-nosum``) gives the GP the coefficients' sum as one more input with its own length scale,
-so that the model, not only the steps, sees the all-ones direction. ``surrogate=False`` turns off the screening (P pool rows drawn at random: the
+so that the model, not only the steps, sees the all-ones direction. ``warp`` (default on; off is the
+variant ``evogm-plus-nowarp``) fits the GP to the normal scores of the losses' ranks rather than to
+the standardized losses themselves. ``surrogate=False`` turns off the screening (P pool rows drawn at random: the
 generators and local steps alone), for ablations.
 """
 
@@ -89,14 +91,14 @@ class EvoGMPlusRound:
     def __init__(self, dim: int, *, popsize: int, seed: int, basis: np.ndarray, archive: Archive,
                  winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str,
                  dense_share: float, recombine: float, make_generators, groups: int,
-                 scale_shift: float, sum_input: bool):  # defaults: EvoGMPlus's, the one place they live
+                 scale_shift: float, sum_input: bool, warp: bool):  # defaults: EvoGMPlus's, the one place they live
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
         self.acquisition, self.dense_share, self.recombine = acquisition, dense_share, recombine
         self.scale_shift = scale_shift
         self.rng = np.random.default_rng(seed)
         self.generators: GeneratorPair = make_generators(child_seed(seed, 1, 0))
-        self.gp = GaussianProcess(sum_input=sum_input)
+        self.gp = GaussianProcess(sum_input=sum_input, warp=warp)
         self.population = self.population_losses = None
         start = hybrid_population(dim, popsize, self.rng, (-1.0, 1.0), groups)
         known = archive.lookup(start @ basis)  # a later round's one-hots are the elites: known
@@ -199,7 +201,7 @@ class EvoGMPlus(Rounds):
                  lr: float = 1e-3, steps: int = 30, cycle_scale: float = 100.0, opt_scale: float = 1.0,
                  pool: int | None = None, surrogate: bool = True, acquisition: str = "thompson",
                  dense_share: float = 0.5, recombine: float = 0.2, scale_shift: float = 0.2,
-                 sum_input: bool = True, groups: int = 1, threads: int | None = 1):
+                 sum_input: bool = True, warp: bool = True, groups: int = 1, threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads)
         check_fraction(winner_portion=winner_portion)
         check_choice("acquisition", acquisition, ("thompson", "ei"))
@@ -221,7 +223,7 @@ class EvoGMPlus(Rounds):
             return EvoGMPlusRound(k, popsize=popsize, seed=round_seed, basis=self.basis, archive=self.archive,
                                   winner_portion=winner_portion, steps=steps, pool=max(pool, popsize),
                                   surrogate=surrogate, acquisition=acquisition, dense_share=dense_share,
-                                  recombine=recombine, scale_shift=scale_shift, sum_input=sum_input,
+                                  recombine=recombine, scale_shift=scale_shift, sum_input=sum_input, warp=warp,
                                   make_generators=make_generators, groups=self.round_groups)
 
         super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
