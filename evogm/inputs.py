@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from evogm.config import RunConfig, to_dict
+from evogm.config import RunConfig, optimizer_defaults, to_dict
+from evogm.search import OPTIMIZERS
 
 IGNORED_SUFFIXES = (".md",)  # a model card changes no weight
 
@@ -53,10 +54,23 @@ def input_paths(cfg: RunConfig) -> dict[str, Path]:
 
 
 def changes(saved: dict, now: dict) -> list[str]:
-    """What differs between two fingerprints, in words: changed files first, then config keys."""
+    """What differs between two fingerprints, in words: changed files first, then config keys.
+
+    An optimizer option the saved run does not name, because the option came later, counts at its
+    default: an option's default keeps the behaviour from before it, so that run ran with it."""
     files = sorted(set(saved["files"]) | set(now["files"]))
     changed = [f"the files of {key}" for key in files if saved["files"].get(key) != now["files"].get(key)]
-    return changed + _changed_keys(saved["config"], now["config"], "")
+    return changed + _changed_keys(_with_later_options(saved["config"]), now["config"], "")
+
+
+def _with_later_options(config: dict) -> dict:
+    """The saved config with the options its optimizer has gained since, at their defaults."""
+    search = config.get("search")
+    if not isinstance(search, dict) or search.get("optimizer") not in OPTIMIZERS:
+        return config
+    defaults = {k: v for k, v in optimizer_defaults(search["optimizer"]).items() if k != "popsize"}
+    options = {**defaults, **(search.get("options") or {})}
+    return {**config, "search": {**search, "options": options}}
 
 
 def _changed_keys(a, b, where: str) -> list[str]:

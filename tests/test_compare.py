@@ -64,6 +64,24 @@ def test_a_finished_run_whose_inputs_changed_is_run_again_not_reused(comparison,
     assert yaml.safe_load((run / "config.yaml").read_text())["tasks"][0]["limit"] == 20
 
 
+def test_an_option_added_after_a_run_counts_at_its_default(comparison):
+    """A run from before an optimizer gained an option (its inputs.json does not name it) is reused:
+    the option's default is the behaviour the run had; the same option at another value is a change."""
+    from evogm.inputs import changes
+
+    out, argv = comparison
+    run = out / "runs" / "evogm" / "seed1"
+    saved = json.loads((run / "inputs.json").read_text())
+    assert saved["config"]["search"]["options"].pop("local_share") == 0.0
+    (run / "inputs.json").write_text(json.dumps(saved))
+    stamp = (run / "final.json").stat().st_mtime_ns
+    assert cli(argv) == 0
+    assert (run / "final.json").stat().st_mtime_ns == stamp
+    now = json.loads(json.dumps(saved))
+    now["config"]["search"]["options"]["local_share"] = 0.25
+    assert changes(saved, now) == ["search.options.local_share"]
+
+
 def test_variants_are_named_and_ablations_stay_the_papers():
     from evogm.compare import ABLATIONS, method_specs
 
