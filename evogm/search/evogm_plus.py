@@ -48,8 +48,8 @@ component need every λ lowered together to cancel it. ``sum_input`` (default on
 ``evogm-plus-nosum``) gives the GP the coefficients' sum as one more input with its own length scale,
 so that the model, not only the steps, sees the all-ones direction. ``warp`` (default on; off is the
 variant ``evogm-plus-nowarp``) fits the GP to the normal scores of the losses' ranks rather than to
-the standardized losses themselves. ``surrogate=False`` turns off the screening (P pool rows drawn at random: the
-generators and local steps alone), for ablations.
+the standardized losses themselves. ``surrogate=False`` turns off the screening (P pool rows drawn
+at random: the generators and local steps alone), for ablations.
 """
 
 from __future__ import annotations
