@@ -41,6 +41,7 @@ VARIANTS = {
     "evogm-plus-noshift": ("evogm-plus", {"scale_shift": 0.0}),  # no local steps along λ's scale and the 1 vector
     "evogm-plus-nosum": ("evogm-plus", {"sum_input": False}),  # the GP without Σλ as an input
     "evogm-plus-nowarp": ("evogm-plus", {"warp": False}),  # the GP on the standardized losses, not their ranks
+    "evogm-plus-autowarp": ("evogm-plus", {"warp": "auto"}),  # both GPs; the one whose held-out ranks are best
     "cmaes-pycma": ("cmaes", {"pycma_popsize": True}),  # the library's population size, not P
     "bo-seq": ("bo", {"batch": 1}),  # sequential BO: one candidate per model update
 }

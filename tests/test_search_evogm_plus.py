@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from evogm.errors import EvogmError
 from evogm.search import OPTIMIZERS
 from evogm.search.evogm_plus import EvoGMPlus
 from evogm.search.surrogate import GaussianProcess
@@ -121,3 +123,25 @@ def test_warp_off_fits_the_gp_to_the_losses_themselves():
         _, losses = drive(opt, 16)               # the GP was last fitted on the first 8 evaluations
         expected = losses[:8].mean() if not warp else 0.0
         assert np.isclose(opt.strategy.gp.shift, expected, atol=1e-9)
+
+
+def test_auto_warp_keeps_the_fit_whose_held_out_predictions_rank_best():
+    """``warp="auto"`` (the variant ``evogm-plus-autowarp``) fits the GP both ways and keeps the fit
+    whose leave-one-out means order the losses best: the losses themselves on a smooth bowl sampled
+    around its minimum (the ranks stretch the best few apart), the ranks where a few bad rows are
+    far worse than the rest."""
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.uniform(-1, 1, (20, 10)), 0.2 + 0.1 * rng.standard_normal((20, 10))])
+    bowl = np.sum((X - 0.2) ** 2, axis=1)
+    assert GaussianProcess(warp="auto").fit(X, bowl).warped is False
+    U = rng.uniform(-1, 1, (40, 10))
+    assert GaussianProcess(warp="auto").fit(U, np.exp(4 * np.sum((U - 0.2) ** 2, axis=1))).warped is True
+    for y, data in ((bowl, X), (np.exp(4 * np.sum((U - 0.2) ** 2, axis=1)), U)):  # same fit as asked for alone
+        auto = GaussianProcess(warp="auto").fit(data, y)
+        alone = GaussianProcess(warp=auto.warped).fit(data, y)
+        np.testing.assert_allclose(auto.predict(data[:5])[0], alone.predict(data[:5])[0], rtol=1e-9)
+
+
+def test_warp_takes_true_false_or_auto():
+    with pytest.raises(EvogmError, match="warp='ranks' is not an option"):
+        EvoGMPlus(4, warp="ranks")

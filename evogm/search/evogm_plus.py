@@ -48,7 +48,8 @@ component need every λ lowered together to cancel it. ``sum_input`` (default on
 ``evogm-plus-nosum``) gives the GP the coefficients' sum as one more input with its own length scale,
 so that the model, not only the steps, sees the all-ones direction. ``warp`` (default on; off is the
 variant ``evogm-plus-nowarp``) fits the GP to the normal scores of the losses' ranks rather than to
-the standardized losses themselves. ``surrogate=False`` turns off the screening (P pool rows drawn
+the standardized losses themselves; ``warp="auto"`` (the variant ``evogm-plus-autowarp``) fits it
+both ways at every ask and keeps the fit whose leave-one-out means order the losses best. ``surrogate=False`` turns off the screening (P pool rows drawn
 at random: the generators and local steps alone), for ablations.
 """
 
@@ -91,7 +92,7 @@ class EvoGMPlusRound:
     def __init__(self, dim: int, *, popsize: int, seed: int, basis: np.ndarray, archive: Archive,
                  winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str,
                  dense_share: float, recombine: float, make_generators, groups: int,
-                 scale_shift: float, sum_input: bool, warp: bool):  # defaults: EvoGMPlus's, the one place they live
+                 scale_shift: float, sum_input: bool, warp: bool | str):  # defaults: EvoGMPlus's, the one place they live
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
         self.acquisition, self.dense_share, self.recombine = acquisition, dense_share, recombine
@@ -201,10 +202,11 @@ class EvoGMPlus(Rounds):
                  lr: float = 1e-3, steps: int = 30, cycle_scale: float = 100.0, opt_scale: float = 1.0,
                  pool: int | None = None, surrogate: bool = True, acquisition: str = "thompson",
                  dense_share: float = 0.5, recombine: float = 0.2, scale_shift: float = 0.2,
-                 sum_input: bool = True, warp: bool = True, groups: int = 1, threads: int | None = 1):
+                 sum_input: bool = True, warp: bool | str = True, groups: int = 1, threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads)
         check_fraction(winner_portion=winner_portion)
         check_choice("acquisition", acquisition, ("thompson", "ei"))
+        check_choice("warp", warp, (True, False, "auto"))
         if not 0.0 <= dense_share <= 1.0:
             raise EvogmError(f"dense_share={dense_share!r} is not allowed", "it is a share of the local steps",
                              "give a number in [0, 1]")
