@@ -49,8 +49,9 @@ component need every λ lowered together to cancel it. ``sum_input`` (default on
 so that the model, not only the steps, sees the all-ones direction. ``warp`` (default on; off is the
 variant ``evogm-plus-nowarp``) fits the GP to the normal scores of the losses' ranks rather than to
 the standardized losses themselves; ``warp="auto"`` (the variant ``evogm-plus-autowarp``) fits it
-both ways at every ask and keeps the fit whose leave-one-out means order the losses best. ``surrogate=False`` turns off the screening (P pool rows drawn
-at random: the generators and local steps alone), for ablations.
+both ways at every ask and keeps the fit whose leave-one-out means order the losses best.
+``surrogate=False`` turns off the screening (P pool rows drawn at random: the generators and local
+steps alone), for ablations.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class EvoGMPlusRound:
     def __init__(self, dim: int, *, popsize: int, seed: int, basis: np.ndarray, archive: Archive,
                  winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str,
                  dense_share: float, recombine: float, make_generators, groups: int,
-                 scale_shift: float, sum_input: bool, warp: bool | str):  # defaults: EvoGMPlus's, the one place they live
+                 scale_shift: float, sum_input: bool,
+                 warp: bool | str):  # defaults: EvoGMPlus's, the one place they live
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
         self.acquisition, self.dense_share, self.recombine = acquisition, dense_share, recombine

@@ -97,34 +97,31 @@ class GaussianProcess:
         self.prior_loc = math.sqrt(2.0) + 0.5 * math.log(dim)
         with torch_threads(self.threads):
             if self.warp == "auto":  # both fits; keep the one whose held-out predictions rank best
-                fits = [self._fit_to(y, warp) for warp in (True, False)]
-                self._use(max(fits, key=lambda fit: fit["loo"]))
+                fits = [(self._fit_to(y, warp), self._held_out_order(y)) for warp in (True, False)]
+                vars(self).update(max(fits, key=lambda fit: fit[1])[0])
             else:
-                self._use(self._fit_to(y, bool(self.warp)))
+                self._fit_to(y, bool(self.warp))
         return self
 
     def _fit_to(self, y: np.ndarray, warp: bool) -> dict:
-        """The GP fitted to y (its rank scores with ``warp``): its parameters, factors and the rank
-        correlation of its leave-one-out means with y."""
+        """Fit the GP to y (to its rank scores with ``warp``); returns the fitted state."""
         z = normal_scores(y) if warp else y
-        shift, scale = float(z.mean()), float(z.std()) or 1.0
-        self.y = torch.as_tensor((z - shift) / scale)
+        self.shift, self.scale, self.warped = float(z.mean()), float(z.std()) or 1.0, warp
+        self.y = torch.as_tensor((z - self.shift) / self.scale)
         dim = self.X.shape[1]
         starts = [torch.tensor([loc] * dim + [0.0, math.log(noise)], dtype=torch.float64)
                   for loc, noise in ((self.prior_loc, 0.1), (0.0, 0.01))]  # smooth, and short length scales
         last = self.last_raw.get(warp)
         if last is not None and len(last) == dim + 2:
             starts.append(last)
-        self.raw = min((self._optimize(start) for start in starts), key=lambda fit: fit[0])[1]
-        self.last_raw[warp] = self.raw
+        self.raw = self.last_raw[warp] = min((self._optimize(s) for s in starts), key=lambda fit: fit[0])[1]
         self._factorize()
-        loo = self.y - self.alpha / torch.cholesky_inverse(self.L).diagonal()
-        return dict(shift=shift, scale=scale, y=self.y, raw=self.raw, L=self.L, alpha=self.alpha,
-                    loo=_rank_correlation(loo.numpy(), y), warp=warp)
+        return {k: getattr(self, k) for k in ("shift", "scale", "warped", "y", "raw", "L", "alpha")}
 
-    def _use(self, fit: dict) -> None:
-        self.shift, self.scale, self.y, self.raw = fit["shift"], fit["scale"], fit["y"], fit["raw"]
-        self.L, self.alpha, self.warped = fit["L"], fit["alpha"], fit["warp"]
+    def _held_out_order(self, y: np.ndarray) -> float:
+        """Rank correlation of the current fit's leave-one-out means (closed form) with the losses y."""
+        loo = self.y - self.alpha / torch.cholesky_inverse(self.L).diagonal()
+        return _rank_correlation(loo.numpy(), y)
 
     def predict(self, Xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation of the loss (original units) at the rows of Xc."""
