@@ -42,6 +42,7 @@ CONFIGS = {  # name -> (optimizer, options); the paper's P = 20 everywhere
     "evogm-plus-nosum": ("evogm-plus", dict(sum_input=False)),
     "evogm-plus-nowarp": ("evogm-plus", dict(warp=False)),
     "evogm-plus-autowarp": ("evogm-plus", dict(warp="auto")),
+    "evogm-plus-short": ("evogm-plus", dict(lengthscale=1.0)),
     "bo": ("bo", {}),
     "tpe": ("tpe", {}),
 }

@@ -146,3 +146,22 @@ def test_auto_warp_keeps_the_fit_whose_held_out_predictions_rank_best():
 def test_warp_takes_true_false_or_auto():
     with pytest.raises(EvogmError, match="warp='ranks' is not an option"):
         EvoGMPlus(4, warp="ranks")
+
+
+def test_lengthscale_sets_the_prior_median_in_every_dimension():
+    """``lengthscale`` (the variant ``evogm-plus-short``) puts the median of the length-scale prior at
+    that value whatever the dimension; the default prior's median grows with √d. Fitted to rows
+    around a point, as a screening search evaluates them, the shorter prior gives shorter scales."""
+    rng = np.random.default_rng(0)
+    for dim in (4, 40):
+        X = 0.1 + 0.3 * rng.standard_normal((60, dim))
+        y = np.sum((X - 0.3) ** 2, axis=1)
+        short, default = GaussianProcess(lengthscale=1.0).fit(X, y), GaussianProcess().fit(X, y)
+        assert short.prior_loc == 0.0 and np.isclose(np.exp(default.prior_loc), np.exp(2**0.5) * dim**0.5)
+        assert np.median(short.raw[:dim].exp().numpy()) < np.median(default.raw[:dim].exp().numpy())
+
+
+@pytest.mark.parametrize("lengthscale", [0.0, -1.0, float("inf"), float("nan")])
+def test_lengthscale_must_be_a_positive_number(lengthscale):
+    with pytest.raises(EvogmError, match="lengthscale=.* is not allowed"):
+        EvoGMPlus(4, lengthscale=lengthscale)

@@ -50,6 +50,8 @@ so that the model, not only the steps, sees the all-ones direction. ``warp`` (de
 variant ``evogm-plus-nowarp``) fits the GP to the normal scores of the losses' ranks rather than to
 the standardized losses themselves; ``warp="auto"`` (the variant ``evogm-plus-autowarp``) fits it
 both ways at every ask and keeps the fit whose leave-one-out means order the losses best.
+``lengthscale`` (default None: the prior that grows with √d) sets the median of the GP's
+length-scale prior in every dimension; 1.0 (half the box) is the variant ``evogm-plus-short``.
 ``surrogate=False`` turns off the screening (P pool rows drawn at random: the generators and local
 steps alone), for ablations.
 """
@@ -93,15 +95,15 @@ class EvoGMPlusRound:
     def __init__(self, dim: int, *, popsize: int, seed: int, basis: np.ndarray, archive: Archive,
                  winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str,
                  dense_share: float, recombine: float, make_generators, groups: int,
-                 scale_shift: float, sum_input: bool,
-                 warp: bool | str):  # defaults: EvoGMPlus's, the one place they live
+                 scale_shift: float, sum_input: bool, warp: bool | str,
+                 lengthscale: float | None):  # defaults: EvoGMPlus's, the one place they live
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
         self.acquisition, self.dense_share, self.recombine = acquisition, dense_share, recombine
         self.scale_shift = scale_shift
         self.rng = np.random.default_rng(seed)
         self.generators: GeneratorPair = make_generators(child_seed(seed, 1, 0))
-        self.gp = GaussianProcess(sum_input=sum_input, warp=warp)
+        self.gp = GaussianProcess(sum_input=sum_input, warp=warp, lengthscale=lengthscale)
         self.population = self.population_losses = None
         start = hybrid_population(dim, popsize, self.rng, (-1.0, 1.0), groups)
         known = archive.lookup(start @ basis)  # a later round's one-hots are the elites: known
@@ -204,7 +206,8 @@ class EvoGMPlus(Rounds):
                  lr: float = 1e-3, steps: int = 30, cycle_scale: float = 100.0, opt_scale: float = 1.0,
                  pool: int | None = None, surrogate: bool = True, acquisition: str = "thompson",
                  dense_share: float = 0.5, recombine: float = 0.2, scale_shift: float = 0.2,
-                 sum_input: bool = True, warp: bool | str = True, groups: int = 1, threads: int | None = 1):
+                 sum_input: bool = True, warp: bool | str = True, lengthscale: float | None = None,
+                 groups: int = 1, threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads)
         check_fraction(winner_portion=winner_portion)
         check_choice("acquisition", acquisition, ("thompson", "ei"))
@@ -218,6 +221,9 @@ class EvoGMPlus(Rounds):
         if not 0.0 <= recombine <= 0.6:
             raise EvogmError(f"recombine={recombine!r} is not allowed", "it is a share of the pool taken from "
                              "the local steps' 65%", "give a number in [0, 0.6]")
+        if lengthscale is not None and not 0.0 < lengthscale < float("inf"):
+            raise EvogmError(f"lengthscale={lengthscale!r} is not allowed", "it is the median of the GP's "
+                             "length-scale prior", "give a positive number (1.0 is half the box) or null")
         pool = pool or 50 * popsize
         self.archive = Archive(dim)
 
@@ -228,7 +234,7 @@ class EvoGMPlus(Rounds):
                                   winner_portion=winner_portion, steps=steps, pool=max(pool, popsize),
                                   surrogate=surrogate, acquisition=acquisition, dense_share=dense_share,
                                   recombine=recombine, scale_shift=scale_shift, sum_input=sum_input, warp=warp,
-                                  make_generators=make_generators, groups=self.round_groups)
+                                  lengthscale=lengthscale, make_generators=make_generators, groups=self.round_groups)
 
         super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
                          round_budget=popsize * (1 + iterations), start_round=start_round)

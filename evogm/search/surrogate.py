@@ -15,7 +15,11 @@ variance (the dev score of a merge is a sample mean, so its noise is real), fitt
 the marginal likelihood with L-BFGS from three starts (smooth, short length scales, the last fit):
 from a single start the fit can end at a flat model that calls every difference noise. The
 length scales have the log-normal prior that makes vanilla GPs work in dozens of dimensions
-(Hvarfner, Hellsten & Nardi, ICML 2024: location √2 + ½·log d, scale √3). The losses are replaced
+(Hvarfner, Hellsten & Nardi, ICML 2024: location √2 + ½·log d, scale √3); ``lengthscale`` sets the
+prior's median instead, the same in every dimension (``lengthscale=1.0``: half the width of the box
+[−1, 1]). The dimension-scaled prior is meant for points spread over the whole box; the rows a
+screening search evaluates are steps around its best ones, and a length scale many times the box
+(about 26 at d = 40) makes the model's mean a trend it extrapolates across the box. The losses are replaced
 by the normal scores of their ranks before fitting (``warp``): merge landscapes are mostly bad
 merges with a few good ones, a heavy tail a stationary GP fits badly, and only the order of the
 losses matters to the search. ``warp="auto"`` fits both the ranks' scores and the standardized
@@ -84,8 +88,10 @@ class GaussianProcess:
 
     NOISE_FLOOR = 1e-4  # variance, in standardized units
 
-    def __init__(self, steps: int = 15, warp: bool | str = True, threads: int | None = 1, sum_input: bool = False):
+    def __init__(self, steps: int = 15, warp: bool | str = True, threads: int | None = 1, sum_input: bool = False,
+                 lengthscale: float | None = None):
         self.steps, self.warp, self.threads, self.sum_input = steps, warp, threads, sum_input
+        self.lengthscale = lengthscale  # the prior's median length scale; None: √2 + ½·log d in log space
         self.raw: torch.Tensor | None = None  # log length scales (d), log signal var, log noise var
         self.last_raw: dict[bool, torch.Tensor] = {}  # the last fit's parameters, per warp
 
@@ -94,7 +100,7 @@ class GaussianProcess:
         X, y = np.asarray(X, dtype=np.float64)[finite], np.asarray(y, dtype=np.float64)[finite]
         self.X = self._inputs(torch.as_tensor(X))
         dim = self.X.shape[1]
-        self.prior_loc = math.sqrt(2.0) + 0.5 * math.log(dim)
+        self.prior_loc = math.log(self.lengthscale) if self.lengthscale else math.sqrt(2.0) + 0.5 * math.log(dim)
         with torch_threads(self.threads):
             if self.warp == "auto":  # both fits; keep the one whose held-out predictions rank best
                 fits = [(self._fit_to(y, warp), self._held_out_order(y)) for warp in (True, False)]
