@@ -43,6 +43,7 @@ CONFIGS = {  # name -> (optimizer, options); the paper's P = 20 everywhere
     "evogm-plus-nowarp": ("evogm-plus", dict(warp=False)),
     "evogm-plus-autowarp": ("evogm-plus", dict(warp="auto")),
     "evogm-plus-short": ("evogm-plus", dict(lengthscale=1.0)),
+    "evogm-plus-autoscale": ("evogm-plus", dict(lengthscale="auto")),
     "bo": ("bo", {}),
     "tpe": ("tpe", {}),
 }

@@ -43,6 +43,7 @@ VARIANTS = {
     "evogm-plus-nowarp": ("evogm-plus", {"warp": False}),  # the GP on the standardized losses, not their ranks
     "evogm-plus-autowarp": ("evogm-plus", {"warp": "auto"}),  # both GPs; the one whose held-out ranks are best
     "evogm-plus-short": ("evogm-plus", {"lengthscale": 1.0}),  # length-scale prior at half the box, any d
+    "evogm-plus-autoscale": ("evogm-plus", {"lengthscale": "auto"}),  # both priors; the better held-out ranks
     "cmaes-pycma": ("cmaes", {"pycma_popsize": True}),  # the library's population size, not P
     "bo-seq": ("bo", {"batch": 1}),  # sequential BO: one candidate per model update
 }

@@ -161,7 +161,21 @@ def test_lengthscale_sets_the_prior_median_in_every_dimension():
         assert np.median(short.raw[:dim].exp().numpy()) < np.median(default.raw[:dim].exp().numpy())
 
 
-@pytest.mark.parametrize("lengthscale", [0.0, -1.0, float("inf"), float("nan")])
+def test_auto_lengthscale_keeps_the_prior_whose_held_out_predictions_rank_best():
+    """``lengthscale="auto"`` (the variant ``evogm-plus-autoscale``) fits both priors and keeps the
+    fit whose leave-one-out means order the losses best: the long, dimension-scaled one for a trend
+    across the box, the short one for ripples; the kept fit is the one that prior gives alone."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, (60, 8))
+    trend, ripples = X.sum(1) + 0.05 * rng.standard_normal(60), np.sin(6 * X).sum(1)
+    assert GaussianProcess(lengthscale="auto").fit(X, trend).prior_loc > 2.0
+    assert GaussianProcess(lengthscale="auto").fit(X, ripples).prior_loc == 0.0
+    for y, alone in ((trend, None), (ripples, 1.0)):
+        auto, single = GaussianProcess(lengthscale="auto").fit(X, y), GaussianProcess(lengthscale=alone).fit(X, y)
+        np.testing.assert_allclose(auto.predict(X[:5])[0], single.predict(X[:5])[0], rtol=1e-9)
+
+
+@pytest.mark.parametrize("lengthscale", [0.0, -1.0, float("inf"), float("nan"), "short", True])
 def test_lengthscale_must_be_a_positive_number(lengthscale):
     with pytest.raises(EvogmError, match="lengthscale=.* is not allowed"):
         EvoGMPlus(4, lengthscale=lengthscale)

@@ -51,7 +51,9 @@ variant ``evogm-plus-nowarp``) fits the GP to the normal scores of the losses' r
 the standardized losses themselves; ``warp="auto"`` (the variant ``evogm-plus-autowarp``) fits it
 both ways at every ask and keeps the fit whose leave-one-out means order the losses best.
 ``lengthscale`` (default None: the prior that grows with √d) sets the median of the GP's
-length-scale prior in every dimension; 1.0 (half the box) is the variant ``evogm-plus-short``.
+length-scale prior in every dimension; 1.0 (half the box) is the variant ``evogm-plus-short``;
+``"auto"`` (the variant ``evogm-plus-autoscale``) fits the GP with both priors at every ask and keeps
+the fit whose leave-one-out means order the losses best.
 ``surrogate=False`` turns off the screening (P pool rows drawn at random: the generators and local
 steps alone), for ablations.
 """
@@ -96,7 +98,7 @@ class EvoGMPlusRound:
                  winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str,
                  dense_share: float, recombine: float, make_generators, groups: int,
                  scale_shift: float, sum_input: bool, warp: bool | str,
-                 lengthscale: float | None):  # defaults: EvoGMPlus's, the one place they live
+                 lengthscale: float | str | None):  # defaults: EvoGMPlus's, the one place they live
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
         self.acquisition, self.dense_share, self.recombine = acquisition, dense_share, recombine
@@ -206,7 +208,7 @@ class EvoGMPlus(Rounds):
                  lr: float = 1e-3, steps: int = 30, cycle_scale: float = 100.0, opt_scale: float = 1.0,
                  pool: int | None = None, surrogate: bool = True, acquisition: str = "thompson",
                  dense_share: float = 0.5, recombine: float = 0.2, scale_shift: float = 0.2,
-                 sum_input: bool = True, warp: bool | str = True, lengthscale: float | None = None,
+                 sum_input: bool = True, warp: bool | str = True, lengthscale: float | str | None = None,
                  groups: int = 1, threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads)
         check_fraction(winner_portion=winner_portion)
@@ -221,9 +223,10 @@ class EvoGMPlus(Rounds):
         if not 0.0 <= recombine <= 0.6:
             raise EvogmError(f"recombine={recombine!r} is not allowed", "it is a share of the pool taken from "
                              "the local steps' 65%", "give a number in [0, 0.6]")
-        if lengthscale is not None and not 0.0 < lengthscale < float("inf"):
+        if lengthscale not in (None, "auto") and not (isinstance(lengthscale, (int, float)) and lengthscale is not True
+                                                     and 0.0 < lengthscale < float("inf")):
             raise EvogmError(f"lengthscale={lengthscale!r} is not allowed", "it is the median of the GP's "
-                             "length-scale prior", "give a positive number (1.0 is half the box) or null")
+                             "length-scale prior", "give a positive number (1.0 is half the box), auto or null")
         pool = pool or 50 * popsize
         self.archive = Archive(dim)
 

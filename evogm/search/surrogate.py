@@ -19,7 +19,10 @@ length scales have the log-normal prior that makes vanilla GPs work in dozens of
 prior's median instead, the same in every dimension (``lengthscale=1.0``: half the width of the box
 [−1, 1]). The dimension-scaled prior is meant for points spread over the whole box; the rows a
 screening search evaluates are steps around its best ones, and a length scale many times the box
-(about 26 at d = 40) makes the model's mean a trend it extrapolates across the box. The losses are replaced
+(about 26 at d = 40) makes the model's mean a trend it extrapolates across the box; on merges, whose
+scores do change slowly across the box, the long scales are the better model.
+``lengthscale="auto"`` fits both priors and keeps the fit whose leave-one-out means order the
+losses best, as ``warp="auto"`` does for the warp (both at once: all four fits). The losses are replaced
 by the normal scores of their ranks before fitting (``warp``): merge landscapes are mostly bad
 merges with a few good ones, a heavy tail a stationary GP fits badly, and only the order of the
 losses matters to the search. ``warp="auto"`` fits both the ranks' scores and the standardized
@@ -87,42 +90,49 @@ class GaussianProcess:
     """fit(X, y) then predict / thompson; ``steps``: L-BFGS iterations per fit."""
 
     NOISE_FLOOR = 1e-4  # variance, in standardized units
+    SHORT = 1.0  # the median length scale lengthscale="auto" tries next to the dimension-scaled prior
 
     def __init__(self, steps: int = 15, warp: bool | str = True, threads: int | None = 1, sum_input: bool = False,
-                 lengthscale: float | None = None):
+                 lengthscale: float | str | None = None):
         self.steps, self.warp, self.threads, self.sum_input = steps, warp, threads, sum_input
         self.lengthscale = lengthscale  # the prior's median length scale; None: √2 + ½·log d in log space
         self.raw: torch.Tensor | None = None  # log length scales (d), log signal var, log noise var
-        self.last_raw: dict[bool, torch.Tensor] = {}  # the last fit's parameters, per warp
+        self.last_raw: dict[tuple, torch.Tensor] = {}  # the last fit's parameters, per (warp, prior location)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "GaussianProcess":
         finite = np.isfinite(y)
         X, y = np.asarray(X, dtype=np.float64)[finite], np.asarray(y, dtype=np.float64)[finite]
         self.X = self._inputs(torch.as_tensor(X))
-        dim = self.X.shape[1]
-        self.prior_loc = math.log(self.lengthscale) if self.lengthscale else math.sqrt(2.0) + 0.5 * math.log(dim)
+        scaled = math.sqrt(2.0) + 0.5 * math.log(self.X.shape[1])  # the dimension-scaled prior's location
+        if self.lengthscale == "auto":
+            locs = [scaled, math.log(self.SHORT)]
+        else:
+            locs = [math.log(self.lengthscale) if self.lengthscale else scaled]
+        warps = [True, False] if self.warp == "auto" else [bool(self.warp)]
         with torch_threads(self.threads):
-            if self.warp == "auto":  # both fits; keep the one whose held-out predictions rank best
-                fits = [(self._fit_to(y, warp), self._held_out_order(y)) for warp in (True, False)]
+            if len(warps) * len(locs) > 1:  # every fit; keep the one whose held-out predictions rank best
+                fits = [(self._fit_to(y, warp, loc), self._held_out_order(y)) for warp in warps for loc in locs]
                 vars(self).update(max(fits, key=lambda fit: fit[1])[0])
             else:
-                self._fit_to(y, bool(self.warp))
+                self._fit_to(y, warps[0], locs[0])
         return self
 
-    def _fit_to(self, y: np.ndarray, warp: bool) -> dict:
-        """Fit the GP to y (to its rank scores with ``warp``); returns the fitted state."""
+    def _fit_to(self, y: np.ndarray, warp: bool, prior_loc: float) -> dict:
+        """Fit the GP to y (to its rank scores with ``warp``), its length scales' prior centred on
+        exp(prior_loc); returns the fitted state."""
         z = normal_scores(y) if warp else y
-        self.shift, self.scale, self.warped = float(z.mean()), float(z.std()) or 1.0, warp
+        self.shift, self.scale, self.warped, self.prior_loc = float(z.mean()), float(z.std()) or 1.0, warp, prior_loc
         self.y = torch.as_tensor((z - self.shift) / self.scale)
         dim = self.X.shape[1]
         starts = [torch.tensor([loc] * dim + [0.0, math.log(noise)], dtype=torch.float64)
-                  for loc, noise in ((self.prior_loc, 0.1), (0.0, 0.01))]  # smooth, and short length scales
-        last = self.last_raw.get(warp)
+                  for loc, noise in ((prior_loc, 0.1), (0.0, 0.01))]  # the prior's centre, and short length scales
+        last = self.last_raw.get((warp, prior_loc))
         if last is not None and len(last) == dim + 2:
             starts.append(last)
-        self.raw = self.last_raw[warp] = min((self._optimize(s) for s in starts), key=lambda fit: fit[0])[1]
+        self.raw = self.last_raw[(warp, prior_loc)] = min((self._optimize(s) for s in starts),
+                                                          key=lambda fit: fit[0])[1]
         self._factorize()
-        return {k: getattr(self, k) for k in ("shift", "scale", "warped", "y", "raw", "L", "alpha")}
+        return {k: getattr(self, k) for k in ("shift", "scale", "warped", "prior_loc", "y", "raw", "L", "alpha")}
 
     def _held_out_order(self, y: np.ndarray) -> float:
         """Rank correlation of the current fit's leave-one-out means (closed form) with the losses y."""
