@@ -175,7 +175,7 @@ def test_auto_lengthscale_keeps_the_prior_whose_held_out_predictions_rank_best()
         np.testing.assert_allclose(auto.predict(X[:5])[0], single.predict(X[:5])[0], rtol=1e-9)
 
 
-@pytest.mark.parametrize("lengthscale", [0.0, -1.0, float("inf"), float("nan"), "short", True])
+@pytest.mark.parametrize("lengthscale", [0.0, -1.0, float("inf"), float("nan"), "short", True, False])
 def test_lengthscale_must_be_a_positive_number(lengthscale):
     with pytest.raises(EvogmError, match="lengthscale=.* is not allowed"):
         EvoGMPlus(4, lengthscale=lengthscale)

@@ -223,8 +223,8 @@ class EvoGMPlus(Rounds):
         if not 0.0 <= recombine <= 0.6:
             raise EvogmError(f"recombine={recombine!r} is not allowed", "it is a share of the pool taken from "
                              "the local steps' 65%", "give a number in [0, 0.6]")
-        if lengthscale not in (None, "auto") and not (isinstance(lengthscale, (int, float)) and lengthscale is not True
-                                                     and 0.0 < lengthscale < float("inf")):
+        number = isinstance(lengthscale, (int, float)) and not isinstance(lengthscale, bool)
+        if lengthscale not in (None, "auto") and not (number and 0.0 < lengthscale < float("inf")):
             raise EvogmError(f"lengthscale={lengthscale!r} is not allowed", "it is the median of the GP's "
                              "length-scale prior", "give a positive number (1.0 is half the box), auto or null")
         pool = pool or 50 * popsize
