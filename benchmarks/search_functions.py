@@ -44,6 +44,9 @@ CONFIGS = {  # name -> (optimizer, options); the paper's P = 20 everywhere
     "evogm-plus-autowarp": ("evogm-plus", dict(warp="auto")),
     "evogm-plus-short": ("evogm-plus", dict(lengthscale=1.0)),
     "evogm-plus-autoscale": ("evogm-plus", dict(lengthscale="auto")),
+    "evogm-plus-b10": ("evogm-plus", dict(lengthscale="auto", batch=10)),
+    "evogm-plus-rs": ("evogm-plus", dict(lengthscale="auto", round_start="screened")),
+    "evogm-plus-b10rs": ("evogm-plus", dict(lengthscale="auto", batch=10, round_start="screened")),
     "bo": ("bo", {}),
     "tpe": ("tpe", {}),
 }

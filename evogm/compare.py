@@ -44,6 +44,9 @@ VARIANTS = {
     "evogm-plus-autowarp": ("evogm-plus", {"warp": "auto"}),  # both GPs; the one whose held-out ranks are best
     "evogm-plus-short": ("evogm-plus", {"lengthscale": 1.0}),  # length-scale prior at half the box, any d
     "evogm-plus-autoscale": ("evogm-plus", {"lengthscale": "auto"}),  # both priors; the better held-out ranks
+    "evogm-plus-b10": ("evogm-plus", {"lengthscale": "auto", "batch": 10}),  # autoscale, screened batches of 10
+    "evogm-plus-rs": ("evogm-plus", {"lengthscale": "auto", "round_start": "screened"}),  # autoscale, no random restart rows
+    "evogm-plus-b10rs": ("evogm-plus", {"lengthscale": "auto", "batch": 10, "round_start": "screened"}),  # both
     "cmaes-pycma": ("cmaes", {"pycma_popsize": True}),  # the library's population size, not P
     "bo-seq": ("bo", {"batch": 1}),  # sequential BO: one candidate per model update
 }

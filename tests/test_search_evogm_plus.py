@@ -179,3 +179,39 @@ def test_auto_lengthscale_keeps_the_prior_whose_held_out_predictions_rank_best()
 def test_lengthscale_must_be_a_positive_number(lengthscale):
     with pytest.raises(EvogmError, match="lengthscale=.* is not allowed"):
         EvoGMPlus(4, lengthscale=lengthscale)
+
+
+def test_batch_sets_the_rows_of_each_screened_generation():
+    """``batch`` (the variant ``evogm-plus-b10``) asks that many rows per screened generation; the
+    start is still P rows and a round still spends P·(1 + iterations) evaluations."""
+    opt = EvoGMPlus(4, popsize=8, seed=0, iterations=2, batch=4, **SMALL)
+    sizes = []
+    while opt.round == 0:
+        xs = opt.ask()
+        sizes.append(len(xs))
+        opt.tell(xs, shifted_sphere(xs))
+    assert sizes == [8, 4, 4, 4, 4]
+
+
+def test_a_screened_round_start_spends_nothing_on_random_rows():
+    """``round_start="screened"`` (the variant ``evogm-plus-rs``): a later round's population is its
+    elites, already evaluated, and its first generation is screened like any other; round 1 keeps
+    the hybrid start. With the default the first generation of round 2 is the hybrid start."""
+    def second_round(round_start):
+        opt = EvoGMPlus(4, popsize=8, seed=0, iterations=1, round_start=round_start, **SMALL)
+        first, _ = drive(opt, 16)
+        np.testing.assert_allclose(first[:4], np.eye(4))  # round 1: each expert alone first
+        return opt, opt.ask()
+
+    opt, asked = second_round("screened")
+    np.testing.assert_array_equal(opt.strategy.population @ opt.basis, opt.basis)
+    hybrid_opt, hybrid = second_round("hybrid")
+    assert hybrid_opt.strategy.population is None
+    np.testing.assert_allclose(hybrid[0], np.full(4, 0.25) @ hybrid_opt.basis)  # the elites' uniform merge
+    assert not np.allclose(asked[0], hybrid[0])
+
+
+@pytest.mark.parametrize("options", [dict(batch=0), dict(batch=2.5), dict(round_start="random")])
+def test_batch_and_round_start_are_checked(options):
+    with pytest.raises(EvogmError, match="(batch|round_start)=.* is not"):
+        EvoGMPlus(4, **options)

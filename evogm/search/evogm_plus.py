@@ -54,6 +54,13 @@ both ways at every ask and keeps the fit whose leave-one-out means order the los
 length-scale prior in every dimension; 1.0 (half the box) is the variant ``evogm-plus-short``;
 ``"auto"`` (the variant ``evogm-plus-autoscale``) fits the GP with both priors at every ask and keeps
 the fit whose leave-one-out means order the losses best.
+``batch`` (default P) is the number of rows each screened generation asks for: fewer rows per
+generation refit the GP more often within the same budget (``batch=10`` with the auto prior is the
+variant ``evogm-plus-b10``); the start is still P rows and a round still spends P·(1 + iterations)
+evaluations. ``round_start`` (default ``"hybrid"``, the paper's start in every round) set to
+``"screened"`` (with the auto prior: the variant ``evogm-plus-rs``) starts every round after the
+first from its elites, already evaluated, and screens its first generation like any other, instead
+of spending it on random rows in the elites' span.
 ``surrogate=False`` turns off the screening (P pool rows drawn at random: the generators and local
 steps alone), for ablations.
 """
@@ -98,8 +105,10 @@ class EvoGMPlusRound:
                  winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str,
                  dense_share: float, recombine: float, make_generators, groups: int,
                  scale_shift: float, sum_input: bool, warp: bool | str,
-                 lengthscale: float | str | None):  # defaults: EvoGMPlus's, the one place they live
+                 lengthscale: float | str | None, batch: int | None,
+                 round_start: str):  # defaults: EvoGMPlus's, the one place they live
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
+        self.batch = batch or popsize
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
         self.acquisition, self.dense_share, self.recombine = acquisition, dense_share, recombine
         self.scale_shift = scale_shift
@@ -112,6 +121,8 @@ class EvoGMPlusRound:
         self.history_rows, self.history_losses = start[~np.isnan(known)], known[~np.isnan(known)]
         extra = self.rng.uniform(-1.0, 1.0, size=(len(start) - int(np.isnan(known).sum()), dim))
         self.start = np.vstack([start[np.isnan(known)], extra])  # P new rows: random ones replace the elites
+        if round_start == "screened" and len(self.history_losses):  # a later round: its elites are the start
+            self.population, self.population_losses = truncate(self.history_rows, self.history_losses, popsize)
 
     def ask(self) -> np.ndarray:
         if self.population is None:
@@ -121,13 +132,13 @@ class EvoGMPlusRound:
             self.generators.train(winners, losers, steps=self.steps, rng=self.rng)
         pool = self._pool()  # original coordinates
         if not self.use_surrogate or np.isfinite(self.archive.losses).sum() < 2:
-            return self._to_round(pool[self.rng.choice(len(pool), self.popsize, replace=False)])
+            return self._to_round(pool[self.rng.choice(len(pool), self.batch, replace=False)])
         self.gp.fit(self.archive.rows, self.archive.losses)
         mean, _ = self.gp.predict(pool)
         pool = np.vstack([pool, self.gp.descend(pool[np.argsort(mean)[: self.popsize // 2]])])
         if self.acquisition == "ei":
-            return self._to_round(pool[self.gp.expected_improvement(pool, self.popsize)])
-        return self._to_round(pool[self.gp.thompson(pool, self.popsize, self.rng)])
+            return self._to_round(pool[self.gp.expected_improvement(pool, self.batch)])
+        return self._to_round(pool[self.gp.thompson(pool, self.batch, self.rng)])
 
     def _to_round(self, xs: np.ndarray) -> np.ndarray:
         """Original coordinates → this round's, by least squares: exact when the basis is invertible
@@ -209,8 +220,9 @@ class EvoGMPlus(Rounds):
                  pool: int | None = None, surrogate: bool = True, acquisition: str = "thompson",
                  dense_share: float = 0.5, recombine: float = 0.2, scale_shift: float = 0.2,
                  sum_input: bool = True, warp: bool | str = True, lengthscale: float | str | None = None,
-                 groups: int = 1, threads: int | None = 1):
-        check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads)
+                 batch: int | None = None, round_start: str = "hybrid", groups: int = 1, threads: int | None = 1):
+        check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads, batch=batch)
+        check_choice("round_start", round_start, ("hybrid", "screened"))
         check_fraction(winner_portion=winner_portion)
         check_choice("acquisition", acquisition, ("thompson", "ei"))
         check_choice("warp", warp, (True, False, "auto"))
@@ -234,10 +246,11 @@ class EvoGMPlus(Rounds):
             make_generators = lambda s: GeneratorPair(k, seed=s, hidden_sizes=tuple(hidden_sizes), lr=lr,
                                                       cycle_scale=cycle_scale, opt_scale=opt_scale, threads=threads)
             return EvoGMPlusRound(k, popsize=popsize, seed=round_seed, basis=self.basis, archive=self.archive,
-                                  winner_portion=winner_portion, steps=steps, pool=max(pool, popsize),
+                                  winner_portion=winner_portion, steps=steps, pool=max(pool, popsize, batch or 0),
                                   surrogate=surrogate, acquisition=acquisition, dense_share=dense_share,
                                   recombine=recombine, scale_shift=scale_shift, sum_input=sum_input, warp=warp,
-                                  lengthscale=lengthscale, make_generators=make_generators, groups=self.round_groups)
+                                  lengthscale=lengthscale, batch=batch, round_start=round_start,
+                                  make_generators=make_generators, groups=self.round_groups)
 
         super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
                          round_budget=popsize * (1 + iterations), start_round=start_round)
