@@ -4,6 +4,7 @@
     python benchmarks/landscapes.py --seeds 5 --workers 2                 # for the record
     python benchmarks/landscapes.py --landscapes zoo zoo-groups --optimizers evogm-plus,pso --seeds 2
     python benchmarks/landscapes.py --quick --seeds 5 --report     # the table of what has finished
+    python benchmarks/landscapes.py --quick --seeds 5 --report --every 20   # and best dev so far every 20
 
 Each landscape is a real merge of real experts scored by evogm's own objective on the zoo's ten
 tasks (multi-task mode, 160 evaluations unless --budget):
@@ -259,6 +260,23 @@ def suite_table(summaries: dict[str, dict]) -> tuple[str, dict]:
                                       "within_one_se": close}
 
 
+def curve_table(summaries: dict[str, dict], every: int) -> str:
+    """Per landscape, each method's best dev so far after every ``every`` evaluations (mean over its
+    seeds of the runs' curves, which the comparison summary already holds; a run with no successful
+    evaluation yet does not count)."""
+    from evogm.compare import mean_std
+
+    lines = []
+    for landscape, summary in summaries.items():
+        marks = list(range(every, summary["budget"] + 1, every))
+        lines += [f"\n### {landscape}: mean best dev so far\n", "| method | " + " | ".join(map(str, marks)) + " |",
+                  "|---|" + "---|" * len(marks)]
+        for m, method in summary["methods"].items():
+            means = [mean_std([r["curve"][k - 1] for r in method["runs"]])["mean"] for k in marks]
+            lines.append(f"| {m} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in means) + " |")
+    return "\n".join(lines)
+
+
 def ranked_entries(methods: list[str]) -> dict[str, list[str]]:
     """The rank table's rows: each method alone, except a baseline's settings of ``SETTINGS``
     together in one row, named by its members (not with "|": the name is a cell of a Markdown table).
@@ -286,6 +304,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="50 items per task split (for iterating)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "evogm" / "landscapes")
     parser.add_argument("--out", type=Path, default=None, help="default runs/landscapes[-quick]")
+    parser.add_argument("--every", type=int, default=0,
+                        help="also print each method's mean best dev so far every N evaluations")
     parser.add_argument("--report", action="store_true",
                         help="run nothing: the table of the runs already finished (a suite grown in steps)")
     args = parser.parse_args()
@@ -308,6 +328,8 @@ def main() -> None:
             budget=args.budget, overrides=overrides, workers=args.workers,
             on_done=lambda job, how: print(f"  {job.method} seed {job.seed}: {how}", flush=True))
     text, totals = suite_table(summaries)
+    if args.every:
+        text += "\n" + curve_table(summaries, args.every)
     out.mkdir(parents=True, exist_ok=True)
     (out / "suite.md").write_text(text + "\n")
     (out / "suite.json").write_text(json.dumps({"summaries": summaries, **totals}, indent=1))

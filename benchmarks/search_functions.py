@@ -26,6 +26,7 @@ import time
 import numpy as np
 import torch
 
+from evogm.compare import VARIANTS
 from evogm.search import OPTIMIZERS
 from evogm.search.generators import GeneratorPair
 
@@ -39,14 +40,9 @@ CONFIGS = {  # name -> (optimizer, options); the paper's P = 20 everywhere
     "de": ("de", {}),
     "random": ("random", {}),
     "evogm-plus": ("evogm-plus", {}),
-    "evogm-plus-nosum": ("evogm-plus", dict(sum_input=False)),
-    "evogm-plus-nowarp": ("evogm-plus", dict(warp=False)),
-    "evogm-plus-autowarp": ("evogm-plus", dict(warp="auto")),
-    "evogm-plus-short": ("evogm-plus", dict(lengthscale=1.0)),
-    "evogm-plus-autoscale": ("evogm-plus", dict(lengthscale="auto")),
-    "evogm-plus-b10": ("evogm-plus", dict(lengthscale="auto", batch=10)),
-    "evogm-plus-rs": ("evogm-plus", dict(lengthscale="auto", round_start="screened")),
-    "evogm-plus-b10rs": ("evogm-plus", dict(lengthscale="auto", batch=10, round_start="screened")),
+    **{name: VARIANTS[name] for name in ("evogm-plus-nosum", "evogm-plus-nowarp", "evogm-plus-autowarp",
+                                         "evogm-plus-short", "evogm-plus-autoscale", "evogm-plus-b10",
+                                         "evogm-plus-rs", "evogm-plus-b10rs")},  # as evogm compare runs them
     "bo": ("bo", {}),
     "tpe": ("tpe", {}),
 }

@@ -105,10 +105,10 @@ class EvoGMPlusRound:
                  winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str,
                  dense_share: float, recombine: float, make_generators, groups: int,
                  scale_shift: float, sum_input: bool, warp: bool | str,
-                 lengthscale: float | str | None, batch: int | None,
+                 lengthscale: float | str | None, batch: int,
                  round_start: str):  # defaults: EvoGMPlus's, the one place they live
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
-        self.batch = batch or popsize
+        self.batch = batch
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
         self.acquisition, self.dense_share, self.recombine = acquisition, dense_share, recombine
         self.scale_shift = scale_shift
@@ -239,14 +239,14 @@ class EvoGMPlus(Rounds):
         if lengthscale not in (None, "auto") and not (number and 0.0 < lengthscale < float("inf")):
             raise EvogmError(f"lengthscale={lengthscale!r} is not allowed", "it is the median of the GP's "
                              "length-scale prior", "give a positive number (1.0 is half the box), auto or null")
-        pool = pool or 50 * popsize
+        pool, batch = pool or 50 * popsize, batch or popsize
         self.archive = Archive(dim)
 
         def start_round(k: int, round_seed: int) -> EvoGMPlusRound:
             make_generators = lambda s: GeneratorPair(k, seed=s, hidden_sizes=tuple(hidden_sizes), lr=lr,
                                                       cycle_scale=cycle_scale, opt_scale=opt_scale, threads=threads)
             return EvoGMPlusRound(k, popsize=popsize, seed=round_seed, basis=self.basis, archive=self.archive,
-                                  winner_portion=winner_portion, steps=steps, pool=max(pool, popsize, batch or 0),
+                                  winner_portion=winner_portion, steps=steps, pool=max(pool, popsize, batch),
                                   surrogate=surrogate, acquisition=acquisition, dense_share=dense_share,
                                   recombine=recombine, scale_shift=scale_shift, sum_input=sum_input, warp=warp,
                                   lengthscale=lengthscale, batch=batch, round_start=round_start,
