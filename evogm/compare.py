@@ -47,6 +47,8 @@ VARIANTS = {
     "evogm-plus-b10": ("evogm-plus", {"lengthscale": "auto", "batch": 10}),  # autoscale, screened batches of 10
     "evogm-plus-rs": ("evogm-plus", {"lengthscale": "auto", "round_start": "screened"}),  # autoscale, no random restart rows
     "evogm-plus-b10rs": ("evogm-plus", {"lengthscale": "auto", "batch": 10, "round_start": "screened"}),  # both
+    "evogm-plus-screened": ("evogm-plus", {"lengthscale": "auto", "batch": 10, "round_start": "screened",
+                                           "start": "experts"}),  # b10rs, and no random rows in round 1
     "cmaes-pycma": ("cmaes", {"pycma_popsize": True}),  # the library's population size, not P
     "bo-seq": ("bo", {"batch": 1}),  # sequential BO: one candidate per model update
 }

@@ -211,7 +211,24 @@ def test_a_screened_round_start_spends_nothing_on_random_rows():
     assert not np.allclose(asked[0], hybrid[0])
 
 
-@pytest.mark.parametrize("options", [dict(batch=0), dict(batch=2.5), dict(round_start="random")])
-def test_batch_and_round_start_are_checked(options):
-    with pytest.raises(EvogmError, match="(batch|round_start)=.* is not"):
+def test_an_experts_start_screens_everything_after_the_experts_and_fits_the_round():
+    """``start="experts"``: round 1 evaluates each expert alone and the uniform merge, no random
+    rows, then screened generations of ``batch`` rows; the last one takes what is left of the
+    round's P·(1 + iterations) evaluations, so the round ends on its budget."""
+    opt = EvoGMPlus(4, popsize=8, seed=0, iterations=2, batch=4, start="experts", **SMALL)
+    sizes, first = [], None
+    while opt.round == 0:
+        xs = opt.ask()
+        first = xs if first is None else first
+        sizes.append(len(xs))
+        opt.tell(xs, shifted_sphere(xs))
+    assert sizes == [5, 4, 4, 4, 4, 3]
+    np.testing.assert_allclose(first, np.vstack([np.eye(4), np.full((1, 4), 0.25)]))
+    assert len(opt.ask()) == 8  # round 2 keeps its hybrid start (round_start governs it)
+
+
+@pytest.mark.parametrize("options", [dict(batch=0), dict(batch=2.5), dict(round_start="random"),
+                                     dict(start="random")])
+def test_batch_and_starts_are_checked(options):
+    with pytest.raises(EvogmError, match="(batch|round_start|start)=.* is not"):
         EvoGMPlus(4, **options)

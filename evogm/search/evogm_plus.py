@@ -60,7 +60,10 @@ variant ``evogm-plus-b10``); the start is still P rows and a round still spends 
 evaluations. ``round_start`` (default ``"hybrid"``, the paper's start in every round) set to
 ``"screened"`` (with the auto prior: the variant ``evogm-plus-rs``) starts every round after the
 first from its elites, already evaluated, and screens its first generation like any other, instead
-of spending it on random rows in the elites' span.
+of spending it on random rows in the elites' span. ``start`` (default ``"hybrid"``, the paper's P
+rows) set to ``"experts"`` starts round 1 with each expert alone and the uniform merge only, and
+screens every row after them (with the auto prior, batches of 10 and the screened round start: the
+variant ``evogm-plus-screened``); a round's last generation takes what is left of its budget.
 ``surrogate=False`` turns off the screening (P pool rows drawn at random: the generators and local
 steps alone), for ablations.
 """
@@ -105,10 +108,10 @@ class EvoGMPlusRound:
                  winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str,
                  dense_share: float, recombine: float, make_generators, groups: int,
                  scale_shift: float, sum_input: bool, warp: bool | str,
-                 lengthscale: float | str | None, batch: int,
-                 round_start: str):  # defaults: EvoGMPlus's, the one place they live
+                 lengthscale: float | str | None, batch: int, round_start: str, start_rows: str,
+                 round_budget: int):  # defaults: EvoGMPlus's, the one place they live
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
-        self.batch = batch
+        self.batch, self.left = batch, round_budget  # evaluations this round still plans
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
         self.acquisition, self.dense_share, self.recombine = acquisition, dense_share, recombine
         self.scale_shift = scale_shift
@@ -117,6 +120,8 @@ class EvoGMPlusRound:
         self.gp = GaussianProcess(sum_input=sum_input, warp=warp, lengthscale=lengthscale)
         self.population = self.population_losses = None
         start = hybrid_population(dim, popsize, self.rng, (-1.0, 1.0), groups)
+        if start_rows == "experts" and not len(archive.losses):  # round 1: no random rows
+            start = start[: min(dim // groups + 1, popsize)]
         known = archive.lookup(start @ basis)  # a later round's one-hots are the elites: known
         self.history_rows, self.history_losses = start[~np.isnan(known)], known[~np.isnan(known)]
         extra = self.rng.uniform(-1.0, 1.0, size=(len(start) - int(np.isnan(known).sum()), dim))
@@ -131,14 +136,15 @@ class EvoGMPlusRound:
         if len(winners):
             self.generators.train(winners, losers, steps=self.steps, rng=self.rng)
         pool = self._pool()  # original coordinates
+        batch = min(self.batch, self.left) if self.left > 0 else self.batch  # the round's last rows fit it
         if not self.use_surrogate or np.isfinite(self.archive.losses).sum() < 2:
-            return self._to_round(pool[self.rng.choice(len(pool), self.batch, replace=False)])
+            return self._to_round(pool[self.rng.choice(len(pool), batch, replace=False)])
         self.gp.fit(self.archive.rows, self.archive.losses)
         mean, _ = self.gp.predict(pool)
         pool = np.vstack([pool, self.gp.descend(pool[np.argsort(mean)[: self.popsize // 2]])])
         if self.acquisition == "ei":
-            return self._to_round(pool[self.gp.expected_improvement(pool, self.batch)])
-        return self._to_round(pool[self.gp.thompson(pool, self.batch, self.rng)])
+            return self._to_round(pool[self.gp.expected_improvement(pool, batch)])
+        return self._to_round(pool[self.gp.thompson(pool, batch, self.rng)])
 
     def _to_round(self, xs: np.ndarray) -> np.ndarray:
         """Original coordinates → this round's, by least squares: exact when the basis is invertible
@@ -146,6 +152,7 @@ class EvoGMPlusRound:
         return np.linalg.lstsq(self.basis.T, xs.T, rcond=None)[0].T
 
     def tell(self, xs: np.ndarray, losses: np.ndarray) -> None:
+        self.left -= len(xs)
         self.history_rows = np.vstack([self.history_rows, xs])
         self.history_losses = np.concatenate([self.history_losses, losses])
         if self.population is None:  # the start, with the known elites
@@ -220,9 +227,11 @@ class EvoGMPlus(Rounds):
                  pool: int | None = None, surrogate: bool = True, acquisition: str = "thompson",
                  dense_share: float = 0.5, recombine: float = 0.2, scale_shift: float = 0.2,
                  sum_input: bool = True, warp: bool | str = True, lengthscale: float | str | None = None,
-                 batch: int | None = None, round_start: str = "hybrid", groups: int = 1, threads: int | None = 1):
+                 batch: int | None = None, round_start: str = "hybrid", start: str = "hybrid", groups: int = 1,
+                 threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads, batch=batch)
         check_choice("round_start", round_start, ("hybrid", "screened"))
+        check_choice("start", start, ("hybrid", "experts"))
         check_fraction(winner_portion=winner_portion)
         check_choice("acquisition", acquisition, ("thompson", "ei"))
         check_choice("warp", warp, (True, False, "auto"))
@@ -250,10 +259,12 @@ class EvoGMPlus(Rounds):
                                   surrogate=surrogate, acquisition=acquisition, dense_share=dense_share,
                                   recombine=recombine, scale_shift=scale_shift, sum_input=sum_input, warp=warp,
                                   lengthscale=lengthscale, batch=batch, round_start=round_start,
+                                  start_rows=start, round_budget=round_budget,
                                   make_generators=make_generators, groups=self.round_groups)
 
+        round_budget = popsize * (1 + iterations)
         super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
-                         round_budget=popsize * (1 + iterations), start_round=start_round)
+                         round_budget=round_budget, start_round=start_round)
 
     def _finish_generation(self) -> None:
         self.archive.add(self._generation @ self.basis, np.array(self._told))
