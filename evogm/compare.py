@@ -47,6 +47,7 @@ VARIANTS = {
     "evogm-plus-b10": ("evogm-plus", {"lengthscale": "auto", "batch": 10}),  # autoscale, screened batches of 10
     "evogm-plus-rs": ("evogm-plus", {"lengthscale": "auto", "round_start": "screened"}),  # autoscale, no random restart rows
     "evogm-plus-b10rs": ("evogm-plus", {"lengthscale": "auto", "batch": 10, "round_start": "screened"}),  # both
+    "evogm-plus-b5rs": ("evogm-plus", {"lengthscale": "auto", "batch": 5, "round_start": "screened"}),  # b10rs, 5 rows
     "evogm-plus-screened": ("evogm-plus", {"lengthscale": "auto", "batch": 10, "round_start": "screened",
                                            "start": "experts"}),  # b10rs, and no random rows in round 1
     "cmaes-pycma": ("cmaes", {"pycma_popsize": True}),  # the library's population size, not P

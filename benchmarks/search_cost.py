@@ -1,0 +1,93 @@
+"""An optimizer's own cost per ask against one zoo evaluation, measured side by side on one thread.
+
+    python benchmarks/search_cost.py                                    # EvoGM+ and its variants
+    python benchmarks/search_cost.py --configs evogm-plus evogm-plus-b10rs --runs 3
+
+The target (a tenth of one zoo evaluation per ask) is a ratio of two timings, and on a shared
+machine either can drift by half between runs; this script takes both in one process, alternating:
+a few full zoo evaluations (merge + every task on its whole dev split, as a search pays them), then
+one 160-evaluation run of each optimizer, timing every ask() after the first generation, then the
+evaluations again. The optimizer's losses come from a sphere in the zoo's dimension (the search's
+work per ask depends on the number of rows and coefficients, not on the merge), so a run costs
+seconds. Prints the median evaluation, each configuration's median and mean seconds per ask, and
+their ratio to the evaluation. Uses the packaged zoo, or a zoo-shaped stand-in with random weights
+(benchmarks/eval_speed.py) where it is not built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from eval_speed import zoo_workspace
+from evogm.compare import NAMED
+from evogm.objective import Objective
+from evogm.search import OPTIMIZERS
+
+
+def evaluation_seconds(objective: Objective, dim: int, n: int, rng: np.random.Generator) -> list[float]:
+    out = []
+    for x in rng.uniform(-1, 1, size=(n, dim)):
+        result = objective(x)
+        assert result.ok, result.error
+        out.append(result.seconds)
+    return out
+
+
+def ask_seconds(name: str, dim: int, seed: int, budget: int) -> list[float]:
+    """Seconds of every ask() after the first generation of one run on a sphere."""
+    optimizer, options = NAMED.get(name, (name, {}))
+    opt = OPTIMIZERS[optimizer](dim, popsize=20, seed=seed, **options)
+    target = np.random.default_rng(1000 + dim).uniform(-0.5, 0.5, dim)
+    seconds, told = [], 0
+    while told < budget:
+        start = time.perf_counter()
+        xs = opt.ask()[: budget - told]
+        if told:
+            seconds.append(time.perf_counter() - start)
+        opt.tell(xs, np.sum((xs - target) ** 2, axis=1))
+        told += len(xs)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=["evogm-plus", "evogm-plus-autoscale", "evogm-plus-b10rs"],
+                        help="optimizers or variants, as evogm compare names them")
+    parser.add_argument("--runs", type=int, default=2, help="160-evaluation runs per configuration")
+    parser.add_argument("--evaluations", type=int, default=3, help="zoo evaluations before each round of runs")
+    parser.add_argument("--budget", type=int, default=160)
+    args = parser.parse_args()
+    unknown = [c for c in args.configs if c not in NAMED and c not in OPTIMIZERS]
+    if unknown:
+        parser.error(f"unknown configuration {unknown[0]!r}: use an optimizer or a variant of evogm compare")
+
+    torch.set_num_threads(1)
+    ws, label = zoo_workspace(None)
+    objective = Objective(ws.merger, ws.models.tokenizer, list(ws.tasks.values()))
+    rng, dim = np.random.default_rng(0), ws.merger.dim
+    evaluation_seconds(objective, dim, 1, rng)  # the first call tokenizes every task
+    evaluations, asks = [], {c: [] for c in args.configs}
+    for run in range(args.runs):
+        evaluations += evaluation_seconds(objective, dim, args.evaluations, rng)
+        for config in args.configs:
+            asks[config] += ask_seconds(config, dim, run, args.budget)
+    evaluations += evaluation_seconds(objective, dim, args.evaluations, rng)
+
+    one = statistics.median(evaluations)
+    print(f"{label}: {dim} coefficients, 1 thread, load average {os.getloadavg()[0]:.1f}")
+    print(f"one zoo evaluation: median {one:.2f} s over {len(evaluations)} "
+          f"(min {min(evaluations):.2f}, max {max(evaluations):.2f}); a tenth: {one / 10:.3f} s\n")
+    print(f"{'configuration':<24}{'asks':>6}{'median s':>10}{'mean s':>9}{'median / evaluation':>21}")
+    for config, seconds in asks.items():
+        median = statistics.median(seconds)
+        print(f"{config:<24}{len(seconds):>6}{median:>10.3f}{statistics.mean(seconds):>9.3f}{median / one:>21.1%}")
+
+
+if __name__ == "__main__":
+    main()
