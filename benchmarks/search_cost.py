@@ -9,8 +9,8 @@ a few full zoo evaluations (merge + every task on its whole dev split, as a sear
 one 160-evaluation run of each optimizer, timing every ask() after the first generation, then the
 evaluations again. The optimizer's losses come from a sphere in the zoo's dimension (the search's
 work per ask depends on the number of rows and coefficients, not on the merge), so a run costs
-seconds. Prints the median evaluation, each configuration's median and mean seconds per ask, and
-their ratio to the evaluation. Uses the packaged zoo, or a zoo-shaped stand-in with random weights
+seconds. Prints the median evaluation, each configuration's median and mean seconds per ask, their
+ratio to the evaluation, and each configuration's seconds per ask by the evaluations told before it. Uses the packaged zoo, or a zoo-shaped stand-in with random weights
 (benchmarks/eval_speed.py) where it is not built.
 """
 
@@ -28,6 +28,7 @@ from eval_speed import zoo_workspace
 from evogm.compare import NAMED
 from evogm.objective import Objective
 from evogm.search import OPTIMIZERS
+from search_functions import optimum, sphere
 
 
 def evaluation_seconds(objective: Objective, dim: int, n: int, rng: np.random.Generator) -> list[float]:
@@ -39,18 +40,18 @@ def evaluation_seconds(objective: Objective, dim: int, n: int, rng: np.random.Ge
     return out
 
 
-def ask_seconds(name: str, dim: int, seed: int, budget: int) -> list[float]:
-    """Seconds of every ask() after the first generation of one run on a sphere."""
+def ask_seconds(name: str, dim: int, seed: int, budget: int) -> dict[int, float]:
+    """Evaluations told so far → seconds of the ask() made then, for every ask after the first
+    generation of one run on a sphere (test_functions' optimum for this dimension)."""
     optimizer, options = NAMED.get(name, (name, {}))
     opt = OPTIMIZERS[optimizer](dim, popsize=20, seed=seed, **options)
-    target = np.random.default_rng(1000 + dim).uniform(-0.5, 0.5, dim)
-    seconds, told = [], 0
+    target, seconds, told = optimum(dim), {}, 0
     while told < budget:
         start = time.perf_counter()
         xs = opt.ask()[: budget - told]
         if told:
-            seconds.append(time.perf_counter() - start)
-        opt.tell(xs, np.sum((xs - target) ** 2, axis=1))
+            seconds[told] = time.perf_counter() - start
+        opt.tell(xs, sphere(xs, target))
         told += len(xs)
     return seconds
 
@@ -72,11 +73,11 @@ def main() -> None:
     objective = Objective(ws.merger, ws.models.tokenizer, list(ws.tasks.values()))
     rng, dim = np.random.default_rng(0), ws.merger.dim
     evaluation_seconds(objective, dim, 1, rng)  # the first call tokenizes every task
-    evaluations, asks = [], {c: [] for c in args.configs}
+    evaluations, runs = [], {c: [] for c in args.configs}
     for run in range(args.runs):
         evaluations += evaluation_seconds(objective, dim, args.evaluations, rng)
         for config in args.configs:
-            asks[config] += ask_seconds(config, dim, run, args.budget)
+            runs[config].append(ask_seconds(config, dim, run, args.budget))
     evaluations += evaluation_seconds(objective, dim, args.evaluations, rng)
 
     one = statistics.median(evaluations)
@@ -84,9 +85,14 @@ def main() -> None:
     print(f"one zoo evaluation: median {one:.2f} s over {len(evaluations)} "
           f"(min {min(evaluations):.2f}, max {max(evaluations):.2f}); a tenth: {one / 10:.3f} s\n")
     print(f"{'configuration':<24}{'asks':>6}{'median s':>10}{'mean s':>9}{'median / evaluation':>21}")
-    for config, seconds in asks.items():
+    for config, timed in runs.items():
+        seconds = [s for run in timed for s in run.values()]
         median = statistics.median(seconds)
         print(f"{config:<24}{len(seconds):>6}{median:>10.3f}{statistics.mean(seconds):>9.3f}{median / one:>21.1%}")
+    print("\nseconds per ask by evaluations told before it (mean over the runs; an ask's GP fit grows with them):")
+    for config, timed in runs.items():
+        cells = [f"{told}: {statistics.mean(run[told] for run in timed if told in run):.2f}" for told in timed[0]]
+        print(f"  {config:<22} " + ", ".join(cells))
 
 
 if __name__ == "__main__":

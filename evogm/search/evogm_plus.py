@@ -120,7 +120,7 @@ class EvoGMPlusRound:
         self.gp = GaussianProcess(sum_input=sum_input, warp=warp, lengthscale=lengthscale)
         self.population = self.population_losses = None
         start = hybrid_population(dim, popsize, self.rng, (-1.0, 1.0), groups)
-        if start_rows == "experts" and not len(archive.losses):  # round 1: no random rows
+        if start_rows == "experts":  # round 1 only (EvoGMPlus passes it there): no random rows
             start = start[: min(dim // groups + 1, popsize)]
         known = archive.lookup(start @ basis)  # a later round's one-hots are the elites: known
         self.history_rows, self.history_losses = start[~np.isnan(known)], known[~np.isnan(known)]
@@ -259,7 +259,7 @@ class EvoGMPlus(Rounds):
                                   surrogate=surrogate, acquisition=acquisition, dense_share=dense_share,
                                   recombine=recombine, scale_shift=scale_shift, sum_input=sum_input, warp=warp,
                                   lengthscale=lengthscale, batch=batch, round_start=round_start,
-                                  start_rows=start, round_budget=round_budget,
+                                  start_rows=start if self.round == 0 else "hybrid", round_budget=round_budget,
                                   make_generators=make_generators, groups=self.round_groups)
 
         round_budget = popsize * (1 + iterations)
