@@ -164,13 +164,26 @@ def quick_overrides(config: Path, overrides: list[str]) -> list[str]:
 def finished(config: Path, overrides: list[str], methods: list[str], seeds: int, budget: int, out: Path) -> dict:
     """The comparison's summary over the runs already finished (the first method's seed 0 among
     them: it holds the static baselines), without running anything; its comparison.md, .json and
-    plots are redrawn for those runs."""
+    plots are redrawn for those runs. A finished run made with other settings than its method's
+    today (an optimizer default changed since) is left out, with a line saying so."""
     from evogm import report_compare
     from evogm.compare import make_jobs, method_specs, summarize
+    from evogm.config import load_config, resolve
+    from evogm.rundir import RunDir
 
     specs = method_specs(methods, ablations=False)
-    jobs = [j for j in make_jobs(str(config), overrides, specs, list(range(seeds)), budget, out.resolve(), 1)
-            if (j.run_dir / "final.json").exists()]
+    jobs = []
+    for job in make_jobs(str(config), overrides, specs, list(range(seeds)), budget, out.resolve(), 1):
+        if not (job.run_dir / "final.json").exists():
+            continue
+        changed = [key for key in RunDir(job.run_dir).changed_settings(
+            resolve(load_config(job.config, list(job.overrides)), job.run_dir))
+            if not key.startswith("baselines.")]  # the static merges are scored in whichever run came first
+        if changed:
+            print(f"  left out {job.run_dir}: made with other settings ({', '.join(changed)}); "
+                  "run the suite without --report to run it again")
+            continue
+        jobs.append(job)
     summary = summarize(jobs, {m: s for m, s in specs.items() if any(j.method == m for j in jobs)}, budget)
     report_compare.write(out.resolve(), summary)
     return summary

@@ -1,7 +1,7 @@
 """An optimizer's own cost per ask against one zoo evaluation, measured side by side on one thread.
 
     python benchmarks/search_cost.py                                    # EvoGM+ and its variants
-    python benchmarks/search_cost.py --configs evogm-plus evogm-plus-b10rs --runs 3
+    python benchmarks/search_cost.py --configs evogm-plus evogm-plus-first --runs 3
 
 The target (a tenth of one zoo evaluation per ask) is a ratio of two timings, and on a shared
 machine either can drift by half between runs; this script takes both in one process, alternating:
@@ -58,7 +58,7 @@ def ask_seconds(name: str, dim: int, seed: int, budget: int) -> dict[int, float]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=["evogm-plus", "evogm-plus-autoscale", "evogm-plus-b10rs"],
+    parser.add_argument("--configs", nargs="+", default=["evogm-plus", "evogm-plus-first", "evogm-plus-autoscale"],
                         help="optimizers or variants, as evogm compare names them")
     parser.add_argument("--runs", type=int, default=2, help="160-evaluation runs per configuration")
     parser.add_argument("--evaluations", type=int, default=3, help="zoo evaluations before each round of runs")

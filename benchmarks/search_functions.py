@@ -40,7 +40,8 @@ CONFIGS = {  # name -> (optimizer, options); the paper's P = 20 everywhere
     "de": ("de", {}),
     "random": ("random", {}),
     "evogm-plus": ("evogm-plus", {}),
-    **{name: VARIANTS[name] for name in ("evogm-plus-nosum", "evogm-plus-nowarp", "evogm-plus-autowarp",
+    **{name: VARIANTS[name] for name in ("evogm-plus-first", "evogm-plus-nosum", "evogm-plus-nowarp",
+                                         "evogm-plus-autowarp",
                                          "evogm-plus-short", "evogm-plus-autoscale", "evogm-plus-b10",
                                          "evogm-plus-rs", "evogm-plus-b10rs", "evogm-plus-b5rs",
                                          "evogm-plus-screened")},  # as evogm compare runs them

@@ -400,6 +400,16 @@ def optimizer_defaults(name: str) -> dict[str, Any]:
             and p.default is not inspect.Parameter.empty and _is_plain(p.default)}
 
 
+def options_as_run(name: str, options: dict) -> dict:
+    """A saved run's optimizer options with every option it predates filled in (popsize aside): at the
+    value the option had before its default changed (the optimizer's FORMER_DEFAULTS), else at its
+    default, which keeps the behaviour from before the option existed."""
+    from evogm.search import OPTIMIZERS
+
+    defaults = {k: v for k, v in optimizer_defaults(name).items() if k != "popsize"}
+    return {**defaults, **getattr(OPTIMIZERS[name], "FORMER_DEFAULTS", {}), **options}
+
+
 def _is_plain(value) -> bool:
     return value is None or isinstance(value, (bool, int, float, str)) or (
         isinstance(value, (list, tuple)) and all(_is_plain(v) for v in value))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from evogm.config import RunConfig, optimizer_defaults, to_dict
+from evogm.config import RunConfig, options_as_run, to_dict
 from evogm.search import OPTIMIZERS
 
 IGNORED_SUFFIXES = (".md",)  # a model card changes no weight
@@ -30,12 +30,17 @@ ADAPTIVE_KEYS = ("evaluation", "confidence", "chunks", "keep", "bound")  # searc
 def fingerprint(cfg: RunConfig) -> dict:
     """{"config": the resolved config (without its output), "files": {input: sha256}} of a run."""
     files = {key: folder_hash(path) if path.is_dir() else file_hash(path) for key, path in input_paths(cfg).items()}
+    return {"config": settings(cfg), "files": files}
+
+
+def settings(cfg: RunConfig) -> dict:
+    """The part of a run's fingerprint that is its resolved config (reads no file)."""
     config = {k: v for k, v in to_dict(cfg).items() if k != "output"}
     # where the merger keeps θ₀ changes no score (the copies are exact): a resume may move it
     config["models"] = {k: v for k, v in config["models"].items() if k != "base_copy"}
     if cfg.search.evaluation == "full":  # the adaptive knobs change nothing then (and runs from before them resume)
         config["search"] = {k: v for k, v in config["search"].items() if k not in ADAPTIVE_KEYS}
-    return {"config": config, "files": files}
+    return config
 
 
 def stamps(cfg: RunConfig) -> list:
@@ -56,8 +61,8 @@ def input_paths(cfg: RunConfig) -> dict[str, Path]:
 def changes(saved: dict, now: dict) -> list[str]:
     """What differs between two fingerprints, in words: changed files first, then config keys.
 
-    An optimizer option the saved run does not name, because the option came later, counts at its
-    default: an option's default keeps the behaviour from before it, so that run ran with it."""
+    An optimizer option the saved run does not name, because the option came later, counts at the
+    value that run ran with (evogm.config.options_as_run)."""
     files = sorted(set(saved["files"]) | set(now["files"]))
     changed = [f"the files of {key}" for key in files if saved["files"].get(key) != now["files"].get(key)]
     return changed + _changed_keys(_with_later_options(saved["config"]), now["config"], "")
@@ -68,8 +73,7 @@ def _with_later_options(config: dict) -> dict:
     search = config.get("search")
     if not isinstance(search, dict) or search.get("optimizer") not in OPTIMIZERS:
         return config
-    defaults = {k: v for k, v in optimizer_defaults(search["optimizer"]).items() if k != "popsize"}
-    options = {**defaults, **(search.get("options") or {})}
+    options = options_as_run(search["optimizer"], search.get("options") or {})
     return {**config, "search": {**search, "options": options}}
 
 

@@ -14,6 +14,7 @@ name is spelled once. A single-task run holds one sub-run directory per task (`s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import shutil
@@ -64,13 +65,19 @@ class RunDir:
         return self.runlog().records()
 
     def read_config(self):
-        """The resolved config the run was started with (checked, as a RunConfig)."""
-        from evogm.config import load_config
+        """The resolved config the run was started with (checked, as a RunConfig), with the optimizer
+        options it predates at the values it ran with."""
+        from evogm.config import load_config, options_as_run
+        from evogm.search import OPTIMIZERS
 
         if not self.config.is_file():
             raise EvogmError(f"{self.path} holds no run to resume", f"{self.config} not found",
                              "give the run directory of a started run")
-        return load_config(self.config)
+        cfg = load_config(self.config)
+        if cfg.search.optimizer not in OPTIMIZERS:
+            return cfg
+        options = options_as_run(cfg.search.optimizer, cfg.search.options)
+        return dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, options=options))
 
     def saved_config(self) -> dict:
         """config.yaml as plain data; a single-task sub-run reads its parent's."""
@@ -143,6 +150,15 @@ class RunDir:
         from evogm.inputs import changes, fingerprint
 
         return changes(read_json(self.inputs), fingerprint(cfg)) if self.inputs.is_file() else []
+
+    def changed_settings(self, cfg) -> list[str]:
+        """The config keys that differ between this run's start and `cfg` (resolved), files aside, so
+        it reads no weights ([] when the run predates inputs.json)."""
+        from evogm.inputs import changes, settings
+
+        if not self.inputs.is_file():
+            return []
+        return changes({"config": read_json(self.inputs)["config"], "files": {}}, {"config": settings(cfg), "files": {}})
 
     def check_inputs(self, cfg) -> None:
         """Refuse to go on with a run whose models, task files or config changed since it started."""

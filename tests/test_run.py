@@ -15,10 +15,10 @@ from evogm.cli import main as cli
 from evogm.rundir import RunDir
 from evogm.config import load_config
 
-# A short EvoGM (2 rounds of 4 + 1·4 evaluations, the budget cutting the last generation to 2 rows)
-# and a 2-point scale grid: seconds, not minutes.
+# A short EvoGM+ (2 rounds of 4 + 1·4 evaluations in generations of 4 rows, the budget cutting the
+# last generation to 2 rows) and a 2-point scale grid: seconds, not minutes.
 FAST = ["search.budget=14", "search.popsize=4", "search.options.iterations=1", "search.options.steps=5",
-        "search.options.hidden_sizes=[16, 16]", "baselines.scales=[0.5, 1.0]"]
+        "search.options.batch=4", "search.options.hidden_sizes=[16, 16]", "baselines.scales=[0.5, 1.0]"]
 CANDIDATES = ["best", "initial_best", "best_expert", "uniform", "task_arithmetic", "ties", "dare"]
 
 

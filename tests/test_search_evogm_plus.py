@@ -29,8 +29,9 @@ def drive(opt, evaluations):
     return np.vstack(rows), np.concatenate(losses)
 
 
-def test_a_new_round_never_re_evaluates_its_elites():
-    opt = EvoGMPlus(4, popsize=8, seed=0, iterations=1, **SMALL)
+@pytest.mark.parametrize("round_start", ["hybrid", "screened"])
+def test_a_new_round_never_re_evaluates_its_elites(round_start):
+    opt = EvoGMPlus(4, popsize=8, seed=0, iterations=1, batch=8, round_start=round_start, **SMALL)
     first, _ = drive(opt, 16)                       # round 1: start + one iteration
     assert opt.round == 1
     second = opt.ask()
@@ -231,7 +232,7 @@ def test_an_experts_start_screens_everything_after_the_experts_and_fits_the_roun
     """``start="experts"``: round 1 evaluates each expert alone and the uniform merge, no random
     rows, then screened generations of ``batch`` rows; the last one takes what is left of the
     round's P·(1 + iterations) evaluations, so the round ends on its budget."""
-    opt = EvoGMPlus(4, popsize=8, seed=0, iterations=2, batch=4, start="experts", **SMALL)
+    opt = EvoGMPlus(4, popsize=8, seed=0, iterations=2, batch=4, start="experts", round_start="hybrid", **SMALL)
     sizes, first = [], None
     while opt.round == 0:
         xs = opt.ask()

@@ -7,8 +7,8 @@
 >>> xs = opt.ask(); xs.shape                    # round 1 starts from the hybrid population
 (8, 4)
 >>> opt.tell(xs, np.sum((xs - 0.3) ** 2, axis=1))
->>> opt.ask().shape                             # then P rows picked from a screened pool
-(8, 4)
+>>> opt.ask().shape                             # then batches of rows picked from a screened pool
+(10, 4)
 
 What it keeps from EvoGM (ALGORITHM.md): the hybrid initial population, the history H split into
 winners and losers, the generator pair G₋₊ / G₊₋ trained on them with the cycle term, (μ+λ)
@@ -50,20 +50,21 @@ so that the model, not only the steps, sees the all-ones direction. ``warp`` (de
 variant ``evogm-plus-nowarp``) fits the GP to the normal scores of the losses' ranks rather than to
 the standardized losses themselves; ``warp="auto"`` (the variant ``evogm-plus-autowarp``) fits it
 both ways at every ask and keeps the fit whose leave-one-out means order the losses best.
-``lengthscale`` (default None: the prior that grows with √d) sets the median of the GP's
-length-scale prior in every dimension; 1.0 (half the box) is the variant ``evogm-plus-short``;
-``"auto"`` (the variant ``evogm-plus-autoscale``) fits the GP with both priors at every ask and keeps
-the fit whose leave-one-out means order the losses best.
-``batch`` (default P) is the number of rows each screened generation asks for: fewer rows per
-generation refit the GP more often within the same budget (``batch=10`` with the auto prior is the
-variant ``evogm-plus-b10``); the start is still P rows and a round still spends P·(1 + iterations)
-evaluations. ``round_start`` (default ``"hybrid"``, the paper's start in every round) set to
-``"screened"`` (with the auto prior: the variant ``evogm-plus-rs``) starts every round after the
-first from its elites, already evaluated, and screens its first generation like any other, instead
-of spending it on random rows in the elites' span. ``start`` (default ``"hybrid"``, the paper's P
-rows) set to ``"experts"`` starts round 1 with each expert alone and the uniform merge only, and
-screens every row after them (with the auto prior, batches of 10 and the screened round start: the
-variant ``evogm-plus-screened``); a round's last generation takes what is left of its budget.
+``lengthscale`` (default ``"auto"``) fits the GP with two length-scale priors at every ask, the
+one whose median grows with √d and one at half the box in every dimension, and keeps the fit whose
+leave-one-out means order the losses best; None keeps the first alone, a number sets the median
+(1.0 is the variant ``evogm-plus-short``).
+``batch`` (default 10; None: P) is the number of rows each screened generation asks for: fewer rows
+per generation refit the GP more often within the same budget; the start is still P rows and a
+round still spends P·(1 + iterations) evaluations. ``round_start`` (default ``"screened"``) starts
+every round after the first from its elites, already evaluated, and screens its first generation
+like any other; ``"hybrid"`` spends it on the paper's hybrid population in the elites' span, random
+rows in place of the elites. These three defaults are the variant ``evogm-plus-b10rs``; EvoGM+'s
+first defaults (None, None, ``"hybrid"``) are the variant ``evogm-plus-first``, and every other
+variant named here keeps them, as docs/results.md measured it, with its one change. ``start`` (default
+``"hybrid"``, the paper's P rows) set to ``"experts"`` starts round 1 with each expert alone and the
+uniform merge only, and screens every row after them (the variant ``evogm-plus-screened``); a
+round's last generation takes what is left of its budget.
 ``surrogate=False`` turns off the screening (P pool rows drawn at random: the generators and local
 steps alone), for ablations.
 """
@@ -221,13 +222,17 @@ class EvoGMPlus(Rounds):
     """EvoGM+ with its defaults; the generator options are EvoGM's (smaller generators by default,
     trained with a larger learning rate, warm across a round's iterations)."""
 
+    # options whose default changed, at their value before: a saved run that does not name them
+    # predates them, and ran with these (evogm.config.options_as_run)
+    FORMER_DEFAULTS = {"lengthscale": None, "batch": None, "round_start": "hybrid"}
+
     def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, rounds: int = 2, iterations: int = 3,
                  top_k: int | None = None, winner_portion: float = 0.3, hidden_sizes: tuple[int, ...] = (32, 32),
                  lr: float = 1e-3, steps: int = 30, cycle_scale: float = 100.0, opt_scale: float = 1.0,
                  pool: int | None = None, surrogate: bool = True, acquisition: str = "thompson",
                  dense_share: float = 0.5, recombine: float = 0.2, scale_shift: float = 0.2,
-                 sum_input: bool = True, warp: bool | str = True, lengthscale: float | str | None = None,
-                 batch: int | None = None, round_start: str = "hybrid", start: str = "hybrid", groups: int = 1,
+                 sum_input: bool = True, warp: bool | str = True, lengthscale: float | str | None = "auto",
+                 batch: int | None = 10, round_start: str = "screened", start: str = "hybrid", groups: int = 1,
                  threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads, batch=batch)
         check_choice("round_start", round_start, ("hybrid", "screened"))
