@@ -44,18 +44,22 @@ VARIANTS = {
     "evogm-plus-ei": ("evogm-plus", {**FIRST, "acquisition": "ei"}),
     "evogm-plus-sparse": ("evogm-plus", {**FIRST, "dense_share": 0.0}),
     "evogm-plus-norecomb": ("evogm-plus", {**FIRST, "recombine": 0.0}),
-    "evogm-plus-noshift": ("evogm-plus", {**FIRST, "scale_shift": 0.0}),  # no local steps along λ's scale and the 1 vector
+    # no local steps along λ's scale and the 1 vector
+    "evogm-plus-noshift": ("evogm-plus", {**FIRST, "scale_shift": 0.0}),
     "evogm-plus-nosum": ("evogm-plus", {**FIRST, "sum_input": False}),  # the GP without Σλ as an input
     "evogm-plus-nowarp": ("evogm-plus", {**FIRST, "warp": False}),  # the GP on the standardized losses, not their ranks
     "evogm-plus-autowarp": ("evogm-plus", {**FIRST, "warp": "auto"}),  # both GPs; the one whose held-out ranks are best
     "evogm-plus-short": ("evogm-plus", {**FIRST, "lengthscale": 1.0}),  # length-scale prior at half the box, any d
     "evogm-plus-autoscale": ("evogm-plus", {**FIRST, "lengthscale": "auto"}),  # both priors; the better held-out ranks
     "evogm-plus-b10": ("evogm-plus", {**FIRST, "lengthscale": "auto", "batch": 10}),  # autoscale, batches of 10
-    "evogm-plus-rs": ("evogm-plus", {**FIRST, "lengthscale": "auto", "round_start": "screened"}),  # autoscale, no random restart rows
-    "evogm-plus-b10rs": ("evogm-plus", {"lengthscale": "auto", "batch": 10, "round_start": "screened"}),  # both: the defaults
+    # autoscale, no random restart rows
+    "evogm-plus-rs": ("evogm-plus", {**FIRST, "lengthscale": "auto", "round_start": "screened"}),
+    # both: the defaults
+    "evogm-plus-b10rs": ("evogm-plus", {"lengthscale": "auto", "batch": 10, "round_start": "screened"}),
     "evogm-plus-b5rs": ("evogm-plus", {"lengthscale": "auto", "batch": 5, "round_start": "screened"}),  # b10rs, 5 rows
     "evogm-plus-screened": ("evogm-plus", {"lengthscale": "auto", "batch": 10, "round_start": "screened",
                                            "start": "experts"}),  # b10rs, and no random rows in round 1
+    "evogm-plus-warm": ("evogm-plus", {"gp_restarts": False}),  # the default; refits from the last fit and the prior
     "cmaes-pycma": ("cmaes", {"pycma_popsize": True}),  # the library's population size, not P
     "bo-seq": ("bo", {"batch": 1}),  # sequential BO: one candidate per model update
 }

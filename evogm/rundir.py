@@ -158,7 +158,8 @@ class RunDir:
 
         if not self.inputs.is_file():
             return []
-        return changes({"config": read_json(self.inputs)["config"], "files": {}}, {"config": settings(cfg), "files": {}})
+        saved = read_json(self.inputs)["config"]
+        return changes({"config": saved, "files": {}}, {"config": settings(cfg), "files": {}})
 
     def check_inputs(self, cfg) -> None:
         """Refuse to go on with a run whose models, task files or config changed since it started."""

@@ -89,6 +89,24 @@ def test_the_gp_fit_gradient_is_the_marginal_likelihood_s_own(sum_input):
         assert torch.allclose(grad, raw.grad, rtol=1e-6, atol=1e-8)
 
 
+
+@pytest.mark.parametrize("restarts, refit_starts", [(True, 3), (False, 2)])
+def test_a_refit_starts_from_the_last_fit_and_without_restarts_from_nothing_but_the_prior(restarts, refit_starts):
+    """Every fit starts L-BFGS at the prior's centre and at short length scales; a refit adds the
+    last fit, and ``restarts=False`` drops the short start once that exists."""
+    import torch
+
+    rng = np.random.default_rng(2)
+    X = rng.uniform(-1, 1, (30, 4))
+    gp, starts = GaussianProcess(restarts=restarts), []
+    optimize = gp._optimize
+    gp._optimize = lambda start: (starts.append(start.clone()), optimize(start))[1]
+    gp.fit(X[:20], shifted_sphere(X[:20]))
+    first, fitted = len(starts), gp.raw.clone()
+    gp.fit(X, shifted_sphere(X))
+    assert first == 2 and len(starts) - first == refit_starts
+    assert torch.equal(starts[-1], fitted) and torch.equal(starts[first], starts[0])  # the last fit; the prior
+
 def test_the_sum_input_fits_a_landscape_along_the_all_ones_direction():
     """A loss that depends on λ's sum alone (what a component all experts share makes of a merge):
     the GP with the sum as an input predicts it better than axis length scales alone, on each of

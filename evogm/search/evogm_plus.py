@@ -64,7 +64,9 @@ first defaults (None, None, ``"hybrid"``) are the variant ``evogm-plus-first``, 
 variant named here keeps them, as docs/results.md measured it, with its one change. ``start`` (default
 ``"hybrid"``, the paper's P rows) set to ``"experts"`` starts round 1 with each expert alone and the
 uniform merge only, and screens every row after them (the variant ``evogm-plus-screened``); a
-round's last generation takes what is left of its budget.
+round's last generation takes what is left of its budget. ``gp_restarts=False`` (the variant
+``evogm-plus-warm``, the defaults otherwise) refits the GP from its last fit and the prior's centre
+only, without the start from short length scales: two L-BFGS fits per prior instead of three.
 ``surrogate=False`` turns off the screening (P pool rows drawn at random: the generators and local
 steps alone), for ablations.
 """
@@ -109,8 +111,8 @@ class EvoGMPlusRound:
                  winner_portion: float, steps: int, pool: int, surrogate: bool, acquisition: str,
                  dense_share: float, recombine: float, make_generators, groups: int,
                  scale_shift: float, sum_input: bool, warp: bool | str,
-                 lengthscale: float | str | None, batch: int, round_start: str, start_rows: str,
-                 round_budget: int):  # defaults: EvoGMPlus's, the one place they live
+                 lengthscale: float | str | None, gp_restarts: bool, batch: int, round_start: str,
+                 start_rows: str, round_budget: int):  # defaults: EvoGMPlus's, the one place they live
         self.dim, self.popsize, self.basis, self.archive = dim, popsize, basis, archive
         self.batch, self.left = batch, round_budget  # evaluations this round still plans
         self.winner_portion, self.steps, self.pool_size, self.use_surrogate = winner_portion, steps, pool, surrogate
@@ -118,7 +120,7 @@ class EvoGMPlusRound:
         self.scale_shift = scale_shift
         self.rng = np.random.default_rng(seed)
         self.generators: GeneratorPair = make_generators(child_seed(seed, 1, 0))
-        self.gp = GaussianProcess(sum_input=sum_input, warp=warp, lengthscale=lengthscale)
+        self.gp = GaussianProcess(sum_input=sum_input, warp=warp, lengthscale=lengthscale, restarts=gp_restarts)
         self.population = self.population_losses = None
         start = hybrid_population(dim, popsize, self.rng, (-1.0, 1.0), groups)
         if start_rows == "experts":  # round 1 only (EvoGMPlus passes it there): no random rows
@@ -232,8 +234,8 @@ class EvoGMPlus(Rounds):
                  pool: int | None = None, surrogate: bool = True, acquisition: str = "thompson",
                  dense_share: float = 0.5, recombine: float = 0.2, scale_shift: float = 0.2,
                  sum_input: bool = True, warp: bool | str = True, lengthscale: float | str | None = "auto",
-                 batch: int | None = 10, round_start: str = "screened", start: str = "hybrid", groups: int = 1,
-                 threads: int | None = 1):
+                 batch: int | None = 10, round_start: str = "screened", start: str = "hybrid",
+                 gp_restarts: bool = True, groups: int = 1, threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads, batch=batch)
         check_choice("round_start", round_start, ("hybrid", "screened"))
         check_choice("start", start, ("hybrid", "experts"))
@@ -263,7 +265,8 @@ class EvoGMPlus(Rounds):
                                   winner_portion=winner_portion, steps=steps, pool=max(pool, popsize, batch),
                                   surrogate=surrogate, acquisition=acquisition, dense_share=dense_share,
                                   recombine=recombine, scale_shift=scale_shift, sum_input=sum_input, warp=warp,
-                                  lengthscale=lengthscale, batch=batch, round_start=round_start,
+                                  lengthscale=lengthscale, gp_restarts=gp_restarts, batch=batch,
+                                  round_start=round_start,
                                   start_rows=start if self.round == 0 else "hybrid", round_budget=round_budget,
                                   make_generators=make_generators, groups=self.round_groups)
 

@@ -14,8 +14,8 @@ Matérn-5/2 kernel with one length scale per coordinate (ARD), a signal variance
 variance (the dev score of a merge is a sample mean, so its noise is real), fitted by maximizing
 the marginal likelihood (its gradient in closed form) with L-BFGS from three starts (smooth, short
 length scales, the last fit): from a single start the fit can end at a flat model that calls every
-difference noise. The
-length scales have the log-normal prior that makes vanilla GPs work in dozens of dimensions
+difference noise (``restarts=False`` drops the short start once a last fit exists: fewer fits per
+ask). The length scales have the log-normal prior that makes vanilla GPs work in dozens of dimensions
 (Hvarfner, Hellsten & Nardi, ICML 2024: location √2 + ½·log d, scale √3); ``lengthscale`` sets the
 prior's median instead, the same in every dimension (``lengthscale=1.0``: half the width of the box
 [−1, 1]). The dimension-scaled prior is meant for points spread over the whole box; the rows a
@@ -94,8 +94,9 @@ class GaussianProcess:
     SHORT = 1.0  # the median length scale lengthscale="auto" tries next to the dimension-scaled prior
 
     def __init__(self, steps: int = 15, warp: bool | str = True, threads: int | None = 1, sum_input: bool = False,
-                 lengthscale: float | str | None = None):
+                 lengthscale: float | str | None = None, restarts: bool = True):
         self.steps, self.warp, self.threads, self.sum_input = steps, warp, threads, sum_input
+        self.restarts = restarts  # False: once a fit exists, no start from short length scales
         self.lengthscale = lengthscale  # the prior's median length scale; None: √2 + ½·log d in log space
         self.raw: torch.Tensor | None = None  # log length scales (d), log signal var, log noise var
         self.last_raw: dict[tuple, torch.Tensor] = {}  # the last fit's parameters, per (warp, prior location)
@@ -129,7 +130,7 @@ class GaussianProcess:
                   for loc, noise in ((prior_loc, 0.1), (0.0, 0.01))]  # the prior's centre, and short length scales
         last = self.last_raw.get((warp, prior_loc))
         if last is not None and len(last) == dim + 2:
-            starts.append(last)
+            starts = (starts if self.restarts else starts[:1]) + [last]
         self.raw = self.last_raw[(warp, prior_loc)] = min((self._optimize(s) for s in starts),
                                                           key=lambda fit: fit[0])[1]
         self._factorize()
@@ -255,7 +256,8 @@ class GaussianProcess:
         grad = torch.empty_like(raw)
         grad[:dim] = (log_ls - self.prior_loc) / 3.0 - (M.sum(1) @ (scaled * scaled) - (scaled * (M @ scaled)).sum(0))
         w_diagonal = W.diagonal()
-        grad[dim] = raw[-2] / 4.0 - 0.5 * ((W * K).sum() - noise * w_diagonal.sum())  # ∂K/∂log σ² = K − noise·I
+        # ∂K/∂log σ² = K − noise·I
+        grad[dim] = raw[-2] / 4.0 - 0.5 * ((W * K).sum() - noise * w_diagonal.sum())
         grad[dim + 1] = (raw[-1] - math.log(0.01)) / 9.0 - 0.5 * (noise - self.NOISE_FLOOR) * w_diagonal.sum()
         return value, grad
 
