@@ -58,7 +58,7 @@ def ask_seconds(name: str, dim: int, seed: int, budget: int) -> dict[int, float]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=["evogm-plus", "evogm-plus-first", "evogm-plus-autoscale"],
+    parser.add_argument("--configs", nargs="+", default=["evogm-plus", "evogm-plus-restarts", "evogm-plus-first"],
                         help="optimizers or variants, as evogm compare names them")
     parser.add_argument("--runs", type=int, default=2, help="160-evaluation runs per configuration")
     parser.add_argument("--evaluations", type=int, default=3, help="zoo evaluations before each round of runs")

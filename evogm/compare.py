@@ -55,11 +55,14 @@ VARIANTS = {
     # autoscale, no random restart rows
     "evogm-plus-rs": ("evogm-plus", {**FIRST, "lengthscale": "auto", "round_start": "screened"}),
     # both: the defaults
-    "evogm-plus-b10rs": ("evogm-plus", {"lengthscale": "auto", "batch": 10, "round_start": "screened"}),
-    "evogm-plus-b5rs": ("evogm-plus", {"lengthscale": "auto", "batch": 5, "round_start": "screened"}),  # b10rs, 5 rows
+    "evogm-plus-b10rs": ("evogm-plus", {"lengthscale": "auto", "batch": 10, "round_start": "screened",
+                                        "gp_restarts": True}),
+    "evogm-plus-b5rs": ("evogm-plus", {"lengthscale": "auto", "batch": 5, "round_start": "screened",
+                                       "gp_restarts": True}),  # b10rs, 5 rows
     "evogm-plus-screened": ("evogm-plus", {"lengthscale": "auto", "batch": 10, "round_start": "screened",
-                                           "start": "experts"}),  # b10rs, and no random rows in round 1
-    "evogm-plus-warm": ("evogm-plus", {"gp_restarts": False}),  # the default; refits from the last fit and the prior
+                                           "start": "experts", "gp_restarts": True}),  # b10rs, and no random rows in round 1
+    "evogm-plus-warm": ("evogm-plus", {"gp_restarts": False}),  # the default: refits from the last fit and the prior
+    "evogm-plus-restarts": ("evogm-plus", {"gp_restarts": True}),  # the default, refitted from short length scales too
     "cmaes-pycma": ("cmaes", {"pycma_popsize": True}),  # the library's population size, not P
     "bo-seq": ("bo", {"batch": 1}),  # sequential BO: one candidate per model update
 }

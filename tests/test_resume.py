@@ -258,7 +258,7 @@ def test_a_second_process_in_a_working_run_directory_is_refused(zoo: Path, tmp_p
 
 
 def test_a_run_from_before_an_option_resumes_with_the_value_it_ran_with(stopped_run: Path, tmp_path: Path):
-    """EvoGM+'s defaults for lengthscale, batch and round_start changed after runs were saved without
+    """EvoGM+'s defaults for lengthscale, batch, round_start and gp_restarts changed after runs were saved without
     them: such a run is read back (to resume, or to be reused by a comparison) at the values it ran
     with, its former defaults, and a config with today's defaults counts as changed."""
     import shutil
@@ -269,7 +269,7 @@ def test_a_run_from_before_an_option_resumes_with_the_value_it_ran_with(stopped_
 
     run = tmp_path / "run"
     shutil.copytree(stopped_run, run)
-    later = ("warp", "lengthscale", "batch", "round_start", "start")  # options the oldest runs do not name
+    later = ("warp", "lengthscale", "batch", "round_start", "start", "gp_restarts")  # options the oldest runs lack
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["search"]["optimizer"] == "evogm-plus"
     config["search"]["options"] = {k: v for k, v in config["search"]["options"].items() if k not in later}
@@ -283,4 +283,5 @@ def test_a_run_from_before_an_option_resumes_with_the_value_it_ran_with(stopped_
     assert cfg.search.options["warp"] is True and cfg.search.options["start"] == "hybrid"  # defaults since
     assert RunDir(run).changed_inputs(resolve(cfg, run)) == []
     today = resolve(load_config(run / "config.yaml"), run)
-    assert RunDir(run).changed_inputs(today) == [f"search.options.{k}" for k in ("batch", "lengthscale", "round_start")]
+    assert RunDir(run).changed_inputs(today) == [f"search.options.{k}"
+                                                 for k in ("batch", "gp_restarts", "lengthscale", "round_start")]

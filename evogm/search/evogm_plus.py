@@ -59,14 +59,15 @@ per generation refit the GP more often within the same budget; the start is stil
 round still spends P·(1 + iterations) evaluations. ``round_start`` (default ``"screened"``) starts
 every round after the first from its elites, already evaluated, and screens its first generation
 like any other; ``"hybrid"`` spends it on the paper's hybrid population in the elites' span, random
-rows in place of the elites. These three defaults are the variant ``evogm-plus-b10rs``; EvoGM+'s
+rows in place of the elites. These three, with ``gp_restarts=True``, are the variant ``evogm-plus-b10rs``; EvoGM+'s
 first defaults (None, None, ``"hybrid"``) are the variant ``evogm-plus-first``, and every other
 variant named here keeps them, as docs/results.md measured it, with its one change. ``start`` (default
 ``"hybrid"``, the paper's P rows) set to ``"experts"`` starts round 1 with each expert alone and the
 uniform merge only, and screens every row after them (the variant ``evogm-plus-screened``); a
-round's last generation takes what is left of its budget. ``gp_restarts=False`` (the variant
-``evogm-plus-warm``, the defaults otherwise) refits the GP from its last fit and the prior's centre
-only, without the start from short length scales: two L-BFGS fits per prior instead of three.
+round's last generation takes what is left of its budget. ``gp_restarts`` (default False) refits
+the GP from its last fit and the prior's centre only; True (the variant ``evogm-plus-restarts``, and
+every variant measured before, b10rs included) also starts every refit from short length scales:
+three L-BFGS fits per prior instead of two.
 ``surrogate=False`` turns off the screening (P pool rows drawn at random: the generators and local
 steps alone), for ablations.
 """
@@ -226,7 +227,7 @@ class EvoGMPlus(Rounds):
 
     # options whose default changed, at their value before: a saved run that does not name them
     # predates them, and ran with these (evogm.config.options_as_run)
-    FORMER_DEFAULTS = {"lengthscale": None, "batch": None, "round_start": "hybrid"}
+    FORMER_DEFAULTS = {"lengthscale": None, "batch": None, "round_start": "hybrid", "gp_restarts": True}
 
     def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, rounds: int = 2, iterations: int = 3,
                  top_k: int | None = None, winner_portion: float = 0.3, hidden_sizes: tuple[int, ...] = (32, 32),
@@ -235,7 +236,7 @@ class EvoGMPlus(Rounds):
                  dense_share: float = 0.5, recombine: float = 0.2, scale_shift: float = 0.2,
                  sum_input: bool = True, warp: bool | str = True, lengthscale: float | str | None = "auto",
                  batch: int | None = 10, round_start: str = "screened", start: str = "hybrid",
-                 gp_restarts: bool = True, groups: int = 1, threads: int | None = 1):
+                 gp_restarts: bool = False, groups: int = 1, threads: int | None = 1):
         check_positive(popsize=popsize, iterations=iterations, steps=steps, pool=pool, threads=threads, batch=batch)
         check_choice("round_start", round_start, ("hybrid", "screened"))
         check_choice("start", start, ("hybrid", "experts"))
