@@ -237,7 +237,7 @@ class GaussianProcess:
         The gradient is the closed form (Rasmussen & Williams, eq. 5.9): −½·tr((ααᵀ − K⁻¹)·∂K/∂θ),
         with ∂k/∂log ℓⱼ = σ²·(5/3)·(1 + s)·e⁻ˢ·(Δxⱼ/ℓⱼ)² for the Matérn-5/2 kernel; it costs a
         Cholesky inverse and a few n×n products instead of autograd's backward through them
-        (twice as fast at 160 rows), and agrees with autograd to rounding."""
+        (benchmarks/search_cost.py prints the asks' seconds), and agrees with autograd to rounding."""
         dim = len(raw) - 2
         ls, sf2, noise = self._params(raw)
         scaled = self.X / ls
