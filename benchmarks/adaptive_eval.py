@@ -1,9 +1,9 @@
 """Adaptive evaluation against full scoring: items scored, time, best dev and its test, the error rate.
 
-    python benchmarks/adaptive_eval.py --quick --seeds 2 --workers 1     # while iterating
-    python benchmarks/adaptive_eval.py --seeds 5 --workers 2             # for the record
-    python benchmarks/adaptive_eval.py --quick --seeds 2 --keep 5 --confidence 0.9 --chunks 8 --out runs/ae-k5
-    python benchmarks/adaptive_eval.py --quick --seeds 5 --full-from runs/landscapes-quick/zoo   # full arm: the suite's
+    python -m benchmarks.adaptive_eval --quick --seeds 2 --workers 1     # while iterating
+    python -m benchmarks.adaptive_eval --seeds 5 --workers 2             # for the record
+    python -m benchmarks.adaptive_eval --quick --seeds 2 --keep 5 --confidence 0.9 --chunks 8 --out runs/ae-k5
+    python -m benchmarks.adaptive_eval --quick --seeds 5 --full-from runs/landscapes-quick/zoo   # full arm: the suite's
 
 Runs the packaged zoo (multi-task, 160 evaluations) for each optimizer and seed twice, with
 ``search.evaluation: full`` and ``adaptive``, as two ``evogm compare`` runs (OUT/full, OUT/adaptive;
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from landscapes import ZOO_CONFIG, _mean_std, quick_overrides  # noqa: E402 — the suite's own machinery
+from benchmarks.landscapes import ZOO_CONFIG, _mean_std, quick_overrides
+from benchmarks.variants import methods as variant_methods
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("full", "adaptive")
@@ -53,7 +53,7 @@ def run_mode(mode: str, args, base: list[str]) -> dict:
     print(f"== {mode}", flush=True)
     if mode == "full" and args.full_from:
         return suite_runs(args, base)
-    return compare(str(ZOO_CONFIG), methods=args.optimizers.split(","), seeds=list(range(args.seeds)),
+    return compare(str(ZOO_CONFIG), methods=variant_methods(args.optimizers), seeds=list(range(args.seeds)),
                    out=args.out / mode, budget=args.budget, overrides=[*base, *mode_overrides(mode, args)],
                    workers=args.workers, on_done=lambda job, how: print(f"  {job.method} seed {job.seed}: {how}",
                                                                         flush=True))
@@ -63,17 +63,18 @@ def suite_runs(args, base: list[str]) -> dict:
     """The full arm read, not run, from the landscape suite's zoo runs (benchmarks/landscapes.py: the
     same config, overrides and seeds, scored in full): each must be finished with unchanged inputs,
     the check `evogm compare` makes before it reuses a run."""
-    from evogm.compare import make_jobs, method_specs, summarize
+    from evogm.compare import make_jobs, parse_methods, summarize
     from evogm.config import load_config, resolve
+    from evogm.inputs import changed_inputs
     from evogm.rundir import RunDir
 
-    specs = method_specs(args.optimizers.split(","), ablations=False)
+    specs = parse_methods(variant_methods(args.optimizers))
     jobs = make_jobs(str(ZOO_CONFIG), base, specs, list(range(args.seeds)), args.budget, args.full_from.resolve(), 1)
     for job in jobs:
         run_dir = RunDir(job.run_dir)
-        if not run_dir.finished() or run_dir.changed_inputs(resolve(load_config(job.config, list(job.overrides)),
-                                                                    run_dir.path)):
-            sys.exit(f"{job.run_dir}: not a finished run of this config; run benchmarks/landscapes.py "
+        if not run_dir.finished() or changed_inputs(run_dir, resolve(load_config(job.config, list(job.overrides)),
+                                                                     run_dir.path)):
+            sys.exit(f"{job.run_dir}: not a finished run of this config; run python -m benchmarks.landscapes "
                      f"--seeds {args.seeds}{' --quick' if args.quick else ''} first, or leave out --full-from")
         print(f"  {job.method} seed {job.seed}: read from {job.run_dir}", flush=True)
     summary = summarize(jobs, specs, args.budget)
@@ -146,7 +147,7 @@ def check_run(run_dir: Path, sample: int) -> tuple[int, int, list[float]]:
     errors, gaps = 0, []
     for i in chosen:
         rec = stopped[i]
-        score = full(np.asarray(rec["x"])).fitness
+        score = full(np.asarray(rec["coefficients"])).fitness
         errors += score > cut[rec["gen"]]
         gaps.append(-rec["loss"] - score)
     return len(chosen), errors, gaps

@@ -1,7 +1,7 @@
 """Replay adaptive evaluation's stopping rules on logs whose every candidate was scored in full.
 
-    python benchmarks/adaptive_replay.py runs/replay/*/              # the settings grid, per log
-    python benchmarks/adaptive_replay.py DIR --keep 10 --chunks 8 --bound paired
+    python -m benchmarks.adaptive_replay runs/replay/*/              # the settings grid, per log
+    python -m benchmarks.adaptive_replay DIR --keep 10 --chunks 8 --bound paired
 
 A log to replay comes from an adaptive run that never stops (`search.evaluation=adaptive
 search.keep=1000000`: no cut-off ever exists): every evaluation then holds its per-item outcomes on the whole

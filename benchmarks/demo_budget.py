@@ -6,8 +6,8 @@ training, paper settings, on stand-in losses), and the run log's durable append;
 demo's wall time: budget × evaluation + optimizer + final stage (dev sweeps of the static baselines,
 test evaluations of six candidates).
 
-    python benchmarks/demo_budget.py                 # the packaged zoo
-    python benchmarks/demo_budget.py my-zoo --evals 3
+    python -m benchmarks.demo_budget                 # the packaged zoo
+    python -m benchmarks.demo_budget my-zoo --evals 3
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from evogm.zoo.packaged import zoo_config
-from evogm.config import load_config, make_optimizer, resolve
-from evogm.objective import Result
-from evogm.runlog import RunLog, record
+from evogm.config import build_optimizer, load_config, resolve
+from evogm.runlog import Result, RunLog, record
 from evogm.scoring import score
 from evogm.workspace import objective_factory, workspace
+from evogm.zoo.packaged import zoo_config
 
 LIMIT_S = 600
 
@@ -70,7 +69,7 @@ def time_evaluations(cfg, n: int) -> tuple[float, float]:
 
 def time_optimizer(cfg) -> float:
     """The optimizer's own cost over the whole budget, on stand-in losses."""
-    optimizer, done, start = make_optimizer(cfg), 0, time.perf_counter()
+    optimizer, done, start = build_optimizer(cfg), 0, time.perf_counter()
     while done < cfg.search.budget:
         xs = optimizer.ask()[: cfg.search.budget - done]
         optimizer.tell(xs, np.sum((xs - 0.3) ** 2, axis=1))
@@ -81,7 +80,7 @@ def time_optimizer(cfg) -> float:
 def time_log_append(n: int) -> float:
     log = RunLog(Path(tempfile.mkdtemp()) / "evaluations.jsonl")
     metrics = {f"t{i}/accuracy": 0.5 for i in range(10)}
-    result = Result(x=(0.1,) * 8, coefficients=(0.1,) * 8, loss=-0.5, metrics=metrics)
+    result = Result(coefficients=(0.1,) * 8, loss=-0.5, metrics=metrics)
     start = time.perf_counter()
     for i in range(n):
         log.append(record(i // 20, i % 20, result))

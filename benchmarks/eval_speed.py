@@ -5,8 +5,8 @@ the letters' log-likelihood and by greedy generation + parsing, and the share of
 outside the model's forward passes (merge, padding, argmax, decoding, parsing). The first call
 tokenizes every task; the steady state (median of --repeats calls) is what a search pays.
 
-    python benchmarks/eval_speed.py                       # the packaged zoo, or a zoo-shaped stand-in
-    python benchmarks/eval_speed.py --config zoo/run.yaml --threads 1 2
+    python -m benchmarks.eval_speed                       # the packaged zoo, or a zoo-shaped stand-in
+    python -m benchmarks.eval_speed --config zoo/run.yaml --threads 1 2
 
 Without a built zoo the stand-in is the full zoo preset's shape with random weights: its 4-layer
 Qwen2, tokenizer, task files (200 dev items each, the zoo's own task entries) and one random LoRA

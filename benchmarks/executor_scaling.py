@@ -6,11 +6,11 @@ the machine falls on every setting alike; the table gives the median of the roun
 costs: starting Ray, starting the workers (each loads the models and tokenizes the tasks), and the
 round-trip latency of one candidate (an objective that does nothing).
 
-    python benchmarks/executor_scaling.py                        # the packaged zoo, on the CPU
-    python benchmarks/executor_scaling.py --zoo DIR              # a zoo built by `evogm zoo build DIR`
-    python benchmarks/executor_scaling.py --zoo DIR models.device=cuda --gpus-per-worker 1 --workers 1
-    python benchmarks/executor_scaling.py --zoo DIR models.device=cuda --gpus-per-worker 0.5 --workers 1,2
-    python benchmarks/executor_scaling.py --config run.yaml --address auto --gpus-per-worker 1 --workers 1,2,4,8
+    python -m benchmarks.executor_scaling                        # the packaged zoo, on the CPU
+    python -m benchmarks.executor_scaling --zoo DIR              # a zoo built by `evogm zoo build DIR`
+    python -m benchmarks.executor_scaling --zoo DIR models.device=cuda --gpus-per-worker 1 --workers 1
+    python -m benchmarks.executor_scaling --zoo DIR models.device=cuda --gpus-per-worker 0.5 --workers 1,2
+    python -m benchmarks.executor_scaling --config run.yaml --address auto --gpus-per-worker 1 --workers 1,2,4,8
 
 On a CPU, each Ray worker takes `--cpus-per-worker` cores and as many torch threads; the local
 executor uses `--local-threads` (default: every core). On a GPU machine, a worker holds its own
@@ -31,7 +31,7 @@ import torch
 
 from evogm.config import load_config
 from evogm.executors import LocalExecutor
-from evogm.objective import Result
+from evogm.runlog import Result
 from evogm.ray_executor import RayExecutor, import_ray
 from evogm.workspace import objective_factory
 
@@ -140,7 +140,7 @@ class Nothing:
     """An objective that does nothing: what remains is Ray's round trip."""
 
     def __call__(self, x: np.ndarray) -> Result:
-        return Result(tuple(x), tuple(x), 0.0)
+        return Result(tuple(x), 0.0)
 
 
 def round_trip_ms(args, n: int = 300) -> float:

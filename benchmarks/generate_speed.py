@@ -7,8 +7,8 @@ for --new-tokens tokens. Prints per method the median seconds of the prefill, of
 step's forward pass and of one step outside it (argmax, stop checks, cache bookkeeping), and the
 ratio evogm / generate; it fails if the two produce different tokens.
 
-    OMP_NUM_THREADS=1 python benchmarks/generate_speed.py --shape small --rows 10 --repeats 5
-    OMP_NUM_THREADS=1 python benchmarks/generate_speed.py --shape qwen2.5-0.5b --items 1 --rows 1 \\
+    OMP_NUM_THREADS=1 python -m benchmarks.generate_speed --shape small --rows 10 --repeats 5
+    OMP_NUM_THREADS=1 python -m benchmarks.generate_speed --shape qwen2.5-0.5b --items 1 --rows 1 \\
         --new-tokens 50 --repeats 3
 """
 
@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper_scale_build import build, folder_for  # noqa: E402
+from benchmarks.paper_scale_build import build, folder_for
 
 
 class Timer:

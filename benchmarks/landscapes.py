@@ -1,10 +1,10 @@
 """The landscape suite: every optimizer × seed on merge problems of different shape, one table.
 
-    python benchmarks/landscapes.py --quick --seeds 3 --workers 2         # while iterating
-    python benchmarks/landscapes.py --seeds 5 --workers 2                 # for the record
-    python benchmarks/landscapes.py --landscapes zoo zoo-groups --optimizers evogm-plus,pso --seeds 2
-    python benchmarks/landscapes.py --quick --seeds 5 --report     # the table of what has finished
-    python benchmarks/landscapes.py --quick --seeds 5 --report --every 20   # and best dev so far every 20
+    python -m benchmarks.landscapes --quick --seeds 3 --workers 2         # while iterating
+    python -m benchmarks.landscapes --seeds 5 --workers 2                 # for the record
+    python -m benchmarks.landscapes --landscapes zoo zoo-groups --optimizers evogm-plus,pso --seeds 2
+    python -m benchmarks.landscapes --quick --seeds 5 --report     # the table of what has finished
+    python -m benchmarks.landscapes --quick --seeds 5 --report --every 20   # and best dev so far every 20
 
 Each landscape is a real merge of real experts scored by evogm's own objective on the zoo's ten
 tasks (multi-task mode, 160 evaluations unless --budget):
@@ -52,6 +52,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
+from benchmarks.variants import methods as variant_methods
+from evogm.runlog import is_full
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO_CONFIG = ROOT / "configs" / "zoo.yaml"
@@ -167,24 +170,25 @@ def finished(config: Path, overrides: list[str], methods: list[str], seeds: int,
     plots are redrawn for those runs. A finished run made with other settings than its method's
     today (an optimizer default changed since) is left out, with a line saying so."""
     from evogm import report_compare
-    from evogm.compare import make_jobs, method_specs, summarize
+    from evogm.compare import make_jobs, parse_methods, summarize
     from evogm.config import load_config, resolve
+    from evogm.inputs import changed_settings
     from evogm.rundir import RunDir
 
-    specs = method_specs(methods, ablations=False)
+    specs = parse_methods(methods)
     jobs = []
     for job in make_jobs(str(config), overrides, specs, list(range(seeds)), budget, out.resolve(), 1):
         if not (job.run_dir / "final.json").exists():
             continue
-        changed = [key for key in RunDir(job.run_dir).changed_settings(
-            resolve(load_config(job.config, list(job.overrides)), job.run_dir))
+        changed = [key for key in changed_settings(
+            RunDir(job.run_dir), resolve(load_config(job.config, list(job.overrides)), job.run_dir))
             if not key.startswith("baselines.")]  # the static merges are scored in whichever run came first
         if changed:
             print(f"  left out {job.run_dir}: made with other settings ({', '.join(changed)}); "
                   "run the suite without --report to run it again")
             continue
         jobs.append(job)
-    summary = summarize(jobs, {m: s for m, s in specs.items() if any(j.method == m for j in jobs)}, budget)
+    summary = summarize(jobs, [m for m in specs if any(j.method == m.label for j in jobs)], budget)
     report_compare.write(out.resolve(), summary)
     return summary
 
@@ -207,8 +211,7 @@ def test_at(run_dir: Path, evaluations: int) -> dict:
     """The best of a run's first ``evaluations`` evaluations: its dev score, and its test score
     from ``evogm eval`` on the run's own config (computed once, kept in the run directory)."""
     records = [json.loads(line) for line in (run_dir / "evaluations.jsonl").open()][:evaluations]
-    best = min((r for r in records if r["loss"] is not None and not r.get("error") and not r.get("partial")),
-               key=lambda r: r["loss"])
+    best = min(filter(is_full, records), key=lambda r: r["loss"])
     cache = run_dir / f"test_at_{evaluations}.json"
     inputs = run_inputs(run_dir)
     if cache.exists():  # reused only for the same candidate of the same inputs (a run made again on
@@ -310,7 +313,8 @@ def ranked_entries(methods: list[str]) -> dict[str, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--landscapes", nargs="+", default=list(LANDSCAPES), choices=LANDSCAPES)
-    parser.add_argument("--optimizers", default=OPTIMIZERS, help="comma-separated, as for evogm compare")
+    parser.add_argument("--optimizers", default=OPTIMIZERS,
+                        help="comma-separated, as for evogm compare; names of benchmarks/variants.py too")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=int, default=160)
     parser.add_argument("--workers", type=int, default=1)
@@ -333,11 +337,11 @@ def main() -> None:
             overrides += quick_overrides(config, overrides)
         print(f"== {name}: {config} {' '.join(overrides)}", flush=True)
         if args.report:
-            summaries[name] = finished(config, overrides, args.optimizers.split(","), args.seeds, args.budget,
-                                       out / name)
+            summaries[name] = finished(config, overrides, variant_methods(args.optimizers), args.seeds,
+                                       args.budget, out / name)
             continue
         summaries[name] = compare(
-            str(config), methods=args.optimizers.split(","), seeds=list(range(args.seeds)), out=out / name,
+            str(config), methods=variant_methods(args.optimizers), seeds=list(range(args.seeds)), out=out / name,
             budget=args.budget, overrides=overrides, workers=args.workers,
             on_done=lambda job, how: print(f"  {job.method} seed {job.seed}: {how}", flush=True))
     text, totals = suite_table(summaries)

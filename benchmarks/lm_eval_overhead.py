@@ -1,7 +1,7 @@
 """What an lm-eval task costs per candidate beyond the model's forward passes.
 
 On the packaged zoo, two lm-eval YAML tasks over local JSON Lines (multiple choice on `capitals`,
-greedy generation on `add`, --items dev items each; `tests/lm_eval_zoo.py` writes them) are scored
+greedy generation on `add`, --items dev items each; `evogm.zoo.harness_tasks` writes them) are scored
 through evogm (`type: lm_eval`) for --candidates merged candidates, next to evogm's own task types on
 the same items. The generate-until task runs twice: as evogm runs it (lm-eval's greedy requests on
 evogm's decoding loop) and with lm-eval's own `_model_generate` (transformers' `generate`), side by
@@ -18,9 +18,9 @@ makes (`_model_call`, `_model_generate`: what lm-eval adds around them), and for
 14 query and 2 key-value heads) with --layers layers and the zoo's tokenizer and vocabulary, in
 place of the zoo (no merge: every candidate is that model; its scores mean nothing).
 
-    python benchmarks/lm_eval_overhead.py                       # 200 items, 6 candidates, 1 thread
-    python benchmarks/lm_eval_overhead.py --items 50 --candidates 4 --threads 2
-    python benchmarks/lm_eval_overhead.py --width 896 --layers 2 --items 96
+    python -m benchmarks.lm_eval_overhead                       # 200 items, 6 candidates, 1 thread
+    python -m benchmarks.lm_eval_overhead --items 50 --candidates 4 --threads 2
+    python -m benchmarks.lm_eval_overhead --width 896 --layers 2 --items 96
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,15 +36,14 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
-from eval_speed import ForwardClock  # noqa: E402
-from lm_eval_zoo import write_harness_tasks  # noqa: E402
+from benchmarks.eval_speed import ForwardClock
+from evogm.zoo.harness_tasks import write_harness_tasks
 
-from evogm.merge import Merger  # noqa: E402
-from evogm.models import load_models  # noqa: E402
-from evogm.scoring import score  # noqa: E402
-from evogm.tasks import load_task  # noqa: E402
+from evogm.merge import Merger
+from evogm.models import load_models
+from evogm.scoring import score
+from evogm.tasks import load_task
 
 ZOO = ROOT / "evogm" / "zoo" / "data"
 

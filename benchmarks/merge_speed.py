@@ -6,8 +6,8 @@
 
 Each (shape, method) runs in its own process so that peak memory is its own. Prints one table.
 
-    python benchmarks/merge_speed.py                 # tiny zoo-sized model and a Qwen2.5-1.5B-shaped stack
-    python benchmarks/merge_speed.py --device cuda   # on a GPU: adds device time and device memory
+    python -m benchmarks.merge_speed                 # tiny zoo-sized model and a Qwen2.5-1.5B-shaped stack
+    python -m benchmarks.merge_speed --device cuda   # on a GPU: adds device time and device memory
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -121,9 +122,10 @@ def main() -> None:
     rows = []
     for shape in args.shapes:
         for method in ("evogm", "reference"):
-            cmd = [sys.executable, __file__, "--worker", shape, method, "--experts", str(args.experts),
+            cmd = [sys.executable, "-m", "benchmarks.merge_speed", "--worker", shape, method, "--experts", str(args.experts),
                    "--switches", str(args.switches), "--device", args.device, "--threads", str(args.threads)]
-            rows.append(json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1]))
+            run = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+            rows.append(json.loads(run.stdout.splitlines()[-1]))
     print_table(rows, args)
 
 

@@ -9,10 +9,10 @@ Prints per evaluation: merge (switch) / prefill forwards / generation steps / ot
 tokens per second, peak host RSS and device memory, and evaluations per hour, side by side.
 
     # this project's CPU (one core), Qwen2.5-0.5B shape, 10 items per task:
-    OMP_NUM_THREADS=1 python benchmarks/paper_scale.py --shape qwen2.5-0.5b --items 10 \\
+    OMP_NUM_THREADS=1 python -m benchmarks.paper_scale --shape qwen2.5-0.5b --items 10 \\
         --evaluations 2 --reference-evaluations 1 --reference-layers 2
     # a GPU, the paper's setting (Qwen2.5-1.5B, bf16, 200 dev items per task):
-    python benchmarks/paper_scale.py --shape qwen2.5-1.5b --device cuda --dtype bfloat16 --items 200
+    python -m benchmarks.paper_scale --shape qwen2.5-1.5b --device cuda --dtype bfloat16 --items 200
 
 `--build-only` writes the folder and its run.yaml, for `evogm run <folder>/run.yaml`.
 A random model never emits EOS: every generation runs to its max_new_tokens (an upper bound).
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,8 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper_scale_build import SHAPES, build, folder_for  # noqa: E402
+from benchmarks.paper_scale_build import SHAPES, build, folder_for
 
 GiB = 2**30
 
@@ -151,7 +149,7 @@ def run_evogm(ws, tasks: list, xs, device) -> dict:
 
 def run_switches(ws, xs, device, layers) -> None:
     """Switch time alone: evogm's merger against the reference switch (no scoring), medians over `xs`."""
-    from paper_scale_reference import ReferenceSwitch
+    from benchmarks.paper_scale_reference import ReferenceSwitch
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     ours = median_seconds(ws.merger, xs, sync)
@@ -186,7 +184,7 @@ def median_seconds(switch, xs, sync) -> float:
 
 
 def run_reference(ws, xs, device, layers) -> tuple[dict, object]:
-    from paper_scale_reference import ReferenceSwitch, reference_score
+    from benchmarks.paper_scale_reference import ReferenceSwitch, reference_score
 
     ws.merger.reset()
     clock = Clock(ws.merger.model, device)

@@ -1,7 +1,7 @@
 """An optimizer's own cost per ask against one zoo evaluation, measured side by side on one thread.
 
-    python benchmarks/search_cost.py                                    # EvoGM+ and its variants
-    python benchmarks/search_cost.py --configs evogm-plus evogm-plus-first --runs 3
+    python -m benchmarks.search_cost                                    # EvoGM+ and EvoGM
+    python -m benchmarks.search_cost --configs evogm-plus evogm-plus:batch=5 --runs 3
 
 The target (a tenth of one zoo evaluation per ask) is a ratio of two timings, and on a shared
 machine either can drift by half between runs; this script takes both in one process, alternating:
@@ -24,11 +24,13 @@ import time
 import numpy as np
 import torch
 
-from eval_speed import zoo_workspace
-from evogm.compare import NAMED
+from benchmarks.eval_speed import zoo_workspace
+from benchmarks.search_functions import optimum, sphere
+from benchmarks.variants import method
+from evogm.compare import parse_methods
+from evogm.errors import EvogmError
 from evogm.objective import Objective
-from evogm.search import OPTIMIZERS
-from search_functions import optimum, sphere
+from evogm.search import make_optimizer
 
 
 def evaluation_seconds(objective: Objective, dim: int, n: int, rng: np.random.Generator) -> list[float]:
@@ -43,8 +45,8 @@ def evaluation_seconds(objective: Objective, dim: int, n: int, rng: np.random.Ge
 def ask_seconds(name: str, dim: int, seed: int, budget: int) -> dict[int, float]:
     """Evaluations told so far → seconds of the ask() made then, for every ask after the first
     generation of one run on a sphere (test_functions' optimum for this dimension)."""
-    optimizer, options = NAMED.get(name, (name, {}))
-    opt = OPTIMIZERS[optimizer](dim, popsize=20, seed=seed, **options)
+    spec = parse_methods(method(name))[0]
+    opt = make_optimizer(spec.optimizer, dim, popsize=20, seed=seed, options=spec.options)
     target, seconds, told = optimum(dim), {}, 0
     while told < budget:
         start = time.perf_counter()
@@ -58,15 +60,16 @@ def ask_seconds(name: str, dim: int, seed: int, budget: int) -> dict[int, float]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=["evogm-plus", "evogm-plus-restarts", "evogm-plus-first"],
-                        help="optimizers or variants, as evogm compare names them")
+    parser.add_argument("--configs", nargs="+", default=["evogm-plus", "evogm"],
+                        help="optimizers, variants of benchmarks/variants.py, or inline specs (evogm-plus:batch=5)")
     parser.add_argument("--runs", type=int, default=2, help="160-evaluation runs per configuration")
     parser.add_argument("--evaluations", type=int, default=3, help="zoo evaluations before each round of runs")
     parser.add_argument("--budget", type=int, default=160)
     args = parser.parse_args()
-    unknown = [c for c in args.configs if c not in NAMED and c not in OPTIMIZERS]
-    if unknown:
-        parser.error(f"unknown configuration {unknown[0]!r}: use an optimizer or a variant of evogm compare")
+    try:
+        parse_methods([method(c) for c in args.configs])
+    except EvogmError as exc:
+        parser.error(str(exc))
 
     torch.set_num_threads(1)
     ws, label = zoo_workspace(None)

@@ -1,8 +1,8 @@
 """Every optimizer on standard test functions in [−1, 1]^d at the paper's budget (160 evaluations).
 
-    python benchmarks/search_functions.py                    # d = 10 and 40, 10 seeds, all configs
-    python benchmarks/search_functions.py --seeds 3 --dims 10 --configs evogm cmaes random
-    python benchmarks/search_functions.py --functions ackley levy styblinski_tang griewank
+    python -m benchmarks.search_functions                    # d = 10 and 40, 10 seeds, all configs
+    python -m benchmarks.search_functions --seeds 3 --dims 10 --configs evogm cmaes random
+    python -m benchmarks.search_functions --functions ackley levy styblinski_tang griewank
 
 The first four functions (sphere, ellipsoid, Rastrigin, Rosenbrock) are the default; Ackley, Levy,
 Styblinski–Tang and Griewank were added later as a second set, run on their own, to check that what
@@ -26,27 +26,25 @@ import time
 import numpy as np
 import torch
 
-from evogm.compare import VARIANTS
-from evogm.search import OPTIMIZERS
+from benchmarks.variants import VARIANTS
+from evogm.compare import parse_methods
+from evogm.search import make_optimizer
 from evogm.search.generators import GeneratorPair
 
-CONFIGS = {  # name -> (optimizer, options); the paper's P = 20 everywhere
-    "evogm": ("evogm", {}),
-    "evogm 1 round (T=7)": ("evogm", dict(rounds=1, iterations=7)),
-    "evogm single gen": ("evogm", dict(generator="single")),
-    "cmaes": ("cmaes", {}),
-    "cmaes 2 rounds": ("cmaes", dict(rounds=2)),
-    "pso": ("pso", {}),
-    "de": ("de", {}),
-    "random": ("random", {}),
-    "evogm-plus": ("evogm-plus", {}),
-    **{name: VARIANTS[name] for name in ("evogm-plus-first", "evogm-plus-nosum", "evogm-plus-nowarp",
-                                         "evogm-plus-autowarp",
-                                         "evogm-plus-short", "evogm-plus-autoscale", "evogm-plus-b10",
-                                         "evogm-plus-rs", "evogm-plus-b10rs", "evogm-plus-b5rs",
-                                         "evogm-plus-screened")},  # as evogm compare runs them
-    "bo": ("bo", {}),
-    "tpe": ("tpe", {}),
+CONFIGS = {  # name -> method spec, as evogm compare reads it; the paper's P = 20 everywhere
+    "evogm": "evogm",
+    "evogm 1 round (T=7)": VARIANTS["evogm-norounds"],
+    "evogm single gen": VARIANTS["evogm-single"],
+    "cmaes": "cmaes",
+    "cmaes 2 rounds": "cmaes:rounds=2",
+    "cmaes-pycma": VARIANTS["cmaes-pycma"],
+    "pso": "pso",
+    "de": "de",
+    "random": "random",
+    "evogm-plus": "evogm-plus",
+    "evogm-plus-noscreen": VARIANTS["evogm-plus-noscreen"],
+    "bo": "bo",
+    "tpe": "tpe",
 }
 
 
@@ -105,8 +103,8 @@ def run(job) -> tuple:
     """One search: (config, function, dim, seed) -> (best loss, training seconds, trainings)."""
     config, function, dim, seed, budget = job
     torch.set_num_threads(1)  # the cost figures are per thread (Optuna's GP runs on torch too)
-    name, options = CONFIGS[config]
-    opt = OPTIMIZERS[name](dim, popsize=20, seed=seed, **options)
+    method = parse_methods(CONFIGS[config])[0]
+    opt = make_optimizer(method.optimizer, dim, popsize=20, seed=seed, options=method.options)
     loss, o = FUNCTIONS[function], optimum(dim)
     done, best, train_seconds, trainings = 0, np.inf, 0.0, 0
     while done < budget:

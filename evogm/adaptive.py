@@ -1,7 +1,7 @@
 """Adaptive evaluation: score a candidate chunk by chunk, stop once it cannot enter the kept set.
 
 The kept set is what the search carries forward; its cut-off (`cutoff`) is the k-th best full
-evaluation logged so far (k: the population size), taken from the log before each generation, so a
+evaluation logged so far (k: `search.keep`, by default 1: the best so far), taken from the log before each generation, so a
 resumed run replays it exactly. Before a generation holds k full evaluations there is no cut-off and
 candidates are scored in full.
 
@@ -42,8 +42,8 @@ from typing import Sequence
 
 import numpy as np
 
-from evogm.runlog import flip
-from evogm.scoring import MULTI_TASK, score
+from evogm.runlog import flip, is_full
+from evogm.scoring import MULTI_TASK, primary_key, score
 from evogm.tasks.chunks import dev_size, split_dev
 
 
@@ -105,8 +105,7 @@ def stops(bound: str, weights: Sequence[float], mine: Sequence, theirs: Sequence
 
 def cutoff(records: Sequence[dict], keep: int) -> Cutoff | None:
     """The `keep`-th best full, successful evaluation (None while there are fewer)."""
-    full = sorted((r for r in records if r.get("loss") is not None and not r.get("error") and not r.get("partial")),
-                  key=lambda r: r["loss"])
+    full = sorted(filter(is_full, records), key=lambda r: r["loss"])
     if len(full) < keep:
         return None
     chosen = full[keep - 1]
@@ -182,7 +181,7 @@ class ChunkedScorer:
 
     def _below(self, seen: list, metrics: dict, cut: Cutoff) -> bool:
         """Whether the bound says the candidate's full fitness is below the cut-off's."""
-        key = [f"{task.name}/{task.primary}" for task in self.tasks]
+        key = [primary_key(task) for task in self.tasks]
         mine = [metrics[k] if parts is None else seen[t] for t, (k, parts) in enumerate(zip(key, self.parts))]
         bound = self.bound if self._pairable(cut) else "hoeffding"
         theirs = [cut.metrics[k] if parts is None else decode(cut.outcomes[task.name])
@@ -192,12 +191,12 @@ class ChunkedScorer:
     def _pairable(self, cut: Cutoff) -> bool:
         """The cut-off's evaluation holds what pairing needs: every cut task's outcomes, the others' metrics."""
         return all(len(cut.outcomes.get(task.name, "")) == total if parts is not None
-                   else f"{task.name}/{task.primary}" in cut.metrics
+                   else primary_key(task) in cut.metrics
                    for task, parts, total in zip(self.tasks, self.parts, self.totals))
 
     def _result(self, seen: list, metrics: dict, partial: bool) -> tuple[dict, dict, bool, dict]:
         cut = [(t, task) for t, task in enumerate(self.tasks) if self.parts[t] is not None]
-        metrics = {**metrics, **{f"{task.name}/{task.primary}": float(np.mean(seen[t])) for t, task in cut}}
+        metrics = {**metrics, **{primary_key(task): float(np.mean(seen[t])) for t, task in cut}}
         items = {task.name: (len(seen[t]) if self.parts[t] is not None else self.totals[t])
                  for t, task in enumerate(self.tasks) if dev_size(task) is not None}
         return metrics, items, partial, {task.name: encode(seen[t]) for t, task in cut}

@@ -1,26 +1,18 @@
 """The static baselines of a run's final stage: each picks on dev, then is scored on test once.
 
 The best single expert is picked on dev; the static merges (uniform, task arithmetic, TIES, DARE)
-choose their global scale on dev (uniform: 1/N, no choice). `BASELINES` is the one list of their
-names (the config's `baselines.methods`, the comparison's static rows, the zoo's run.yaml).
+choose their global scale on dev (uniform: 1/N, no choice). Their names are `config.BASELINES`.
 
->>> BASELINES
-('best_expert', 'uniform', 'task_arithmetic', 'ties', 'dare')
 >>> entry = evaluate("ties", cfg, workspace(cfg), Scoring(workspace(cfg), MULTI_TASK))   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from evogm.config import RunConfig
-    from evogm.final import Scoring
-    from evogm.workspace import Workspace
-
-BASELINES = ("best_expert", "uniform", "task_arithmetic", "ties", "dare")
+from evogm.config import RunConfig
+from evogm.scoring import Scoring
+from evogm.workspace import Workspace
 
 
 def evaluate(method: str, cfg: RunConfig, ws: Workspace, scoring: Scoring) -> dict:

@@ -1,6 +1,16 @@
 """Equal-budget comparisons: every method × every seed as a normal run, then one table and two plots.
 
-Each run is an ordinary run directory (OUT/runs/METHOD/seedS), so it can be inspected and resumed
+A method is an optimizer with its options written inline, `NAME[:KEY=VALUE,...]`, optionally under
+a label, `LABEL=NAME[:...]`; values are read as YAML. A variant needs no code:
+
+>>> [m.label for m in parse_methods("evogm,pso,evogm-plus:batch=5,screen=false,one=evogm:rounds=1,iterations=7")]
+['evogm', 'pso', 'evogm-plus:batch=5,screen=false', 'one']
+>>> [m.label for m in parse_methods("evogm-plus,pycma=cmaes,evogm:rounds=1,seq=bo")]
+['evogm-plus', 'pycma', 'evogm:rounds=1', 'seq']
+>>> parse_methods("evogm:generator=single, cmaes:sigma0=0.3")[1]
+Method(label='cmaes:sigma0=0.3', optimizer='cmaes', options={'sigma0': 0.3})
+
+Each run is an ordinary run directory (OUT/runs/LABEL/seedS), so it can be inspected and resumed
 on its own; a finished run is reused, an unfinished one resumed. The static baselines are scored
 once, in the first run, since they do not depend on the search.
 
@@ -9,64 +19,94 @@ once, in the first run, since they do not depend on the search.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from evogm.adaptive import items_scored
-from evogm.baselines import BASELINES
+from evogm.config import BASELINES
+from evogm.config_files import parse_value
 from evogm.errors import EvogmError
 from evogm.rundir import RunDir
-from evogm.runlog import flip
-from evogm.search.evogm_plus import EvoGMPlus
+from evogm.runlog import best_so_far
 
-# name → (optimizer, options): the paper's ablations, each one option away from EvoGM
-ABLATIONS = {
-    "evogm-single": ("evogm", {"generator": "single"}),
-    "evogm-nocycle": ("evogm", {"cycle_scale": 0.0}),
-    "evogm-norounds": ("evogm", {"rounds": 1}),  # iterations set so the budget stays the same
-    "evogm-reset-iteration": ("evogm", {"reset": "iteration"}),
-}
-FIRST = EvoGMPlus.FORMER_DEFAULTS  # EvoGM+'s first defaults: the values its changed defaults had
-# name → (optimizer, options): variants beyond the paper, compared by name, never by --ablations
-VARIANTS = {
-    "evogm-local": ("evogm", {"local_share": 0.25}),
-    # EvoGM+'s first defaults (the dimension-scaled length-scale prior, screened batches of P, every
-    # round started from the hybrid population): the variants measured against them keep them, so their
-    # names mean what docs/results.md measured
-    "evogm-plus-first": ("evogm-plus", FIRST),
-    "evogm-plus-1round": ("evogm-plus", {**FIRST, "rounds": 1, "iterations": 7}),
-    "evogm-plus-ei": ("evogm-plus", {**FIRST, "acquisition": "ei"}),
-    "evogm-plus-sparse": ("evogm-plus", {**FIRST, "dense_share": 0.0}),
-    "evogm-plus-norecomb": ("evogm-plus", {**FIRST, "recombine": 0.0}),
-    # no local steps along λ's scale and the 1 vector
-    "evogm-plus-noshift": ("evogm-plus", {**FIRST, "scale_shift": 0.0}),
-    "evogm-plus-nosum": ("evogm-plus", {**FIRST, "sum_input": False}),  # the GP without Σλ as an input
-    "evogm-plus-nowarp": ("evogm-plus", {**FIRST, "warp": False}),  # the GP on the standardized losses, not their ranks
-    "evogm-plus-autowarp": ("evogm-plus", {**FIRST, "warp": "auto"}),  # both GPs; the one whose held-out ranks are best
-    "evogm-plus-short": ("evogm-plus", {**FIRST, "lengthscale": 1.0}),  # length-scale prior at half the box, any d
-    "evogm-plus-autoscale": ("evogm-plus", {**FIRST, "lengthscale": "auto"}),  # both priors; the better held-out ranks
-    "evogm-plus-b10": ("evogm-plus", {**FIRST, "lengthscale": "auto", "batch": 10}),  # autoscale, batches of 10
-    # autoscale, no random restart rows
-    "evogm-plus-rs": ("evogm-plus", {**FIRST, "lengthscale": "auto", "round_start": "screened"}),
-    # both: the defaults
-    "evogm-plus-b10rs": ("evogm-plus", {"lengthscale": "auto", "batch": 10, "round_start": "screened",
-                                        "gp_restarts": True}),
-    "evogm-plus-b5rs": ("evogm-plus", {"lengthscale": "auto", "batch": 5, "round_start": "screened",
-                                       "gp_restarts": True}),  # b10rs, 5 rows
-    "evogm-plus-screened": ("evogm-plus", {"lengthscale": "auto", "batch": 10, "round_start": "screened",
-                                           "start": "experts", "gp_restarts": True}),  # b10rs, and no random rows in round 1
-    "evogm-plus-warm": ("evogm-plus", {"gp_restarts": False}),  # the default: refits from the last fit and the prior
-    "evogm-plus-restarts": ("evogm-plus", {"gp_restarts": True}),  # the default, refitted from short length scales too
-    "cmaes-pycma": ("cmaes", {"pycma_popsize": True}),  # the library's population size, not P
-    "bo-seq": ("bo", {"batch": 1}),  # sequential BO: one candidate per model update
-}
-NAMED = {**ABLATIONS, **VARIANTS}  # every method name that is an optimizer with options
+
+@dataclass(frozen=True)
+class Method:
+    """One compared method: an optimizer with its options, under a label (its runs' folder name)."""
+
+    label: str
+    optimizer: str
+    options: dict = field(default_factory=dict)
+
+
+def parse_methods(text: str | list[str]) -> list[Method]:
+    """`NAME[:K=V,...]` items separated by commas (or given as a list); an item `K=V` without a colon
+    continues the previous method's options when K is one of its optimizer's options (else it is a
+    labelled method, LABEL=NAME). Every optimizer and option is checked here."""
+    from evogm.search import check_options, options_class
+
+    items = [part.strip() for chunk in ([text] if isinstance(text, str) else text)
+             for part in _split(chunk) if part.strip()]
+    specs: list[list[str]] = []
+    for item in items:
+        if specs and _continues(specs[-1][0], item):
+            specs[-1].append(item)  # one more option of the method before
+        else:
+            specs.append([item])
+    methods = [_method(",".join(spec)) for spec in specs]
+    for m in methods:
+        options_class(m.optimizer, key=f"{m.label}: optimizer")  # an unknown name suggests the closest
+        check_options(m.optimizer, m.options, where=f"{m.label}: ")
+    labels = [m.label for m in methods]
+    if len(set(labels)) < len(labels):
+        raise EvogmError(f"methods repeat: {sorted({x for x in labels if labels.count(x) > 1})}",
+                         "each method's runs live in a folder named by its label", "give each its own label")
+    return methods
+
+
+def _continues(spec: str, item: str) -> bool:
+    """Whether `item` (KEY=VALUE, no colon) is one more option of the method `spec` began, rather than
+    a labelled method (LABEL=NAME): it is when `spec` has options and KEY is one of its optimizer's."""
+    from evogm.search import OPTIMIZERS
+
+    if ":" in item or "=" not in item or ":" not in spec:
+        return False
+    optimizer = spec.partition(":")[0].rpartition("=")[2].strip()
+    return optimizer in OPTIMIZERS and item.partition("=")[0].strip() in {
+        f.name for f in dataclasses.fields(OPTIMIZERS[optimizer].Options)}
+
+
+def _method(spec: str) -> Method:
+    head, _, options = spec.partition(":")
+    label, _, optimizer = head.rpartition("=") if "=" in head else (spec, "", head)
+    parsed = {}
+    for pair in _split(options):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise EvogmError(f"method {spec!r}: {pair!r} is not KEY=VALUE", "options follow the optimizer's name",
+                             "write it like evogm-plus:batch=5,screen=false")
+        parsed[key.strip()] = parse_value(value.strip())
+    return Method(label.strip() or spec, optimizer.strip(), parsed)
+
+
+def _split(text: str) -> list[str]:
+    """Split at commas outside brackets (a list value like hidden_sizes=[16,16] keeps its own)."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [p for p in [*parts, current] if p.strip()]
 
 
 @dataclass(frozen=True)
@@ -81,74 +121,44 @@ class Job:
     threads: int
 
 
-def compare(config: str, *, methods: list[str], seeds: list[int], out, budget: int | None = None,
-            overrides: list[str] = (), ablations: bool = False, workers: int = 1, on_done=None) -> dict:
-    """Run (or reuse) every method × seed, then write comparison.json, comparison.md and plots."""
+def compare(config: str, *, methods, seeds: list[int], out, budget: int | None = None,
+            overrides: list[str] = (), workers: int = 1, on_done=None) -> dict:
+    """Run (or reuse) every method × seed, then write comparison.json, comparison.md and plots.
+    `methods`: a spec string or list as `parse_methods` reads them, or Method objects."""
     from evogm import report_compare
 
     out = Path(out).resolve()
-    specs = method_specs(methods, ablations)
+    methods = methods if all(isinstance(m, Method) for m in methods) else parse_methods(methods)
     budget = budget or planned_budget(config, list(overrides), out)
-    jobs = make_jobs(config, list(overrides), specs, seeds, budget, out, workers)
+    jobs = make_jobs(config, list(overrides), methods, seeds, budget, out, workers)
     run_jobs(jobs, workers, on_done or (lambda job, how: None))
-    summary = summarize(jobs, specs, budget)
+    summary = summarize(jobs, methods, budget)
     report_compare.write(out, summary)
     return summary
-
-
-def method_specs(methods: list[str], ablations: bool) -> dict[str, tuple[str, dict]]:
-    """name → (optimizer, options); plain names are optimizers with their defaults."""
-    from evogm.registry import unknown_name
-    from evogm.search import OPTIMIZERS
-
-    specs = {}
-    for name in methods:
-        if name in NAMED:
-            specs[name] = NAMED[name]
-        elif name in OPTIMIZERS:
-            specs[name] = (name, {})
-        else:
-            raise unknown_name("optimizer", name, [*OPTIMIZERS, *NAMED])
-    if ablations:
-        specs.update({k: v for k, v in ABLATIONS.items() if k not in specs})
-    return specs
 
 
 def planned_budget(config: str, overrides: list[str], out: Path) -> int:
     """The config's budget, or EvoGM's own schedule on this config (the paper's R·(P + T·P))."""
     from evogm.config import load_config, resolve
 
-    cfg = load_config(config, [*overrides, "search.optimizer=evogm"])
-    if cfg.search.budget:
-        return cfg.search.budget
-    return resolve(load_config(config, [*overrides, "search.optimizer=evogm", "search.options={}"]),
-                          out / "runs").search.budget
+    cfg = load_config(config, [*overrides, "search.optimizer=evogm", "search.options={}"])
+    return cfg.search.budget or resolve(cfg, out / "runs").search.budget
 
 
-def make_jobs(config, overrides, specs, seeds, budget, out: Path, workers: int) -> list[Job]:
+def make_jobs(config, overrides, methods: list[Method], seeds, budget, out: Path, workers: int) -> list[Job]:
     # torch threads per run: the cores shared among the workers, unless OMP_NUM_THREADS sets a limit
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // max(1, workers))
     jobs = []
-    for m, (name, (optimizer, options)) in enumerate(specs.items()):
+    for m, method in enumerate(methods):
         for s, seed in enumerate(seeds):
-            run_dir = out / "runs" / name / f"seed{seed}"
-            extra = [f"search.optimizer={optimizer}", "search.options={}", f"search.budget={budget}",
-                     f"seed={seed}", f"output={run_dir}"]
-            extra += [f"search.options.{k}={'null' if v is None else v}" for k, v in options.items()]
-            if name == "evogm-norounds":
-                extra.append(f"search.options.iterations={_norounds_iterations(config, overrides)}")
+            run_dir = out / "runs" / method.label / f"seed{seed}"
+            options = yaml.safe_dump(method.options, default_flow_style=True, width=1 << 16).strip()
+            extra = [f"search.optimizer={method.optimizer}", f"search.options={options}",
+                     f"search.budget={budget}", f"seed={seed}", f"output={run_dir}"]
             if (m, s) != (0, 0):
                 extra.append("baselines.methods=[]")  # static baselines: once, in the first run
-            jobs.append(Job(name, seed, str(config), (*overrides, *extra), run_dir, threads))
+            jobs.append(Job(method.label, seed, str(config), (*overrides, *extra), run_dir, threads))
     return jobs
-
-
-def _norounds_iterations(config: str, overrides: list[str]) -> int:
-    """One round of R·(T+1) − 1 iterations spends what R rounds of T iterations spend."""
-    from evogm.config import load_config, optimizer_defaults
-
-    options = {**optimizer_defaults("evogm"), **load_config(config, overrides).search.options}
-    return options["rounds"] * (options["iterations"] + 1) - 1
 
 
 def run_jobs(jobs: list[Job], workers: int, on_done) -> None:
@@ -170,26 +180,29 @@ def run_job(job: Job) -> str:
 
     from evogm import run as runner
     from evogm.config import load_config, resolve
+    from evogm.inputs import changed_inputs, read_config
 
     torch.set_num_threads(job.threads)
     cfg, run_dir = load_config(job.config, list(job.overrides)), RunDir(job.run_dir)
     if run_dir.config.exists():
         _check_same(run_dir, cfg)
-        changed = run_dir.changed_inputs(resolve(cfg, run_dir.path))
+        changed = changed_inputs(run_dir, resolve(cfg, run_dir.path))
         if changed:
             runner.run(cfg, run_dir=job.run_dir, force=True)
             return f"ran again ({', '.join(changed)} changed)"
         if run_dir.finished():
             return "reused"
-        runner.run(run_dir.read_config(), run_dir=job.run_dir, resume=True)
+        runner.run(read_config(run_dir), run_dir=job.run_dir, resume=True)
         return "resumed"
     runner.run(cfg, run_dir=job.run_dir)
     return "ran"
 
 
 def _check_same(run_dir: RunDir, cfg) -> None:
-    saved = run_dir.read_config()
-    if (saved.search.optimizer, saved.search.budget, saved.seed) != (cfg.search.optimizer, cfg.search.budget, cfg.seed):
+    saved = yaml.safe_load(run_dir.config.read_text()) or {}
+    search = saved.get("search") or {}
+    if (search.get("optimizer"), search.get("budget"), saved.get("seed")) != (
+            cfg.search.optimizer, cfg.search.budget, cfg.seed):
         raise EvogmError(f"{run_dir.path} holds a run of another optimizer, budget or seed",
                          "a comparison reuses only runs of the same settings",
                          "pick another --out, or delete that run directory")
@@ -198,44 +211,35 @@ def _check_same(run_dir: RunDir, cfg) -> None:
 # --- reading the runs back ----------------------------------------------------------------------
 
 
-def summarize(jobs: list[Job], specs: dict, budget: int) -> dict:
+def summarize(jobs: list[Job], methods: list[Method], budget: int) -> dict:
     """Per method: best dev and its test score over seeds, curves, evaluations to reach the static best."""
     static = RunDir(jobs[0].run_dir).read_final()["candidates"]
     static = {k: {"dev": v["dev"]["score"], "test": v["test"]["score"]} for k, v in static.items() if k in BASELINES}
     target = max((v["dev"] for v in static.values() if v["dev"] is not None), default=None)
-    methods = {}
-    for name in specs:
+    summary = {}
+    for method in methods:
         runs = []
-        for job in (j for j in jobs if j.method == name):
+        for job in (j for j in jobs if j.method == method.label):
             run_dir = RunDir(job.run_dir)
             best = run_dir.read_final()["candidates"]["best"]
-            curve = best_so_far(run_dir.records(), budget)
+            curve = best_so_far(run_dir.records()[:budget])
             runs.append({"seed": job.seed, "run_dir": str(job.run_dir), "dev": best["dev"]["score"],
                          "test": best["test"]["score"], "evals_to_static": evals_to_reach(curve, target),
                          "curve": curve, **run_items(run_dir)})
-        methods[name] = {"optimizer": specs[name][0], "options": specs[name][1], "runs": runs,
-                         **{f"{k}_{s}": v for k in ("dev", "test") for s, v in mean_std([r[k] for r in runs]).items()},
-                         "evals_to_static": _reach_summary([r["evals_to_static"] for r in runs]),
-                         "items": mean_std([r["items"] for r in runs])["mean"],
-                         "items_full": mean_std([r["items_full"] for r in runs])["mean"]}
+        summary[method.label] = {
+            "optimizer": method.optimizer, "options": method.options, "runs": runs,
+            **{f"{k}_{s}": v for k in ("dev", "test") for s, v in mean_std([r[k] for r in runs]).items()},
+            "evals_to_static": _reach_summary([r["evals_to_static"] for r in runs]),
+            "items": mean_std([r["items"] for r in runs])["mean"],
+            "items_full": mean_std([r["items_full"] for r in runs])["mean"]}
     return {"budget": budget, "seeds": [j.seed for j in jobs if j.method == jobs[0].method],
-            "static": static, "static_best_dev": target, "methods": methods}
+            "static": static, "static_best_dev": target, "methods": summary}
 
 
 def run_items(run_dir: RunDir) -> dict:
     """Dev items a run's search scored, and what scoring every evaluation in full would have."""
     scored, whole = items_scored(run_dir.records(), run_dir.read_final().get("dev_items") or {})
     return {"items": scored, "items_full": whole}
-
-
-def best_so_far(records: list[dict], budget: int) -> list[float | None]:
-    """The best full dev fitness after each evaluation (None until one succeeds; partial ones never count)."""
-    curve, best = [], -math.inf
-    for rec in records[:budget]:
-        if rec["loss"] is not None and not rec.get("error") and not rec.get("partial"):
-            best = max(best, flip(rec["loss"]))
-        curve.append(None if best == -math.inf else best)
-    return curve
 
 
 def evals_to_reach(curve: list[float | None], target: float | None) -> int | None:

@@ -1,8 +1,9 @@
-"""The run config: YAML + `a.b=c` overrides → frozen dataclasses, checked before anything loads.
+"""The run config: frozen dataclasses, checked before anything loads, and resolved for a run.
 
-Unknown keys are errors that name the closest valid key; missing files name the path; optimizer
-options are checked against the optimizer constructor's signature. Paths in the file are relative
-to the file's folder, paths given as overrides relative to the working directory.
+`load_config` reads a YAML file with its overrides (`config_files`), builds the dataclasses and
+checks everything that can be checked without loading a model: unknown keys name the closest valid
+key, missing files name the path, optimizer options are checked against the optimizer's options
+dataclass. `resolve` makes every default explicit, as a run's config.yaml saves it.
 
 >>> from evogm.zoo.packaged import zoo_config
 >>> cfg = load_config(zoo_config(), ["search.budget=40", "seed=1"])   # the packaged zoo's run.yaml
@@ -13,7 +14,6 @@ to the file's folder, paths given as overrides relative to the working directory
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import re
 from dataclasses import dataclass, field
@@ -23,12 +23,13 @@ from typing import Any
 import yaml
 
 from evogm.base_copy import PLACES
-from evogm.baselines import BASELINES
+from evogm.config_files import apply_override, read_raw, resolve_paths
 from evogm.errors import EvogmError
 from evogm.executors import EXECUTORS
 from evogm.registry import did_you_mean
-from evogm.schema import build
+from evogm.schema import build, plain
 from evogm.scoring import MULTI_TASK
+from evogm.search import POPSIZE, check_options, default_options, make_optimizer
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 MODES = (MULTI_TASK, "single_task")
@@ -36,6 +37,8 @@ BOUNDS = ("paired", "hoeffding")  # search.bound: adaptive evaluation's stopping
 EVALUATIONS = ("full", "adaptive")  # search.evaluation: every dev item, or stop once a candidate cannot matter
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED = ("model", "plots")
+# the static merges a run's final stage scores (evogm.baselines), each picking its scale on dev
+BASELINES = ("best_expert", "uniform", "task_arithmetic", "ties", "dare")
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class ModelsConfig:
 class SearchConfig:
     optimizer: str = "evogm"  # a name in evogm.search.OPTIMIZERS
     budget: int | None = None  # evaluations; None: the optimizer's own schedule decides
-    popsize: int | None = None  # None: 2 × number of experts (the paper's P = 2N)
+    popsize: int | None = None  # None: 20, the paper's P
     options: dict[str, Any] = field(default_factory=dict)  # the optimizer constructor's keywords
     timeout: float | None = None  # seconds per evaluation; a longer one fails (loss inf) and the search goes on
     evaluation: str = "full"  # full | adaptive (stop scoring a candidate once it cannot enter the kept set)
@@ -106,52 +109,20 @@ def load_config(path: str | os.PathLike, overrides: list[str] = (), *, run: bool
     return from_dict(raw, run=run)
 
 
-def read_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """A config file as a dict with absolute input paths. `include: OTHER.yaml` reads OTHER first
-    (its paths relative to its own folder) and lays this file's keys over it (mappings merge)."""
-    if not path.is_file():
-        raise EvogmError(f"config file {path} not found", "no such file", "give the path of a YAML run config")
-    if path.resolve() in seen:
-        raise EvogmError(f"config {path} includes itself", " → ".join(map(str, seen)), "remove the cycle")
-    raw = read_yaml(path)
-    resolve_paths(raw, path.resolve().parent)
-    include = raw.pop("include", None)
-    if include is None:
-        return raw
-    if not isinstance(include, str):
-        raise EvogmError(f"include in {path} must be a path", f"got {include!r}")
-    target = Path(_absolute(include, path.resolve().parent))
-    if not target.is_file():
-        raise EvogmError(f"config {path} includes {target}, which is not found", "no such file",
-                         "fix the include: path (relative to the including file), or build the zoo it names")
-    return deep_merge(read_raw(target, (*seen, path.resolve())), raw)
-
-
-def deep_merge(under: dict, over: dict) -> dict:
-    out = dict(under)
-    for key, value in over.items():
-        both = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = deep_merge(out[key], value) if both else value
-    return out
-
-
 def from_dict(raw: dict, *, run: bool = True) -> RunConfig:
     """Build and check a RunConfig from a plain dict (paths already absolute)."""
-    cfg = build(RunConfig, executor_options(name_tasks(without_split(raw))), "")
+    cfg = build(RunConfig, executor_options(name_tasks(no_search_split(raw))), "")
     check(cfg, run=run)
     return cfg
 
 
-def without_split(raw: dict) -> dict:
-    """The search scores dev, always: `search.split: dev` (in configs saved by earlier versions)
-    says nothing and is dropped; any other split is refused with the reason."""
-    search = raw.get("search")
-    if not isinstance(search, dict) or "split" not in search:
-        return raw
-    if search["split"] != "dev":
-        raise EvogmError(f"search.split is {search['split']!r}",
+def no_search_split(raw: dict) -> dict:
+    """`search.split` is refused with the reason (unknown keys get a plainer message): the search
+    scores dev, always."""
+    if isinstance(raw.get("search"), dict) and "split" in raw["search"]:
+        raise EvogmError(f"search.split is {raw['search']['split']!r}", "the search scores the dev split, always; "
                          "the test split is scored once, at the end, never in the search", "remove search.split")
-    return {**raw, "search": {k: v for k, v in search.items() if k != "split"}}
+    return raw
 
 
 def name_tasks(raw: dict) -> dict:
@@ -183,104 +154,13 @@ def executor_options(raw: dict) -> dict:
     return {**raw, "executor": {**kind, "options": {**(section.get("options") or {}), **own}}}
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key repeated in one mapping is an error (not: the last wins)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: Path) -> dict:
-    """A YAML mapping; a repeated key is refused (it would silently replace the first)."""
-    try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 — a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise EvogmError(f"config {path} is not valid YAML", str(exc).replace("\n", " "), "fix the syntax") from None
-    if not isinstance(data, dict):
-        raise EvogmError(f"config {path} must be a mapping of keys", f"it holds a {type(data).__name__}")
-    return data
-
-
 def to_dict(cfg: RunConfig) -> dict:
     """The plain-data form (tuples as lists), as saved in a run's config.yaml."""
-    return _plain(dataclasses.asdict(cfg))
+    return plain(dataclasses.asdict(cfg))
 
 
 def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-# --- overrides and paths ------------------------------------------------------------------------
-
-
-def apply_override(raw: dict, item: str) -> None:
-    """`search.budget=40` sets raw["search"]["budget"] = 40; the value is parsed as YAML;
-    a number indexes a list (`tasks.0.limit=50`)."""
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-        raise EvogmError(f"override {item!r} is not key=value", "", "write it like search.budget=40")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        value = text
-    *parents, last = key.split(".")
-    node = raw
-    for part in parents:
-        node = _child(node, part, key)
-    if isinstance(node, list):
-        node[_index(node, last, key)] = value
-    else:
-        node[last] = value
-
-
-def _child(node, part: str, key: str):
-    if isinstance(node, list):
-        return node[_index(node, part, key)]
-    if not isinstance(node, dict):
-        raise EvogmError(f"override {key}: {part!r} is inside a value, not a section", "", "check the key path")
-    return node.setdefault(part, {})
-
-
-def _index(node: list, part: str, key: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise EvogmError(f"override {key}: {part!r} is not an index of a list of {len(node)}", "",
-                         f"use 0…{len(node) - 1}")
-    return int(part)
-
-
-def resolve_paths(raw: dict, root: Path) -> None:
-    """Make the input paths (models.base, models.experts.*, tasks[*].path and include_path) absolute against root."""
-    models = raw.get("models")
-    if isinstance(models, dict):
-        if isinstance(models.get("base"), str):
-            models["base"] = _absolute(models["base"], root)
-        if isinstance(models.get("experts"), dict):
-            models["experts"] = {k: _absolute(v, root) if isinstance(v, str) else v
-                                 for k, v in models["experts"].items()}
-    for task in raw.get("tasks") or []:
-        for key in ("path", "include_path"):  # include_path: an lm-eval task's YAML folder
-            if isinstance(task, dict) and isinstance(task.get(key), str):
-                task[key] = _absolute(task[key], root)
-
-
-def _absolute(path: str, root: Path) -> str:
-    p = Path(os.path.expandvars(path)).expanduser()
-    return str(p if p.is_absolute() else (root / p).resolve())
 
 
 # --- checks -------------------------------------------------------------------------------------
@@ -310,7 +190,7 @@ def check(cfg: RunConfig, *, run: bool = True) -> None:
     for name, path in cfg.models.experts.items():
         _check_path(f"models.experts.{name}", path)
     _check_tasks(cfg.tasks, run)
-    check_optimizer(cfg.search.optimizer, cfg.search.options)
+    check_options(cfg.search.optimizer, cfg.search.options)
 
 
 def _check_adaptive(search: SearchConfig) -> None:
@@ -372,74 +252,28 @@ def _check_tasks(tasks: tuple[dict, ...], run: bool) -> None:
         load_task(task, splits)
 
 
-def check_optimizer(name: str, options: dict) -> None:
-    """The optimizer exists and its constructor accepts every option (its signature is the schema)."""
-    from evogm.search import OPTIMIZERS
-
-    if name not in OPTIMIZERS:
-        raise EvogmError(f"search.optimizer {name!r} is unknown",
-                         did_you_mean(name, OPTIMIZERS, "no optimizer like it"),
-                         f"choose one of {', '.join(sorted(OPTIMIZERS))}")
-    params = inspect.signature(OPTIMIZERS[name]).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    valid = [p for p in params if p not in ("self", "dim", "popsize", "seed")]
-    for key in options:
-        if key not in valid:
-            raise EvogmError(f"search.options.{key} is not an option of optimizer {name!r}",
-                             did_you_mean(key, valid, "no option like it"),
-                             f"its options: {', '.join(valid) or 'none'}")
-
-
-def optimizer_defaults(name: str) -> dict[str, Any]:
-    """The optimizer constructor's keyword defaults, popsize included (for the resolved config.yaml)."""
-    from evogm.search import OPTIMIZERS
-
-    params = inspect.signature(OPTIMIZERS[name]).parameters.values()
-    return {p.name: _plain(p.default) for p in params if p.name not in ("self", "dim", "seed")
-            and p.default is not inspect.Parameter.empty and _is_plain(p.default)}
-
-
-def options_as_run(name: str, options: dict) -> dict:
-    """A saved run's optimizer options with every option it predates filled in (popsize aside): at the
-    value the option had before its default changed (the optimizer's FORMER_DEFAULTS), else at its
-    default, which keeps the behaviour from before the option existed."""
-    from evogm.search import OPTIMIZERS
-
-    defaults = {k: v for k, v in optimizer_defaults(name).items() if k != "popsize"}
-    return {**defaults, **getattr(OPTIMIZERS[name], "FORMER_DEFAULTS", {}), **options}
-
-
-def _is_plain(value) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str)) or (
-        isinstance(value, (list, tuple)) and all(_is_plain(v) for v in value))
-
-
 # --- resolving defaults -------------------------------------------------------------------------
 
 
 def resolve(cfg: RunConfig, output) -> RunConfig:
     """Every default made explicit (popsize, the optimizer's options, the budget), as config.yaml saves it;
     `output` is the run directory."""
-    defaults = optimizer_defaults(cfg.search.optimizer)
-    popsize = cfg.search.popsize or defaults.pop("popsize", None) or 2 * len(cfg.models.experts) * cfg.models.groups
-    defaults.pop("popsize", None)
+    defaults = default_options(cfg.search.optimizer)
     options = {**defaults, **cfg.search.options}
     if "budget" in defaults and "budget" not in cfg.search.options and cfg.search.budget:
         options["budget"] = cfg.search.budget  # an optimizer that plans by budget plans for this one
     if "groups" in defaults and "groups" not in cfg.search.options:
         options["groups"] = cfg.models.groups  # its start knows which coefficients belong to one expert
-    search = dataclasses.replace(cfg.search, popsize=popsize, options=options)
-    budget = search.budget or make_optimizer(dataclasses.replace(cfg, search=search)).budget
+    search = dataclasses.replace(cfg.search, popsize=cfg.search.popsize or POPSIZE, options=options)
+    budget = search.budget or build_optimizer(dataclasses.replace(cfg, search=search)).budget
     if not budget:
         raise EvogmError(f"optimizer {search.optimizer!r} plans no budget", "it has no schedule of its own",
                          "set search.budget (the number of evaluations)")
     return dataclasses.replace(cfg, output=str(output), search=dataclasses.replace(search, budget=int(budget)))
 
 
-def make_optimizer(cfg: RunConfig):
-    """The config's optimizer, built as every optimizer is: ``Cls(dim, *, popsize, seed, **options)``."""
-    from evogm.search import OPTIMIZERS
-
+def build_optimizer(cfg: RunConfig):
+    """The config's optimizer: one coefficient per expert and layer group."""
     dim = len(cfg.models.experts) * cfg.models.groups
-    return OPTIMIZERS[cfg.search.optimizer](dim, popsize=cfg.search.popsize, seed=cfg.seed, **cfg.search.options)
+    return make_optimizer(cfg.search.optimizer, dim, popsize=cfg.search.popsize, seed=cfg.seed,
+                          options=cfg.search.options)

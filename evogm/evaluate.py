@@ -18,7 +18,7 @@ from pathlib import Path
 
 from evogm.config import load_config
 from evogm.errors import EvogmError
-from evogm.scoring import fitness, score, scored_tasks
+from evogm.scoring import fitness, metric_key, score_task, scored_tasks
 from evogm.tasks import load_tasks
 from evogm.tasks.data import infer_type, read_task_file
 from evogm.weights import parse_weights
@@ -123,8 +123,7 @@ def score_each(model, tokenizer, tasks: list, split: str) -> tuple[dict[str, dic
     for task in tasks:
         start = time.perf_counter()
         try:
-            metrics = score(model, tokenizer, [task], split)
-            rows[task.name] = {key.split("/", 1)[1]: value for key, value in metrics.items()}
+            rows[task.name] = score_task(model, tokenizer, task, split)
         except EvogmError:
             raise
         except Exception as exc:  # noqa: BLE001 — a user gets one line, not a traceback
@@ -135,5 +134,5 @@ def score_each(model, tokenizer, tasks: list, split: str) -> tuple[dict[str, dic
 
 def weighted_mean(tasks: list, rows: dict[str, dict]) -> float:
     """The search's fitness of these scores: the objective's own rule (weighted mean of primaries)."""
-    metrics = {f"{name}/{k}": v for name, values in rows.items() for k, v in values.items()}
+    metrics = {metric_key(name, k): v for name, values in rows.items() for k, v in values.items()}
     return fitness(metrics, scored_tasks(tasks))

@@ -7,7 +7,7 @@ whatever order the rows finish in. `map` returns the Results in row order. A `th
 `map` (adaptive evaluation's cut-off, `evogm.adaptive`) is passed to the objective with every row.
 
 >>> from evogm.runlog import Result
->>> square = lambda x: Result(x=tuple(x), coefficients=tuple(x), loss=float((x ** 2).sum()))
+>>> square = lambda x: Result(coefficients=tuple(x), loss=float((x ** 2).sum()))
 >>> import numpy as np
 >>> [r.loss for r in LocalExecutor(lambda: square).map(np.array([[1.0], [2.0]]))]
 [1.0, 4.0]

@@ -1,8 +1,8 @@
 """What a run depends on: content hashes of its models' and task files, and its resolved config.
 
-Saved in the run directory when a run starts (`inputs.json`); a resume, or a comparison that would
-reuse the run, compares them with the inputs as they are now, so that one log never mixes scores of
-different experts, tasks or settings.
+Saved in the run directory when a run starts (`config.yaml`, `inputs.json`: `start`); a resume, or a
+comparison that would reuse the run, compares them with the inputs as they are now (`changed_inputs`,
+`check_unchanged`), so that one log never mixes scores of different experts, tasks or settings.
 
 >>> import tempfile, pathlib
 >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -18,11 +18,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from evogm.config import RunConfig, options_as_run, to_dict
-from evogm.search import OPTIMIZERS
+from evogm.config import RunConfig, dump_yaml, load_config, to_dict
+from evogm.errors import EvogmError
+from evogm.rundir import OUTPUTS, RunDir
+from evogm.runlog import read_json, write_atomic, write_json
 
 IGNORED_SUFFIXES = (".md",)  # a model card changes no weight
-
 
 ADAPTIVE_KEYS = ("evaluation", "confidence", "chunks", "keep", "bound")  # search.*: adaptive evaluation's settings
 
@@ -59,22 +60,10 @@ def input_paths(cfg: RunConfig) -> dict[str, Path]:
 
 
 def changes(saved: dict, now: dict) -> list[str]:
-    """What differs between two fingerprints, in words: changed files first, then config keys.
-
-    An optimizer option the saved run does not name, because the option came later, counts at the
-    value that run ran with (evogm.config.options_as_run)."""
+    """What differs between two fingerprints, in words: changed files first, then config keys."""
     files = sorted(set(saved["files"]) | set(now["files"]))
     changed = [f"the files of {key}" for key in files if saved["files"].get(key) != now["files"].get(key)]
-    return changed + _changed_keys(_with_later_options(saved["config"]), now["config"], "")
-
-
-def _with_later_options(config: dict) -> dict:
-    """The saved config with the options its optimizer has gained since, at their defaults."""
-    search = config.get("search")
-    if not isinstance(search, dict) or search.get("optimizer") not in OPTIMIZERS:
-        return config
-    options = options_as_run(search["optimizer"], search.get("options") or {})
-    return {**config, "search": {**search, "options": options}}
+    return changed + _changed_keys(saved["config"], now["config"], "")
 
 
 def _changed_keys(a, b, where: str) -> list[str]:
@@ -107,3 +96,54 @@ def file_hash(file: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# --- a run directory's record of its inputs -------------------------------------------------------
+
+
+def start(run_dir: RunDir, cfg: RunConfig, *, resume: bool, force: bool) -> None:
+    """A fresh run writes config.yaml and inputs.json; an existing run is resumed (if its inputs
+    are unchanged), or replaced only with force."""
+    if resume:
+        check_unchanged(run_dir, cfg)
+        return
+    if any((run_dir.path / name).exists() for name in OUTPUTS):
+        if not force:
+            state = "a finished run" if run_dir.finished() else "an unfinished run"
+            raise EvogmError(f"{run_dir.path} already holds {state}", "a run directory is never overwritten silently",
+                             f"resume it with `evogm run --resume {run_dir.path}`, pick another output, or pass --force")
+        run_dir.clear(cfg.task_names)
+    write_atomic(run_dir.config, dump_yaml(cfg))
+    write_json(run_dir.inputs, fingerprint(cfg))
+
+
+def read_config(run_dir: RunDir) -> RunConfig:
+    """The resolved config a run was started with, checked, as a RunConfig."""
+    if not run_dir.config.is_file():
+        raise EvogmError(f"{run_dir.path} holds no run to resume", f"{run_dir.config} not found",
+                         "give the run directory of a started run")
+    return load_config(run_dir.config)
+
+
+def changed_inputs(run_dir: RunDir, cfg: RunConfig) -> list[str]:
+    """What differs between the inputs the run started with and `cfg`'s now (resolved; [] when the
+    run has no inputs.json)."""
+    return changes(read_json(run_dir.inputs), fingerprint(cfg)) if run_dir.inputs.is_file() else []
+
+
+def changed_settings(run_dir: RunDir, cfg: RunConfig) -> list[str]:
+    """The config keys that differ between the run's start and `cfg` (resolved), files aside, so it
+    reads no weights ([] when the run has no inputs.json)."""
+    if not run_dir.inputs.is_file():
+        return []
+    saved = read_json(run_dir.inputs)["config"]
+    return changes({"config": saved, "files": {}}, {"config": settings(cfg), "files": {}})
+
+
+def check_unchanged(run_dir: RunDir, cfg: RunConfig) -> None:
+    """Refuse to go on with a run whose models, task files or config changed since it started."""
+    changed = changed_inputs(run_dir, cfg)
+    if changed:
+        raise EvogmError(f"{run_dir.path} was started with other inputs: {', '.join(changed)} changed",
+                         "going on would mix scores of different inputs in one log",
+                         "restore them, or start a new run (another output, or --force)")

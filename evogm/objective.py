@@ -68,7 +68,7 @@ class Objective:
             loss, error = flip(value), None
         except Exception as exc:  # noqa: BLE001 — inside a search a failure is data
             metrics, loss, error, partial, outcomes = {}, math.inf, _describe(exc), False, {}
-        return Result(tuple(x.ravel().tolist()), tuple(x.ravel().tolist()), loss, metrics,
+        return Result(tuple(x.ravel().tolist()), loss, metrics,
                       time.perf_counter() - start, error, items, partial, outcomes)
 
     def _score(self, model, threshold: Cutoff | None) -> tuple[dict, dict, bool, dict]:

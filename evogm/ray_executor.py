@@ -278,7 +278,7 @@ class WorkerDied(Exception):
 def failed(x: np.ndarray, error: str) -> Result:
     """A candidate that could not be evaluated: recorded as a failure, and the search goes on."""
     x = tuple(np.asarray(x, dtype=np.float64).ravel().tolist())
-    return Result(x, x, math.inf, error=error)
+    return Result(x, math.inf, error=error)
 
 
 def first_line(exc: Exception) -> str:

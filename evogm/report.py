@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from evogm.adaptive import items_scored
 from evogm.rundir import RunDir
-from evogm.runlog import flip, write_atomic
+from evogm.runlog import best_so_far, flip, write_atomic
 from evogm.scoring import MULTI_TASK
 
 LABELS = {"best": "best (search)", "initial_best": "initial best", "best_expert": "best single expert",
@@ -175,8 +175,7 @@ def _fmt(value) -> str:
 
 def plot_best_so_far(records: list[dict], path: Path) -> str:
     fitness = np.array([flip(r["loss"]) if r["loss"] is not None else np.nan for r in records])
-    full = np.where(np.array([bool(r.get("partial")) for r in records], dtype=bool), np.nan, fitness)
-    best = np.fmax.accumulate(np.where(np.isnan(full), -np.inf, full)) if len(fitness) else fitness
+    best = np.array([np.nan if v is None else v for v in best_so_far(records)])
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()
     ax.plot(np.arange(1, len(fitness) + 1), fitness, ".", alpha=0.4, label="evaluation")

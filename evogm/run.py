@@ -6,15 +6,15 @@ the final stage (`final`) scores test once, the static baselines, exports and re
 
 >>> from evogm.config import load_config
 >>> report = run(load_config("configs/zoo.yaml", ["output=runs/zoo"]))   # doctest: +SKIP
->>> report = run(RunDir("runs/zoo").read_config(), run_dir="runs/zoo", resume=True)   # doctest: +SKIP
+>>> report = run(read_config(RunDir("runs/zoo")), run_dir="runs/zoo", resume=True)   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from evogm import final
-from evogm.config import RunConfig, make_optimizer, resolve
+from evogm import final, inputs
+from evogm.config import RunConfig, build_optimizer, resolve
 from evogm.executors import make_executor
 from evogm.progress import Progress
 from evogm.rundir import RunDir
@@ -34,7 +34,7 @@ def run(cfg: RunConfig, *, run_dir=None, resume: bool = False, force: bool = Fal
     progress = progress or Progress()
     cfg = resolve(cfg, run_dir.path)
     with run_dir.lock():
-        run_dir.prepare(cfg, resume=resume, force=force)
+        inputs.start(run_dir, cfg, resume=resume, force=force)
         try:
             run_all(cfg, run_dir, progress)
         except BaseException:
@@ -72,7 +72,7 @@ def run_search(cfg: RunConfig, run_dir: RunDir, target: str, log: RunLog, progre
     executor = make_executor(cfg.executor.kind, objective_factory(cfg, target), **cfg.executor.options)
     experts = list(cfg.models.experts)
     try:
-        search(make_optimizer(cfg), executor, log, cfg.search.budget, progress=progress,
+        search(build_optimizer(cfg), executor, log, cfg.search.budget, progress=progress,
                title="search" if target == MULTI_TASK else f"search {target}",
                on_generation=lambda: run_dir.write_best(experts, log.records()),
                keep=(cfg.search.keep or cfg.search.popsize) if cfg.search.evaluation == "adaptive" else None)

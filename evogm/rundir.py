@@ -1,7 +1,8 @@
 """The run directory, in one place: its file names, its records, its best evaluation, its final files.
 
 The runner, the final stage, the report and the comparison all go through `RunDir`, so a file
-name is spelled once. A single-task run holds one sub-run directory per task (`sub(name)`).
+name is spelled once. A single-task run holds one sub-run directory per task (`sub(name)`). What a
+run was started with, and whether it may go on, is `evogm.inputs`'s.
 
 >>> import tempfile
 >>> d = RunDir(tempfile.mkdtemp())
@@ -14,7 +15,6 @@ name is spelled once. A single-task run holds one sub-run directory per task (`s
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import os
 import shutil
@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from evogm.errors import EvogmError
-from evogm.runlog import RunLog, flip, read_json, write_atomic, write_json
+from evogm.runlog import RunLog, flip, is_full, read_json, write_atomic, write_json
 
 CONFIG, LOG, BEST, FINAL = "config.yaml", "evaluations.jsonl", "best.json", "final.json"
 REPORT, MODEL, PLOTS, SUMMARY, INPUTS = "report.md", "model", "plots", "summary.json", "inputs.json"
@@ -63,21 +63,6 @@ class RunDir:
 
     def records(self) -> list[dict]:
         return self.runlog().records()
-
-    def read_config(self):
-        """The resolved config the run was started with (checked, as a RunConfig), with the optimizer
-        options it predates at the values it ran with."""
-        from evogm.config import load_config, options_as_run
-        from evogm.search import OPTIMIZERS
-
-        if not self.config.is_file():
-            raise EvogmError(f"{self.path} holds no run to resume", f"{self.config} not found",
-                             "give the run directory of a started run")
-        cfg = load_config(self.config)
-        if cfg.search.optimizer not in OPTIMIZERS:
-            return cfg
-        options = options_as_run(cfg.search.optimizer, cfg.search.options)
-        return dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, options=options))
 
     def saved_config(self) -> dict:
         """config.yaml as plain data; a single-task sub-run reads its parent's."""
@@ -124,51 +109,6 @@ class RunDir:
         logs = [self.log, *(self.sub(name).log for name in task_names)]
         return any(log.is_file() and log.stat().st_size > 0 for log in logs)
 
-    def prepare(self, cfg, *, resume: bool, force: bool) -> None:
-        """A fresh run writes config.yaml and inputs.json; an existing run is resumed (if its inputs
-        are unchanged), or replaced only with force."""
-        from evogm.config import dump_yaml
-        from evogm.inputs import fingerprint
-
-        if resume:
-            self.check_inputs(cfg)
-            return
-        if any((self.path / name).exists() for name in OUTPUTS):
-            if not force:
-                state = "a finished run" if self.finished() else "an unfinished run"
-                raise EvogmError(f"{self.path} already holds {state}",
-                                 "a run directory is never overwritten silently",
-                                 f"resume it with `evogm run --resume {self.path}`, pick another output, "
-                                 "or pass --force")
-            self.clear(cfg.task_names)
-        write_atomic(self.config, dump_yaml(cfg))
-        write_json(self.inputs, fingerprint(cfg))
-
-    def changed_inputs(self, cfg) -> list[str]:
-        """What differs between the inputs this run started with and `cfg`'s now (resolved; [] when the
-        run predates inputs.json)."""
-        from evogm.inputs import changes, fingerprint
-
-        return changes(read_json(self.inputs), fingerprint(cfg)) if self.inputs.is_file() else []
-
-    def changed_settings(self, cfg) -> list[str]:
-        """The config keys that differ between this run's start and `cfg` (resolved), files aside, so
-        it reads no weights ([] when the run predates inputs.json)."""
-        from evogm.inputs import changes, settings
-
-        if not self.inputs.is_file():
-            return []
-        saved = read_json(self.inputs)["config"]
-        return changes({"config": saved, "files": {}}, {"config": settings(cfg), "files": {}})
-
-    def check_inputs(self, cfg) -> None:
-        """Refuse to go on with a run whose models, task files or config changed since it started."""
-        changed = self.changed_inputs(cfg)
-        if changed:
-            raise EvogmError(f"{self.path} was started with other inputs: {', '.join(changed)} changed",
-                             "going on would mix scores of different inputs in one log",
-                             "restore them, or start a new run (another output, or --force)")
-
     def clear(self, task_names: list[str]) -> None:
         """Remove what a run writes (and only that), including single-task sub-directories."""
         for name in (*OUTPUTS, *task_names):
@@ -182,15 +122,14 @@ class RunDir:
 def best_entry(records: list[dict], experts: list[str]) -> dict:
     """The best full logged evaluation (first of equals), with its place in the log and λ per expert;
     a partial evaluation (adaptive evaluation stopped it) is never the best."""
-    ok = [(i, r) for i, r in enumerate(records)
-          if r["loss"] is not None and not r.get("error") and not r.get("partial")]  # a partial score is an estimate
+    ok = [(i, r) for i, r in enumerate(records) if is_full(r)]
     if not ok:
         raise EvogmError("no evaluation succeeded", records[0].get("error") if records else "the log is empty",
                          "see the error column of evaluations.jsonl")
     i, rec = min(ok, key=lambda item: item[1]["loss"])
     lam = np.asarray(rec["coefficients"]).reshape(len(experts), -1)
     return {"evaluation": i + 1, "gen": rec["gen"], "row": rec["row"], "fitness": flip(rec["loss"]),
-            "loss": rec["loss"], "metrics": rec["metrics"], "x": rec["x"], "coefficients": rec["coefficients"],
+            "loss": rec["loss"], "metrics": rec["metrics"], "coefficients": rec["coefficients"],
             "experts": {name: lam[e].tolist() for e, name in enumerate(experts)},
             "evaluations": len(records)}
 

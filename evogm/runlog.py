@@ -5,9 +5,9 @@ cuts it from the file so that the next append starts on a clean line). Resume re
 reports read them back. Other run-directory files are written atomically (`write_atomic`).
 
 >>> log = RunLog("/tmp/evogm-doctest.jsonl", fresh=True)
->>> log.append(record(0, 1, Result(x=(0.5,), coefficients=(0.5,), loss=-0.7, metrics={"add/accuracy": 0.7})))
->>> [r["loss"] for r in log.records()], to_result(log.records()[0]).fitness
-([-0.7], 0.7)
+>>> log.append(record(0, 1, Result(coefficients=(0.5,), loss=-0.7, metrics={"add/accuracy": 0.7})))
+>>> [r["loss"] for r in log.records()], to_result(log.records()[0]).fitness, is_full(log.records()[0])
+([-0.7], 0.7, True)
 """
 
 from __future__ import annotations
@@ -36,13 +36,12 @@ def flip(value: float) -> float:
 class Result:
     """One evaluation of one candidate.
 
-    >>> r = Result(x=(0.5, 0.5), coefficients=(0.5, 0.5), loss=-0.7, metrics={"add/accuracy": 0.7}, seconds=0.4)
+    >>> r = Result(coefficients=(0.5, 0.5), loss=-0.7, metrics={"add/accuracy": 0.7}, seconds=0.4)
     >>> r.ok, r.fitness
     (True, 0.7)
     """
 
-    x: tuple[float, ...]  # as asked by the optimizer
-    coefficients: tuple[float, ...]  # what was merged (flattened experts × groups)
+    coefficients: tuple[float, ...]  # λ as the optimizer asked and the merger merged (experts × groups, flat)
     loss: float  # −(weighted mean of task scores); inf if it failed
     metrics: dict[str, float] = field(default_factory=dict)  # "task/metric" → value, higher is better
     seconds: float = 0.0
@@ -111,7 +110,6 @@ def record(gen: int, row: int, result: Result) -> dict:
     return {
         "gen": gen,
         "row": row,
-        "x": [float(v) for v in result.x],
         "coefficients": [float(v) for v in result.coefficients],
         "metrics": {k: _finite(v) for k, v in result.metrics.items()},
         "loss": _finite(result.loss),  # null: failed (inf); JSON has no infinity
@@ -127,7 +125,6 @@ def record(gen: int, row: int, result: Result) -> dict:
 def to_result(rec: dict) -> Result:
     loss = rec["loss"]
     return Result(
-        x=tuple(rec["x"]),
         coefficients=tuple(rec["coefficients"]),
         loss=math.inf if loss is None else float(loss),
         metrics={k: (math.nan if v is None else v) for k, v in rec["metrics"].items()},
@@ -137,6 +134,31 @@ def to_result(rec: dict) -> Result:
         partial=bool(rec.get("partial", False)),
         outcomes=rec.get("outcomes", {}),
     )
+
+
+def is_full(rec: dict) -> bool:
+    """Whether a log record is a full, successful evaluation: a finite loss, no error, every dev item
+    scored (a partial one, stopped by adaptive evaluation, is an estimate: never a best, never data
+    for a cut-off or a curve).
+
+    >>> [is_full(r) for r in ({"loss": -0.5}, {"loss": None}, {"loss": -0.9, "partial": True})]
+    [True, False, False]
+    """
+    return rec.get("loss") is not None and not rec.get("error") and not rec.get("partial")
+
+
+def best_so_far(records: list[dict]) -> list[float | None]:
+    """The best full dev fitness after each evaluation (None until one succeeds).
+
+    >>> best_so_far([{"loss": None}, {"loss": -0.3}, {"loss": -0.9, "partial": True}, {"loss": -0.5}])
+    [None, 0.3, 0.3, 0.5]
+    """
+    curve, best = [], None
+    for rec in records:
+        if is_full(rec):
+            best = flip(rec["loss"]) if best is None else max(best, flip(rec["loss"]))
+        curve.append(best)
+    return curve
 
 
 def _finite(value: float) -> float | None:

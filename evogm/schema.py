@@ -79,6 +79,19 @@ def _scalar(kind, value, where: str):
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
+def plain(value):
+    """Plain data for YAML and JSON: tuples become lists, at any depth.
+
+    >>> plain({"sizes": (32, 32), "bounds": [(-1.0, 1.0)]})
+    {'sizes': [32, 32], 'bounds': [[-1.0, 1.0]]}
+    """
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
 def _type_error(where: str, expected: str, value) -> EvogmError:
     return EvogmError(f"config key {where} must be {expected}", f"got {value!r}", "fix its value")
 

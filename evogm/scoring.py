@@ -1,7 +1,8 @@
 """Scoring, written once: score tasks on a model, and turn their metrics into the fitness.
 
-The search's objective, the final stage (test split, static baselines) and `evogm eval` all call
-these two functions, so a score means the same everywhere. The optimization target is
+The search's objective, the final stage (test split, static baselines; `Scoring`) and `evogm eval`
+all call `score` and `fitness`, so a score means the same everywhere; a metric is keyed
+"task/metric" (`metric_key`) wherever it is stored. The optimization target is
 `MULTI_TASK` (every task, weighted mean of their primary metrics) or one task's name (that task's
 primary metric alone, whatever its weight).
 
@@ -32,6 +33,16 @@ from evogm.registry import did_you_mean
 MULTI_TASK = "multi_task"  # the target that scores every task; any other target is one task's name
 
 
+def metric_key(task: str, metric: str) -> str:
+    """The key of one task's metric in every metrics dict: "task/metric"."""
+    return f"{task}/{metric}"
+
+
+def primary_key(task) -> str:
+    """The key of the metric a task is searched on."""
+    return metric_key(task.name, task.primary)
+
+
 def scored_tasks(tasks: Sequence, target: str = MULTI_TASK) -> list:
     """The tasks a target scores: all of them (weights checked), or the one task it names."""
     tasks = list(tasks)
@@ -54,16 +65,54 @@ def scored_tasks(tasks: Sequence, target: str = MULTI_TASK) -> list:
 
 def score(model, tokenizer, tasks: Sequence, split: str) -> dict[str, float]:
     """{"task/metric": value} for every task on `split`, every metric higher-is-better."""
+    return {metric_key(task.name, key): value for task in tasks
+            for key, value in score_task(model, tokenizer, task, split).items()}
+
+
+def score_task(model, tokenizer, task, split: str) -> dict[str, float]:
+    """{metric: value} of one task on `split`."""
     model.eval()  # dropout off, whatever mode the merge left it in
-    metrics: dict[str, float] = {}
-    for task in tasks:
-        scores = task.evaluate(model, tokenizer, split)
-        metrics.update({f"{task.name}/{key}": float(value) for key, value in scores.items()})
-    return metrics
+    return {key: float(value) for key, value in task.evaluate(model, tokenizer, split).items()}
 
 
 def fitness(metrics: dict[str, float], tasks: Sequence, target: str = MULTI_TASK) -> float:
     """Weighted mean of the tasks' primary metrics (one task's target: its metric, whatever its weight)."""
     weights = np.array([task.weight if target == MULTI_TASK else 1.0 for task in tasks])
-    scores = np.array([metrics[f"{task.name}/{task.primary}"] for task in tasks], dtype=np.float64)
+    scores = np.array([metrics[primary_key(task)] for task in tasks], dtype=np.float64)
     return float(weights @ scores / weights.sum())
+
+
+class Scoring:
+    """Scores the resident model as it stands (after a merge or a static merge) on dev or test:
+    the final stage's scorer. `ws` holds the merger, the tokenizer and the tasks (`evogm.workspace`)."""
+
+    def __init__(self, ws, target: str):
+        self.tasks, self.target = scored_tasks(ws.tasks.values(), target), target
+        self.model, self.tokenizer = ws.merger.model, ws.models.tokenizer
+        self.primary = {t.name: primary_key(t) for t in self.tasks}
+        self._merger, self._memo = ws.merger, {}
+
+    def dev_items(self) -> dict[str, int]:
+        """Items each scored task has on dev (tasks from a data file; a Python fitness has none)."""
+        return {t.name: len(t.data.items("dev")) for t in self.tasks if hasattr(t, "data")}
+
+    def merged(self, coefficients, split: str) -> dict:
+        """The score of a task-arithmetic merge; a merge scored before (the best may be the initial
+        best, the uniform vector is in the first population) is not scored again."""
+        key = (tuple(float(c) for c in coefficients), split)
+        if key not in self._memo:
+            self._merger(np.asarray(coefficients, dtype=np.float64))
+            self._memo[key] = self.resident(split)
+        return self._memo[key]
+
+    def resident(self, split: str) -> dict:
+        """{"score": the search's fitness (weighted mean), "metrics": {"task/metric": value}}; a failure
+        (a user fitness that raises, say) is {"score": None, "metrics": {}, "error": its text}, so that
+        the final stage goes on and the report says what could not be scored."""
+        try:
+            metrics = score(self.model, self.tokenizer, self.tasks, split)
+            return {"score": fitness(metrics, self.tasks, self.target), "metrics": metrics}
+        except EvogmError:
+            raise
+        except Exception as exc:  # noqa: BLE001 — one candidate's failure must not lose the others' scores
+            return {"score": None, "metrics": {}, "error": f"{type(exc).__name__}: {exc}"}

@@ -114,7 +114,7 @@ def in_session(sid: int) -> list[int]:
 
 def drive(config: Path, log_path: Path, summary: Path) -> None:
     """The search of `config` on its Ray executor, logged to `log_path`; where it ran, to `summary`."""
-    from evogm.config import load_config, make_optimizer, resolve
+    from evogm.config import load_config, build_optimizer, resolve
     from evogm.executors import make_executor
     from evogm.runlog import RunLog
     from evogm.scoring import MULTI_TASK
@@ -128,7 +128,7 @@ def drive(config: Path, log_path: Path, summary: Path) -> None:
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         log = RunLog(log_path, fresh=True)
-        search(make_optimizer(cfg), executor, log, cfg.search.budget)
+        search(build_optimizer(cfg), executor, log, cfg.search.budget)
         log.close()
     summary.write_text(json.dumps({"started_on": started, "ended_on": sorted(set(executor.nodes.values())),
                                    "live_workers": len(executor.nodes),

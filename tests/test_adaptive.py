@@ -108,8 +108,8 @@ def test_the_cut_off_is_the_keep_th_best_full_evaluation():
 
 
 def test_a_partial_evaluation_is_never_the_best():
-    records = [{"gen": 0, "row": 0, "loss": -0.5, "x": [1.0], "coefficients": [1.0], "metrics": {}},
-               {"gen": 1, "row": 0, "loss": -0.9, "x": [2.0], "coefficients": [2.0], "metrics": {}, "partial": True}]
+    records = [{"gen": 0, "row": 0, "loss": -0.5, "coefficients": [1.0], "metrics": {}},
+               {"gen": 1, "row": 0, "loss": -0.9, "coefficients": [2.0], "metrics": {}, "partial": True}]
     assert best_entry(records, ["e"])["evaluation"] == 1
     with pytest.raises(EvogmError, match="no evaluation succeeded"):
         best_entry(records[1:], ["e"])
@@ -195,7 +195,7 @@ def run_records(out: Path, *extra: str) -> list[dict]:
 
 
 def test_an_adaptive_run_is_deterministic_and_its_best_is_a_full_evaluation(tmp_path):
-    keep = ("gen", "row", "x", "metrics", "loss", "items", "partial")
+    keep = ("gen", "row", "coefficients", "metrics", "loss", "items", "partial")
     a, b = (run_records(tmp_path / name) for name in ("a", "b"))
     assert [{k: r.get(k) for k in keep} for r in a] == [{k: r.get(k) for k in keep} for r in b]
     partial = [r for r in a if r.get("partial")]
@@ -277,10 +277,7 @@ def test_the_replay_benchmark_predicts_a_real_run_exactly(tmp_path):
     """benchmarks/adaptive_replay.py on a log scored in full (no cut-off ever) predicts the items a real
     adaptive run scores: with random search the candidates do not depend on the losses, so the real run
     asks the same ones and must stop exactly where the replay says."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from adaptive_replay import load, replay
+    from benchmarks.adaptive_replay import load, replay
 
     whole = run_records(tmp_path / "whole", "search.keep=1000000")
     assert not any(r.get("partial") for r in whole) and all(len(r["outcomes"]) == 10 for r in whole)
@@ -289,4 +286,4 @@ def test_the_replay_benchmark_predicts_a_real_run_exactly(tmp_path):
     scored, full = items_scored(real, {name: 24 for name in whole[0]["outcomes"]})
     assert predicted["stopped"] * len(real) == sum(bool(r.get("partial")) for r in real) > 0
     assert math.isclose(predicted["saving"], full / scored)
-    assert [r["x"] for r in real] == [r["x"] for r in whole]
+    assert [r["coefficients"] for r in real] == [r["coefficients"] for r in whole]

@@ -79,7 +79,7 @@ def test_a_result_records_the_merge_the_scores_and_the_loss(merger, models, task
     x = np.array([0.5, -0.25, 1.5])
     result = objective(x)
     assert isinstance(result, Result) and result.ok and result.error is None
-    assert result.x == (0.5, -0.25, 1.5) and result.coefficients == result.x
+    assert result.coefficients == (0.5, -0.25, 1.5)
     assert set(result.metrics) == {"mc/accuracy", "em/accuracy"}
     expected = (1.0 * result.metrics["mc/accuracy"] + 3.0 * result.metrics["em/accuracy"]) / 4.0
     assert result.loss == pytest.approx(-expected) and result.seconds > 0
@@ -100,7 +100,7 @@ def test_a_failing_user_function_is_data_and_the_next_evaluation_works(merger, m
     objective = Objective(merger, models.tokenizer, tasks)
     failed = objective(np.zeros(3))
     assert failed.loss == math.inf and not failed.ok and failed.metrics == {}
-    assert failed.error == "ValueError: the judge is down" and failed.x == (0.0, 0.0, 0.0)
+    assert failed.error == "ValueError: the judge is down" and failed.coefficients == (0.0, 0.0, 0.0)
     after = objective(np.zeros(3))
     assert after.ok and after.loss == -0.25 and after.metrics == {"judge/reward": 0.25, "judge/is_test": 0.0}
     no_primary = load_tasks([{"name": "judge", "type": "python", "function": f"{fitness_module}:unnamed"}])
@@ -127,7 +127,7 @@ def test_out_of_memory_non_finite_logits_and_bad_coefficients_are_data(merger, m
     exploded = objective(np.full(3, 1e30))  # finite λ, but the merged weights overflow
     assert exploded.loss == math.inf and exploded.error.startswith("FloatingPointError: non-finite logits in task")
     nan = objective(np.array([np.nan, 0.0, 0.0]))
-    assert nan.loss == math.inf and nan.error == "ValueError: coefficients must be finite" and math.isnan(nan.x[0])
+    assert nan.loss == math.inf and nan.error == "ValueError: coefficients must be finite" and math.isnan(nan.coefficients[0])
     assert objective(np.full(3, 0.5)).ok
 
 

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from paper_scale_build import TASK_SHAPES, VOCAB, build  # noqa: E402
+from benchmarks.paper_scale_build import TASK_SHAPES, VOCAB, build
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ def run_config(folder: Path) -> dict:
 
 def local_log(raw: dict, folder: Path) -> list[dict]:
     """The same search, uninterrupted, on the local executor in this process."""
-    from evogm.config import from_dict, make_optimizer, resolve
+    from evogm.config import from_dict, build_optimizer, resolve
     from evogm.executors import LocalExecutor
     from evogm.runlog import RunLog
     from evogm.scoring import MULTI_TASK
@@ -64,7 +64,7 @@ def local_log(raw: dict, folder: Path) -> list[dict]:
     log, threads = RunLog(folder / "evaluations.jsonl", fresh=True), torch.get_num_threads()
     torch.set_num_threads(1)  # as each Ray worker: on a busy machine two threads can be many times slower
     try:
-        search(make_optimizer(cfg), LocalExecutor(objective_factory(cfg, MULTI_TASK)), log, cfg.search.budget)
+        search(build_optimizer(cfg), LocalExecutor(objective_factory(cfg, MULTI_TASK)), log, cfg.search.budget)
     finally:
         torch.set_num_threads(threads)
     return log.records()
@@ -79,7 +79,7 @@ def wait_for_lines(path: Path, n: int, driver: subprocess.Popen, timeout: float 
 
 
 def by_row(records: list[dict]) -> dict[tuple[int, int], tuple]:
-    return {(r["gen"], r["row"]): (r["x"], r["coefficients"], r["loss"], r["metrics"], r["error"]) for r in records}
+    return {(r["gen"], r["row"]): (r["coefficients"], r["loss"], r["metrics"], r["error"]) for r in records}
 
 
 def test_a_search_spread_over_two_nodes_loses_no_evaluation_when_one_node_is_lost(cluster, tmp_path):

@@ -74,7 +74,7 @@ def executor(ray_instance, run_config):
 
 
 def same(a: list[Result], b: list[Result]) -> None:
-    assert [r.x for r in a] == [r.x for r in b]
+    assert [r.coefficients for r in a] == [r.coefficients for r in b]
     assert [r.loss for r in a] == [r.loss for r in b] and all(r.ok for r in a)
     assert [r.metrics for r in a] == [r.metrics for r in b]
 
@@ -112,7 +112,7 @@ class Crasher:
     def __call__(self, x: np.ndarray) -> Result:
         if x[0] > 100:
             os._exit(1)
-        return Result(tuple(x), tuple(x), float(np.sum((x - 0.3) ** 2)))
+        return Result(tuple(x), float(np.sum((x - 0.3) ** 2)))
 
 
 def test_a_candidate_that_kills_its_worker_twice_is_recorded_failed(ray_instance):
@@ -123,7 +123,7 @@ def test_a_candidate_that_kills_its_worker_twice_is_recorded_failed(ray_instance
             results = executor.map(xs)
         assert executor.restarts == 2 and len(said) == 2
         assert not results[2].ok and results[2].loss == math.inf and "died" in results[2].error
-        assert results[2].x == tuple(xs[2])
+        assert results[2].coefficients == tuple(xs[2])
         assert [r.loss for i, r in enumerate(results) if i != 2] == [float(np.sum((x - 0.3) ** 2)) for x in np.delete(xs, 2, 0)]
         assert executor.map(xs[:2])[1].ok  # and the search goes on
     finally:
@@ -146,7 +146,7 @@ def test_a_run_on_ray_resumes_a_local_runs_log_and_ends_the_same(ray_instance, r
 
     def by_row(run_dir):
         recs = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
-        return sorted((r["gen"], r["row"], r["x"], r["loss"]) for r in recs)
+        return sorted((r["gen"], r["row"], r["coefficients"], r["loss"]) for r in recs)
 
     assert by_row(on_ray) == by_row(local)
     best = [json.loads((d / "best.json").read_text()) for d in (local, on_ray)]
@@ -156,7 +156,7 @@ def test_a_run_on_ray_resumes_a_local_runs_log_and_ends_the_same(ray_instance, r
 def test_workers_score_lm_eval_tasks_as_the_local_executor(ray_instance, zoo_tiny, tmp_path: Path):
     """An lm-eval task (type: lm_eval) on a worker: set up there once, scored as the local executor scores it."""
     pytest.importorskip("lm_eval")
-    from lm_eval_zoo import write_harness_tasks
+    from evogm.zoo.harness_tasks import write_harness_tasks
 
     harness = write_harness_tasks(zoo_tiny, tmp_path / "harness", items=8)
     config = {"models": {"base": str(zoo_tiny / "base"),

@@ -29,7 +29,7 @@ from evogm.search.loop import search
 
 def result(x, loss, error=None) -> Result:
     metrics = {"t/acc": -loss if math.isfinite(loss) else 0.0}
-    return Result(x=tuple(x), coefficients=tuple(x), loss=loss, metrics=metrics, seconds=0.1, error=error)
+    return Result(coefficients=tuple(x), loss=loss, metrics=metrics, seconds=0.1, error=error)
 
 
 def test_log_round_trips_floats_exactly_and_failures_as_inf(tmp_path: Path):
@@ -38,7 +38,7 @@ def test_log_round_trips_floats_exactly_and_failures_as_inf(tmp_path: Path):
     log.append(record(0, 0, result(x, -0.123456789012345)))
     log.append(record(0, 1, result(x, math.inf, error="CUDA out of memory")))
     a, b = (to_result(r) for r in log.records())
-    assert a.x == tuple(x) and a.loss == -0.123456789012345 and a.ok
+    assert a.coefficients == tuple(x) and a.loss == -0.123456789012345 and a.ok
     assert b.loss == math.inf and not b.ok and b.error == "CUDA out of memory"
 
 
@@ -100,8 +100,8 @@ def test_resume_from_any_cut_point_repeats_nothing_and_ends_identically(tmp_path
         killed.write_text("".join(lines[:cut]) + lines[cut][:20])  # a partial record after the kill
         objective = run_loop(killed, budget)
         assert objective.calls == budget - cut, f"cut {cut}: logged rows were evaluated again"
-        resumed = [(r["gen"], r["row"], r["x"], r["loss"]) for r in RunLog(killed).records()]
-        expected = [(r["gen"], r["row"], r["x"], r["loss"]) for r in RunLog(whole).records()]
+        resumed = [(r["gen"], r["row"], r["coefficients"], r["loss"]) for r in RunLog(killed).records()]
+        expected = [(r["gen"], r["row"], r["coefficients"], r["loss"]) for r in RunLog(whole).records()]
         assert resumed == expected, f"cut {cut}"
 
 
@@ -152,7 +152,7 @@ def assert_sigkill_resumes(config: Path, tmp_path: Path) -> Path:
     assert 5 <= logged < budget and not (killed / "final.json").exists()  # killed inside the second generation or later
 
     assert cli(["run", "--resume", str(killed), "--quiet"]) == 0
-    keep = ("gen", "row", "x", "coefficients", "metrics", "loss", "error")
+    keep = ("gen", "row", "coefficients", "metrics", "loss", "error")
     assert [{k: r[k] for k in keep} for r in RunLog(killed / "evaluations.jsonl").records()] == \
            [{k: r[k] for k in keep} for r in RunLog(whole / "evaluations.jsonl").records()]
     assert json.loads((killed / "best.json").read_text()) == json.loads((whole / "best.json").read_text())
@@ -174,13 +174,14 @@ def stopped_run(zoo: Path, tmp_path_factory) -> Path:
     import shutil
 
     from evogm.config import load_config, resolve
+    from evogm.inputs import start
     from evogm.rundir import RunDir
 
     root = tmp_path_factory.mktemp("changed")
     shutil.copytree(zoo, root / "zoo")
     out = root / "run"
     cfg = resolve(load_config(root / "zoo" / "run.yaml", ["search.budget=4", *SHORT, f"output={out}"]), out)
-    RunDir(out).prepare(cfg, resume=False, force=False)
+    start(RunDir(out), cfg, resume=False, force=False)
     RunLog(out / "evaluations.jsonl").append(record(0, 0, result([0.5] * len(cfg.models.experts), -0.25)))
     return out
 
@@ -257,31 +258,51 @@ def test_a_second_process_in_a_working_run_directory_is_refused(zoo: Path, tmp_p
         first.wait()
 
 
-def test_a_run_from_before_an_option_resumes_with_the_value_it_ran_with(stopped_run: Path, tmp_path: Path):
-    """EvoGM+'s defaults for lengthscale, batch, round_start and gp_restarts changed after runs were saved without
-    them: such a run is read back (to resume, or to be reused by a comparison) at the values it ran
-    with, its former defaults, and a config with today's defaults counts as changed."""
+def test_an_archived_run_is_upgraded_once_by_a_script(stopped_run: Path, tmp_path: Path):
+    """A run saved before options were retired is refused by the library as it is, and read again
+    after benchmarks/upgrade_runs.py rewrote it; a run of a retired setting is removed."""
     import shutil
 
-    from evogm.config import load_config, resolve
+    from benchmarks.upgrade_runs import upgrade
+    from evogm.config import resolve
+    from evogm.inputs import changed_inputs, read_config
     from evogm.rundir import RunDir
-    from evogm.search.evogm_plus import EvoGMPlus
 
-    run = tmp_path / "run"
-    shutil.copytree(stopped_run, run)
-    later = ("warp", "lengthscale", "batch", "round_start", "start", "gp_restarts")  # options the oldest runs lack
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["search"]["optimizer"] == "evogm-plus"
-    config["search"]["options"] = {k: v for k, v in config["search"]["options"].items() if k not in later}
-    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    inputs = json.loads((run / "inputs.json").read_text())
-    inputs["config"]["search"]["options"] = config["search"]["options"]
-    (run / "inputs.json").write_text(json.dumps(inputs))
+    def archived(name: str, **retired) -> Path:
+        run = tmp_path / name
+        shutil.copytree(stopped_run, run)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        options = config["search"]["options"]
+        options["surrogate"] = options.pop("screen")
+        options.update({**dict(warp=True, sum_input=True, lengthscale="auto", gp_restarts=False,
+                               acquisition="thompson", dense_share=0.5, recombine=0.2, scale_shift=0.2,
+                               round_start="screened", start="hybrid"), **retired})
+        (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        inputs = json.loads((run / "inputs.json").read_text())
+        inputs["config"]["search"]["options"] = options
+        (run / "inputs.json").write_text(json.dumps(inputs))
+        records = [{**r, "x": r["coefficients"]} for r in RunLog(run / "evaluations.jsonl").records()]
+        (run / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return run
 
-    cfg = RunDir(run).read_config()
-    assert {k: cfg.search.options[k] for k in EvoGMPlus.FORMER_DEFAULTS} == EvoGMPlus.FORMER_DEFAULTS
-    assert cfg.search.options["warp"] is True and cfg.search.options["start"] == "hybrid"  # defaults since
-    assert RunDir(run).changed_inputs(resolve(cfg, run)) == []
-    today = resolve(load_config(run / "config.yaml"), run)
-    assert RunDir(run).changed_inputs(today) == [f"search.options.{k}"
-                                                 for k in ("batch", "gp_restarts", "lengthscale", "round_start")]
+    run = archived("current")
+    assert config_error(run) and "surrogate is not an option of optimizer 'evogm-plus'" in config_error(run)
+    assert upgrade(run, dry_run=False) == "upgraded" and upgrade(run, dry_run=False) == "already current"
+    cfg = read_config(RunDir(run))
+    assert cfg.search.options["screen"] is True and changed_inputs(RunDir(run), resolve(cfg, run)) == []
+    assert all("x" not in r for r in RunLog(run / "evaluations.jsonl").records())
+
+    retired = archived("retired", warp=False)
+    assert upgrade(retired, dry_run=True).startswith("removed: made with warp=False") and retired.exists()
+    assert upgrade(retired, dry_run=False).startswith("removed") and not retired.exists()
+
+
+def config_error(run: Path) -> str:
+    from evogm.inputs import read_config
+    from evogm.rundir import RunDir
+
+    try:
+        read_config(RunDir(run))
+    except EvogmError as exc:
+        return str(exc)
+    return ""

@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from evogm.cli import main as cli
-from evogm.rundir import RunDir
 from evogm.config import load_config
+from evogm.inputs import start
+from evogm.rundir import RunDir
 
 # A short EvoGM+ (2 rounds of 4 + 1·4 evaluations in generations of 4 rows, the budget cutting the
 # last generation to 2 rows) and a 2-point scale grid: seconds, not minutes.
@@ -56,13 +57,13 @@ def test_the_run_directory_holds_every_output(multi: Path):
 def test_the_log_has_every_evaluation_and_best_json_agrees(multi: Path):
     log = records(multi)
     assert len(log) == 14 and [r["gen"] for r in log].count(3) == 2  # the budget cut the last ask short
-    assert all(set(r) >= {"gen", "row", "x", "coefficients", "metrics", "loss", "seconds", "error"} for r in log)
+    assert all(set(r) >= {"gen", "row", "coefficients", "metrics", "loss", "seconds", "error"} for r in log)
     ok = [r for r in log if r["loss"] is not None]
     assert ok and all(r["error"] is None for r in ok)
     best = json.loads((multi / "best.json").read_text())
     top = min(ok, key=lambda r: r["loss"])
-    assert (best["x"], best["loss"], best["metrics"]) == (top["x"], top["loss"], top["metrics"])
-    assert log[best["evaluation"] - 1]["x"] == best["x"]
+    assert (best["coefficients"], best["loss"], best["metrics"]) == (top["coefficients"], top["loss"], top["metrics"])
+    assert log[best["evaluation"] - 1]["coefficients"] == best["coefficients"]
 
 
 def test_final_json_reports_dev_and_test_per_task_for_every_candidate(multi: Path):
@@ -124,8 +125,8 @@ def test_force_clears_only_the_run_files(tmp_path: Path, multi: Path):
     (out / "notes.txt").write_text("mine")
     cfg = load_config(multi / "config.yaml")
     with pytest.raises(Exception, match="already holds an unfinished run"):
-        RunDir(out).prepare(cfg, resume=False, force=False)
-    RunDir(out).prepare(cfg, resume=False, force=True)
+        start(RunDir(out), cfg, resume=False, force=False)
+    start(RunDir(out), cfg, resume=False, force=True)
     assert not (out / "evaluations.jsonl").exists() and (out / "notes.txt").exists() and (out / "config.yaml").exists()
 
 

@@ -6,6 +6,7 @@ tests/test_search_evogm.py keeps a run on the paper's defaults.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import numpy as np
@@ -13,8 +14,7 @@ import pytest
 import torch
 
 from evogm.errors import EvogmError
-from evogm.config import check_optimizer
-from evogm.search import OPTIMIZERS
+from evogm.search import OPTIMIZERS, check_options
 
 NAMES = sorted(OPTIMIZERS)
 # Interface tests: two generations per round for everyone; EvoGM's training barely matters here.
@@ -53,19 +53,22 @@ def drive(opt, loss_fn, evaluations, log=None):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_signature_is_the_config_schema(name):
+def test_the_options_dataclass_is_the_config_schema(name):
     cls = OPTIMIZERS[name]
     params = inspect.signature(cls).parameters
-    assert {"popsize", "seed", "rounds", "top_k"} <= set(params)
-    assert all(p.kind is p.KEYWORD_ONLY for n, p in params.items() if n != "dim")
-    assert isinstance(cls(4, popsize=6, seed=0).budget, int)
+    assert {"popsize", "seed"} <= set(params)
+    assert all(p.kind is p.KEYWORD_ONLY for n, p in params.items() if n not in ("dim", "options"))
+    assert {"rounds", "top_k"} <= {f.name for f in dataclasses.fields(cls.Options)}
+    assert cls.Options.__dataclass_params__.frozen
+    opt = cls(4, popsize=6, seed=0, rounds=2)
+    assert isinstance(opt.budget, int) and opt.options == cls.Options(rounds=2)
     with pytest.raises(TypeError):
         cls(4, popsize=6, seed=0, not_an_option=1)
 
 
 def test_unknown_name_suggests_the_closest():
     with pytest.raises(EvogmError, match="'cmaes'"):
-        check_optimizer("cma-es", {})
+        check_options("cma-es", {})
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,4 +1,4 @@
-"""EvoGM is the paper's algorithm (ALGORITHM.md): losses, split, population, rounds, ablations."""
+"""EvoGM is the paper's algorithm (docs/algorithm.md): losses, split, population, rounds, ablations."""
 
 from __future__ import annotations
 
@@ -188,23 +188,7 @@ def test_no_rounds_is_one_option_away_at_the_same_budget():
     np.testing.assert_allclose(a[4][:3], two_rounds.basis)  # round 2 starts from the elites
 
 
-def test_local_share_replaces_the_last_proposals_with_steps_around_the_incumbent():
-    paper = generations(EvoGM(3, popsize=6, seed=0, rounds=1, **TINY), 3)
-    opt = EvoGM(3, popsize=6, seed=0, rounds=1, local_share=0.5, **TINY)
-    local = generations(opt, 2)
-    np.testing.assert_array_equal(paper[0], local[0])
-    np.testing.assert_array_equal(paper[1][:3], local[1][:3])  # the generators' share is untouched
-    incumbent = paper[0][np.argmin(sphere(paper[0]))]
-    assert np.abs(local[1][3:] - incumbent).max() < 0.5  # σ starts at 0.1
-    assert not np.allclose(local[1][3:], paper[1][3:])
-    assert sphere(local[1][3:]).min() < sphere(paper[1][3:]).min()  # near the best, not the blend
-    improved = sphere(local[1][3:]).min() < sphere(paper[0]).min()
-    assert opt.strategy.local_sigma == pytest.approx(0.15 if improved else 0.07)  # (1+λ)-ES step control
-
-
 def test_bad_option_values_are_clear_errors():
-    with pytest.raises(EvogmError, match="local_share"):
-        EvoGM(3, popsize=6, seed=0, local_share=1.0)
     with pytest.raises(EvogmError, match="dual"):
         EvoGM(3, popsize=6, seed=0, generator="duel")
     with pytest.raises(EvogmError, match="winner_portion"):

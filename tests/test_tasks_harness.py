@@ -13,7 +13,7 @@ import yaml
 
 pytest.importorskip("lm_eval", reason="lm-eval is an optional extra: pip install 'evogm[lm-eval]'")
 
-from lm_eval_zoo import write_harness_tasks  # noqa: E402
+from evogm.zoo.harness_tasks import write_harness_tasks  # noqa: E402
 from test_resume import assert_sigkill_resumes  # noqa: E402
 
 from evogm.cli import main as cli  # noqa: E402

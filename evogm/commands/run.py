@@ -11,6 +11,7 @@ from pathlib import Path
 from evogm import run as runner
 from evogm.config import load_config
 from evogm.errors import EvogmError
+from evogm.inputs import read_config
 from evogm.progress import RichProgress
 from evogm.rundir import RunDir
 
@@ -34,7 +35,7 @@ def main(args) -> int:
         raise EvogmError("no config given", "", "run `evogm run CONFIG.yaml` or `evogm run --resume RUN_DIR`")
     display = RichProgress(quiet=args.quiet)
     if args.resume:
-        cfg = RunDir(args.resume).read_config()
+        cfg = read_config(RunDir(args.resume))
         already = RunDir(Path(args.resume).resolve()).finished()
         report = runner.run(cfg, run_dir=args.resume, resume=True, progress=display)
         display.console.print(f"{'already finished' if already else 'finished'}: {report}")

@@ -26,6 +26,7 @@ from evogm.errors import EvogmError
 from evogm.registry import did_you_mean
 
 Bounds = tuple[float, float]
+POPSIZE = 20  # P when the config leaves search.popsize out: the paper's (2N for its 10 experts)
 
 
 class Optimizer(Protocol):

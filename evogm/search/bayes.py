@@ -23,10 +23,12 @@ Optuna is an optional dependency (``pip install evogm[bo]``), imported when a ro
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from evogm.errors import EvogmError
-from evogm.search.base import Bounds, check_bounds, check_choice, check_positive, initial_population
+from evogm.search.base import POPSIZE, Bounds, check_bounds, check_choice, check_positive, initial_population
 from evogm.search.rounds import Rounds, round_share
 
 
@@ -68,48 +70,88 @@ class OptunaRound:
                 self.study.tell(trial, state=TrialState.FAIL)
 
 
+@dataclass(frozen=True)
+class BayesGPOptions:
+    """Optuna's GP sampler: ``batch`` trials per ask after the initial design (None: P; 1 is plain
+    sequential BO); ``deterministic=True`` tells it the objective has no noise; ``init`` as for PSO."""
+
+    budget: int = 160
+    rounds: int = 1
+    top_k: int | None = None
+    batch: int | None = None
+    init: str = "hybrid"  # hybrid | random
+    deterministic: bool = False
+    bounds: Bounds = (-1.0, 1.0)
+    groups: int = 1
+
+    def __post_init__(self):
+        _check(self)
+
+
+@dataclass(frozen=True)
+class BayesTPEOptions:
+    """Optuna's TPE sampler, multivariate by default (Optuna's advice for correlated parameters), with
+    the constant liar for batches; ``batch`` and ``init`` as for ``bo``."""
+
+    budget: int = 160
+    rounds: int = 1
+    top_k: int | None = None
+    batch: int | None = None
+    init: str = "hybrid"  # hybrid | random
+    multivariate: bool = True
+    bounds: Bounds = (-1.0, 1.0)
+    groups: int = 1
+
+    def __post_init__(self):
+        _check(self)
+
+
+def _check(options) -> None:
+    check_positive(batch=options.batch)
+    check_choice("init", options.init, ("hybrid", "random"))
+    check_bounds(options.bounds)
+
+
 class _Bayes(Rounds):
     """Shared constructor: the rounds wrapper around one Optuna study per round."""
 
-    def __init__(self, dim: int, make_sampler, *, popsize: int, seed: int, budget: int, rounds: int,
-                 top_k: int | None, batch: int | None, init: str, bounds: Bounds, groups: int):
-        check_positive(popsize=popsize, batch=batch)
-        check_choice("init", init, ("hybrid", "random"))
-        bounds = check_bounds(bounds)
+    def __init__(self, dim: int, make_sampler, *, popsize: int, seed: int, options):
+        check_positive(popsize=popsize)
+        o, bounds = options, check_bounds(options.bounds)
         start_round = lambda k, s: OptunaRound(k, sampler=make_sampler(s), popsize=popsize,
-                                               batch=batch or popsize, seed=s, init=init, bounds=bounds,
+                                               batch=o.batch or popsize, seed=s, init=o.init, bounds=bounds,
                                                groups=self.round_groups)
-        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
-                         round_budget=round_share(budget, rounds, popsize),
-                         start_round=start_round)
+        super().__init__(dim, seed=seed, rounds=o.rounds, top_k=o.top_k, groups=o.groups,
+                         round_budget=round_share(o.budget, o.rounds, popsize), start_round=start_round)
 
 
 class BayesGP(_Bayes):
     """GP-based Bayesian optimization: Optuna's ``GPSampler`` (Matérn 5/2 ARD kernel, log EI;
-    q-batch log EI for a batch). ``deterministic=True`` tells it the objective has no noise."""
+    q-batch log EI for a batch); ``options`` are the fields of ``BayesGPOptions``."""
 
-    def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, budget: int = 160, rounds: int = 1,
-                 top_k: int | None = None, batch: int | None = None, init: str = "hybrid",
-                 deterministic: bool = False, bounds: Bounds = (-1.0, 1.0), groups: int = 1):
+    Options = BayesGPOptions
+
+    def __init__(self, dim: int, *, popsize: int = POPSIZE, seed: int = 42, **options):
+        o = self.options = BayesGPOptions(**options)
+
         def make_sampler(s):
-            return _optuna().samplers.GPSampler(seed=s, n_startup_trials=1, deterministic_objective=deterministic,
+            return _optuna().samplers.GPSampler(seed=s, n_startup_trials=1, deterministic_objective=o.deterministic,
                                                 warn_independent_sampling=False)
 
-        super().__init__(dim, make_sampler, popsize=popsize, seed=seed, budget=budget, rounds=rounds,
-                         top_k=top_k, batch=batch, init=init, bounds=bounds, groups=groups)
+        super().__init__(dim, make_sampler, popsize=popsize, seed=seed, options=o)
 
 
 class BayesTPE(_Bayes):
-    """Tree-structured Parzen estimators: Optuna's ``TPESampler``, multivariate by default (the
-    setting Optuna's documentation recommends for correlated parameters), with the constant liar
-    for batches."""
+    """Tree-structured Parzen estimators: Optuna's ``TPESampler``; ``options`` are the fields of
+    ``BayesTPEOptions``."""
 
-    def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, budget: int = 160, rounds: int = 1,
-                 top_k: int | None = None, batch: int | None = None, init: str = "hybrid", multivariate: bool = True,
-                 bounds: Bounds = (-1.0, 1.0), groups: int = 1):
+    Options = BayesTPEOptions
+
+    def __init__(self, dim: int, *, popsize: int = POPSIZE, seed: int = 42, **options):
+        o = self.options = BayesTPEOptions(**options)
+
         def make_sampler(s):
-            return _optuna().samplers.TPESampler(seed=s, n_startup_trials=1, multivariate=multivariate,
-                                                 constant_liar=(batch or popsize) > 1)
+            return _optuna().samplers.TPESampler(seed=s, n_startup_trials=1, multivariate=o.multivariate,
+                                                 constant_liar=(o.batch or popsize) > 1)
 
-        super().__init__(dim, make_sampler, popsize=popsize, seed=seed, budget=budget, rounds=rounds,
-                         top_k=top_k, batch=batch, init=init, bounds=bounds, groups=groups)
+        super().__init__(dim, make_sampler, popsize=popsize, seed=seed, options=o)

@@ -17,12 +17,13 @@ loss of the generation (CMA-ES only uses ranks). pycma has no 1-D mode: a one-co
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import cma
 import numpy as np
 
 from evogm.errors import EvogmError
-from evogm.search.base import Bounds, check_bounds, check_choice, check_positive, failed_as_worst
+from evogm.search.base import POPSIZE, Bounds, check_bounds, check_choice, check_positive, failed_as_worst
 from evogm.search.rounds import Rounds, round_share
 
 
@@ -58,28 +59,44 @@ class CMAESRound:
             self.es.tell(list(self.asked), failed_as_worst(losses).tolist())
 
 
+@dataclass(frozen=True)
+class CMAESOptions:
+    """CMA-ES's options. ``x0="uniform"`` starts at the average merge (1/experts each; in later
+    rounds, the average of the elites), ``x0="center"`` at the middle of the box. ``sigma0`` is
+    pycma's initial step size in the box's units (about a quarter of its width is the usual advice).
+    ``budget`` is the planned number of evaluations; with ``rounds > 1`` each round gets an equal
+    share. ``pycma_popsize=True`` uses pycma's own population size for the round's dimension k,
+    4 + ⌊3 ln k⌋, instead of P (the library's recommendation, for a fair comparison)."""
+
+    budget: int = 160
+    rounds: int = 1
+    top_k: int | None = None
+    sigma0: float = 0.5
+    x0: str = "uniform"  # uniform | center
+    pycma_popsize: bool = False
+    bounds: Bounds = (-1.0, 1.0)
+    groups: int = 1
+
+    def __post_init__(self):
+        check_choice("x0", self.x0, ("uniform", "center"))
+        check_bounds(self.bounds)
+
+
 class CMAES(Rounds):
-    """CMA-ES (Sakana-style evolutionary merge search) over the coefficients.
+    """CMA-ES (Sakana-style evolutionary merge search) over the coefficients; ``options`` are the
+    fields of ``CMAESOptions``."""
 
-    ``x0="uniform"`` starts at the average merge (1/experts each; in later rounds, the average of the
-    elites), ``x0="center"`` at the middle of the box. ``sigma0`` is pycma's initial step size in
-    the same units as the box (about a quarter of its width is the usual advice). ``budget`` is the
-    planned number of evaluations; with ``rounds > 1`` each round gets an equal share.
-    ``pycma_popsize=True`` uses pycma's own population size for the round's dimension k,
-    4 + ⌊3 ln k⌋, instead of ``popsize`` (the library's recommendation, for a fair comparison).
-    """
+    Options = CMAESOptions
 
-    def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, budget: int = 160, rounds: int = 1,
-                 top_k: int | None = None, sigma0: float = 0.5, x0: str = "uniform",
-                 pycma_popsize: bool = False, bounds: Bounds = (-1.0, 1.0), groups: int = 1):
+    def __init__(self, dim: int, *, popsize: int = POPSIZE, seed: int = 42, **options):
         check_positive(popsize=popsize)
         if popsize < 2:
             raise EvogmError(f"popsize={popsize} is too small for CMA-ES", "it ranks at least two samples",
                              "use popsize ≥ 2")
-        check_choice("x0", x0, ("uniform", "center"))
-        bounds = check_bounds(bounds)
-        size = lambda k: 4 + int(3 * np.log(max(k, 2))) if pycma_popsize else popsize
-        start_round = lambda k, s: CMAESRound(k, popsize=size(k), seed=s, sigma0=sigma0, x0=x0, bounds=bounds,
+        o = self.options = CMAESOptions(**options)
+        bounds = check_bounds(o.bounds)
+        size = lambda k: 4 + int(3 * np.log(max(k, 2))) if o.pycma_popsize else popsize
+        start_round = lambda k, s: CMAESRound(k, popsize=size(k), seed=s, sigma0=o.sigma0, x0=o.x0, bounds=bounds,
                                              groups=self.round_groups)
-        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
-                         round_budget=round_share(budget, rounds, popsize), start_round=start_round)
+        super().__init__(dim, seed=seed, rounds=o.rounds, top_k=o.top_k, groups=o.groups,
+                         round_budget=round_share(o.budget, o.rounds, popsize), start_round=start_round)

@@ -16,9 +16,11 @@ Populations smaller than four draw r1, r2, r3 with repetition (a degenerate but 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from evogm.search.base import (Bounds, check_bounds, check_choice, check_fraction, check_positive,
+from evogm.search.base import (POPSIZE, Bounds, check_bounds, check_choice, check_fraction, check_positive,
                                initial_population)
 from evogm.search.rounds import Rounds, round_share
 
@@ -58,17 +60,35 @@ class DERound:
         return trial
 
 
-class DE(Rounds):
-    """Differential evolution over the coefficients; ``init`` as for PSO."""
+@dataclass(frozen=True)
+class DEOptions:
+    """DE's options: F = 0.5, CR = 0.9 (Storn & Price); ``init`` as for PSO."""
 
-    def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, budget: int = 160, rounds: int = 1,
-                 top_k: int | None = None, mutation: float = 0.5, crossover: float = 0.9,
-                 init: str = "hybrid", bounds: Bounds = (-1.0, 1.0), groups: int = 1):
+    budget: int = 160
+    rounds: int = 1
+    top_k: int | None = None
+    mutation: float = 0.5  # F
+    crossover: float = 0.9  # CR
+    init: str = "hybrid"  # hybrid | random
+    bounds: Bounds = (-1.0, 1.0)
+    groups: int = 1
+
+    def __post_init__(self):
+        check_choice("init", self.init, ("hybrid", "random"))
+        check_fraction(crossover=self.crossover)
+        check_bounds(self.bounds)
+
+
+class DE(Rounds):
+    """Differential evolution over the coefficients; ``options`` are the fields of ``DEOptions``."""
+
+    Options = DEOptions
+
+    def __init__(self, dim: int, *, popsize: int = POPSIZE, seed: int = 42, **options):
         check_positive(popsize=popsize)
-        check_choice("init", init, ("hybrid", "random"))
-        check_fraction(crossover=crossover)
-        bounds = check_bounds(bounds)
-        start_round = lambda k, s: DERound(k, popsize=popsize, seed=s, mutation=mutation, crossover=crossover,
-                                           init=init, bounds=bounds, groups=self.round_groups)
-        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
-                         round_budget=round_share(budget, rounds, popsize), start_round=start_round)
+        o = self.options = DEOptions(**options)
+        bounds = check_bounds(o.bounds)
+        start_round = lambda k, s: DERound(k, popsize=popsize, seed=s, mutation=o.mutation, crossover=o.crossover,
+                                           init=o.init, bounds=bounds, groups=self.round_groups)
+        super().__init__(dim, seed=seed, rounds=o.rounds, top_k=o.top_k, groups=o.groups,
+                         round_budget=round_share(o.budget, o.rounds, popsize), start_round=start_round)

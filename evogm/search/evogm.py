@@ -1,4 +1,4 @@
-"""EvoGM: the paper's learned evolutionary optimizer (ALGORITHM.md), behind ask/tell.
+"""EvoGM: the paper's learned evolutionary optimizer (docs/algorithm.md), behind ask/tell.
 
 >>> import numpy as np
 >>> opt = EvoGM(4, popsize=8, seed=0, iterations=2, steps=5, hidden_sizes=(16, 16))
@@ -22,8 +22,7 @@ Choices where the paper leaves room:
 - Failed evaluations (inf) are never winners and never elites; they stay in H as losers (their
   coefficient vectors are valid generator inputs), so they cannot poison the training set.
   If no row has a finite loss, the generators are not trained and the untrained G₋₊ proposes.
-- Asking past the planned budget continues iterating in the last round (more iterations of the
-  same loop, with the same generators when ``reset="round"``).
+- Asking past the planned budget continues iterating in the last round.
 - ``generator="single"`` trains G₋₊ alone with ``opt_scale · L_opt`` (no cycle term). The reference
   implementation adds its direct loss and the optimization loss, i.e. (1 + opt_scale) · L_opt;
   under Adam the two differ only through Adam's epsilon.
@@ -31,22 +30,15 @@ Choices where the paper leaves room:
   round; ``reset="iteration"`` (the paper's text) rebuilds them before every training. Iteration t
   of a round uses the same initialization seed in both modes when t = 0, so the options differ
   exactly where they say.
-
-Beyond the paper (off by default): ``local_share`` > 0 replaces that share of each iteration's
-proposals with Gaussian steps around the incumbent (the best row of H). The step σ starts at 0.1
-(a tenth of the box's half-width) each round and adapts like a (1+λ)-ES: ×1.5 after an iteration
-whose local steps beat the incumbent, ×0.7 after one whose steps did not (within [0.01, 0.5]).
-It adds the local refinement the generators lack when the winners'
-common direction is a blend worse than the incumbent (docs/results.md). At 0 nothing is drawn, so
-the paper's algorithm runs exactly as without the option.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from evogm.errors import EvogmError
-from evogm.search.base import (check_choice, check_fraction, check_positive, child_seed,
+from evogm.search.base import (POPSIZE, check_choice, check_fraction, check_positive, child_seed,
                                hybrid_population, ranking)
 from evogm.search.generators import PAPER_HIDDEN_SIZES, GeneratorPair
 from evogm.search.rounds import Rounds
@@ -70,18 +62,13 @@ def truncate(rows: np.ndarray, losses: np.ndarray, size: int):
     return rows[keep], losses[keep]
 
 
-LOCAL_SIGMA = (0.1, 0.01, 0.5)  # local steps' σ: start, floor, cap
-
-
 class EvoGMRound:
     """One EvoGM round in round coordinates; ``make_generators(seed)`` builds a GeneratorPair."""
 
     def __init__(self, dim: int, *, popsize: int, seed: int, winner_portion: float, steps: int,
-                 reset: str, make_generators, local_share: float = 0.0, groups: int = 1):
+                 reset: str, make_generators, groups: int = 1):
         self.dim, self.popsize, self.seed = dim, popsize, seed
         self.winner_portion, self.steps, self.reset = winner_portion, steps, reset
-        self.local_share, self.local_sigma = local_share, LOCAL_SIGMA[0]
-        self.local_asked = 0  # how many of the last proposals were local steps
         self.make_generators, self.groups = make_generators, groups
         self.rng = np.random.default_rng(seed)  # hybrid population, then training batches
         self.population = self.population_losses = None  # (P, k), (P,)
@@ -97,12 +84,7 @@ class EvoGMRound:
         generators = self._generators_for_iteration()
         if len(winners):
             self.last_loss = generators.train(winners, losers, steps=self.steps, rng=self.rng)
-        proposals = generators.propose(self.population)
-        self.local_asked = int(round(self.local_share * len(proposals))) if len(winners) else 0
-        if self.local_asked:  # winners[0] is the incumbent, the best row of H
-            steps = self.rng.normal(size=(self.local_asked, self.dim)) * self.local_sigma
-            proposals[-self.local_asked:] = np.clip(winners[0] + steps, -1.0, 1.0)
-        return proposals
+        return generators.propose(self.population)
 
     def tell(self, xs: np.ndarray, losses: np.ndarray) -> None:
         self.history_rows = np.vstack([self.history_rows, xs])
@@ -110,9 +92,6 @@ class EvoGMRound:
         if self.population is None:
             self.population, self.population_losses = xs, losses
             return
-        if self.local_asked:  # step-size control of the local steps
-            improved = losses[-self.local_asked:].min() < self.history_losses[:-len(losses)].min()
-            self.local_sigma = float(np.clip(self.local_sigma * (1.5 if improved else 0.7), *LOCAL_SIGMA[1:]))
         self.iteration += 1
         self.population, self.population_losses = truncate(
             np.vstack([self.population, xs]), np.concatenate([self.population_losses, losses]), self.popsize)
@@ -124,8 +103,9 @@ class EvoGMRound:
         return self.generators
 
 
-class EvoGM(Rounds):
-    """EvoGM with the paper's defaults (ALGORITHM.md, "Paper settings"); every ablation is one option.
+@dataclass(frozen=True)
+class EvoGMOptions:
+    """EvoGM's options, at the paper's settings (docs/algorithm.md); each of its ablations is one of them.
 
     ``rounds=1, iterations=7`` is "no rounds" at the same budget; ``generator="single"`` drops G₊₋
     and the cycle term; ``cycle_scale=0`` keeps both generators but drops the cycle term;
@@ -135,27 +115,43 @@ class EvoGM(Rounds):
     alone" sets all of an expert's coefficients; with one coefficient per expert it is the paper's.
     """
 
-    def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, rounds: int = 2, iterations: int = 3,
-                 top_k: int | None = None, winner_portion: float = 0.3,
-                 hidden_sizes: tuple[int, ...] = PAPER_HIDDEN_SIZES, lr: float = 1e-4, steps: int = 200,
-                 cycle_scale: float = 100.0, opt_scale: float = 1.0, generator: str = "dual",
-                 reset: str = "round", threads: int | None = 1, local_share: float = 0.0, groups: int = 1):
-        check_positive(popsize=popsize, iterations=iterations, steps=steps, threads=threads)
-        if not 0.0 <= local_share < 1.0:
-            raise EvogmError(f"local_share={local_share!r} is not allowed",
-                             "it is the share of each iteration's proposals made near the incumbent",
-                             "give a number in [0, 1); 0 is the paper's EvoGM")
-        check_choice("generator", generator, ("dual", "single"))
-        check_choice("reset", reset, ("round", "iteration"))
-        check_fraction(winner_portion=winner_portion)
+    rounds: int = 2  # R
+    iterations: int = 3  # T, per round
+    top_k: int | None = None  # K elites kept as the next round's experts; None: N
+    winner_portion: float = 0.3  # ρ
+    hidden_sizes: tuple[int, ...] = PAPER_HIDDEN_SIZES
+    lr: float = 1e-4
+    steps: int = 200  # Adam steps per iteration
+    cycle_scale: float = 100.0  # α_c
+    opt_scale: float = 1.0  # α_o
+    generator: str = "dual"  # dual | single
+    reset: str = "round"  # round (the reference implementation) | iteration (the paper's text)
+    threads: int | None = 1
+    groups: int = 1
+
+    def __post_init__(self):
+        check_positive(iterations=self.iterations, steps=self.steps, threads=self.threads)
+        check_choice("generator", self.generator, ("dual", "single"))
+        check_choice("reset", self.reset, ("round", "iteration"))
+        check_fraction(winner_portion=self.winner_portion)
+
+
+class EvoGM(Rounds):
+    """EvoGM with the paper's defaults; ``options`` are the fields of ``EvoGMOptions``."""
+
+    Options = EvoGMOptions
+
+    def __init__(self, dim: int, *, popsize: int = POPSIZE, seed: int = 42, **options):
+        check_positive(popsize=popsize)
+        o = self.options = EvoGMOptions(**options)
 
         def start_round(k: int, round_seed: int) -> EvoGMRound:
             make_generators = lambda s: GeneratorPair(
-                k, seed=s, hidden_sizes=tuple(hidden_sizes), dual=generator == "dual", lr=lr,
-                cycle_scale=cycle_scale, opt_scale=opt_scale, threads=threads)
-            return EvoGMRound(k, popsize=popsize, seed=round_seed, winner_portion=winner_portion,
-                              steps=steps, reset=reset, make_generators=make_generators,
-                              local_share=local_share, groups=self.round_groups)
+                k, seed=s, hidden_sizes=tuple(o.hidden_sizes), dual=o.generator == "dual", lr=o.lr,
+                cycle_scale=o.cycle_scale, opt_scale=o.opt_scale, threads=o.threads)
+            return EvoGMRound(k, popsize=popsize, seed=round_seed, winner_portion=o.winner_portion,
+                              steps=o.steps, reset=o.reset, make_generators=make_generators,
+                              groups=self.round_groups)
 
-        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
-                         round_budget=popsize * (1 + iterations), start_round=start_round)
+        super().__init__(dim, seed=seed, rounds=o.rounds, top_k=o.top_k, groups=o.groups,
+                         round_budget=popsize * (1 + o.iterations), start_round=start_round)

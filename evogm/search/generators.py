@@ -1,4 +1,4 @@
-"""EvoGM's two generators and their training, as ALGORITHM.md states them.
+"""EvoGM's two generators and their training, as the paper states them (docs/algorithm.md).
 
 Two MLPs of one shape map a coefficient vector to a coefficient vector,
 N → 128 → 256 → 256 → 256 → 128 → N, ReLU between layers, Tanh on the output. G₋₊ (``lose2win``)

@@ -8,7 +8,7 @@ the resumed run ends exactly where an uninterrupted one would have.
 >>> from evogm.executors import LocalExecutor
 >>> from evogm.runlog import Result, RunLog
 >>> from evogm.search import OPTIMIZERS
->>> square = lambda x: Result(tuple(x), tuple(x), float(np.sum(x ** 2)))
+>>> square = lambda x: Result(tuple(x), float(np.sum(x ** 2)))
 >>> log = RunLog(tempfile.mkdtemp() + "/evaluations.jsonl")
 >>> search(OPTIMIZERS["random"](2, popsize=4, seed=0), LocalExecutor(lambda: square), log, budget=10)
 >>> [r["gen"] for r in log.records()]
@@ -72,7 +72,7 @@ def evaluate_generation(executor, log: RunLog, gen: int, xs: np.ndarray, logged:
 def replayed(rec: dict, xs: np.ndarray, gen: int, log: RunLog) -> Result:
     """A logged evaluation, after checking the optimizer asked for the same row this time."""
     row = rec["row"]
-    if row >= len(xs) or not np.allclose(rec["x"], xs[row], rtol=1e-7, atol=1e-9):
+    if row >= len(xs) or not np.allclose(rec["coefficients"], xs[row], rtol=1e-7, atol=1e-9):
         raise EvogmError(f"{log.path}: generation {gen} row {row} differs from what the optimizer asks now",
                          "the config, the seed or the code changed since the run started",
                          "resume with the same evogm version, or start over with --force")

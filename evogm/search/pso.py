@@ -22,9 +22,11 @@ personal or global best; the global worst is the worst *finite* position seen.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from evogm.search.base import Bounds, check_bounds, check_choice, check_positive, initial_population
+from evogm.search.base import POPSIZE, Bounds, check_bounds, check_choice, check_positive, initial_population
 from evogm.search.rounds import Rounds, round_share
 
 
@@ -67,19 +69,40 @@ class PSORound:
         return v
 
 
-class PSO(Rounds):
-    """Particle swarm optimization; ``init="hybrid"`` seeds the swarm with the experts (one-hot),
-    the uniform merge and random vectors, as EvoGM's population; ``"random"`` is uniform."""
+@dataclass(frozen=True)
+class PSOOptions:
+    """PSO's options: the constriction-factor constants, no repulsion; ``init="hybrid"`` seeds the
+    swarm with the experts (one-hot), the uniform merge and random vectors, as EvoGM's population;
+    ``"random"`` is uniform."""
 
-    def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, budget: int = 160, rounds: int = 1,
-                 top_k: int | None = None, inertia: float = 0.729, cognitive: float = 1.49445,
-                 social: float = 1.49445, repel: float = 0.0, max_velocity: float = 0.5,
-                 init: str = "hybrid", bounds: Bounds = (-1.0, 1.0), groups: int = 1):
+    budget: int = 160
+    rounds: int = 1
+    top_k: int | None = None
+    inertia: float = 0.729
+    cognitive: float = 1.49445
+    social: float = 1.49445
+    repel: float = 0.0  # Model Swarms' global-worst term
+    max_velocity: float = 0.5  # of the box's width
+    init: str = "hybrid"  # hybrid | random
+    bounds: Bounds = (-1.0, 1.0)
+    groups: int = 1
+
+    def __post_init__(self):
+        check_choice("init", self.init, ("hybrid", "random"))
+        check_bounds(self.bounds)
+
+
+class PSO(Rounds):
+    """Particle swarm optimization; ``options`` are the fields of ``PSOOptions``."""
+
+    Options = PSOOptions
+
+    def __init__(self, dim: int, *, popsize: int = POPSIZE, seed: int = 42, **options):
         check_positive(popsize=popsize)
-        check_choice("init", init, ("hybrid", "random"))
-        bounds = check_bounds(bounds)
-        start_round = lambda k, s: PSORound(k, popsize=popsize, seed=s, inertia=inertia, cognitive=cognitive,
-                                            social=social, repel=repel, max_velocity=max_velocity,
-                                            init=init, bounds=bounds, groups=self.round_groups)
-        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k, groups=groups,
-                         round_budget=round_share(budget, rounds, popsize), start_round=start_round)
+        o = self.options = PSOOptions(**options)
+        bounds = check_bounds(o.bounds)
+        start_round = lambda k, s: PSORound(k, popsize=popsize, seed=s, inertia=o.inertia, cognitive=o.cognitive,
+                                            social=o.social, repel=o.repel, max_velocity=o.max_velocity,
+                                            init=o.init, bounds=bounds, groups=self.round_groups)
+        super().__init__(dim, seed=seed, rounds=o.rounds, top_k=o.top_k, groups=o.groups,
+                         round_budget=round_share(o.budget, o.rounds, popsize), start_round=start_round)

@@ -12,9 +12,11 @@ previous round's elites (the same rounds wrapper as every optimizer).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from evogm.search.base import Bounds, check_bounds, check_positive
+from evogm.search.base import POPSIZE, Bounds, check_bounds, check_positive
 from evogm.search.rounds import Rounds, round_share
 
 
@@ -32,14 +34,29 @@ class RandomRound:
         pass  # memoryless
 
 
-class RandomSearch(Rounds):
-    """Uniform random search; ``budget`` is only the planned number of evaluations (and how
-    rounds split it). Asking past it keeps sampling."""
+@dataclass(frozen=True)
+class RandomOptions:
+    """Random search's options; ``budget`` is only the planned number of evaluations (and how rounds
+    split it): asking past it keeps sampling."""
 
-    def __init__(self, dim: int, *, popsize: int = 20, seed: int = 42, budget: int = 160,
-                 rounds: int = 1, top_k: int | None = None, bounds: Bounds = (-1.0, 1.0)):
+    budget: int = 160
+    rounds: int = 1
+    top_k: int | None = None
+    bounds: Bounds = (-1.0, 1.0)
+
+    def __post_init__(self):
+        check_bounds(self.bounds)
+
+
+class RandomSearch(Rounds):
+    """Uniform random search; ``options`` are the fields of ``RandomOptions``."""
+
+    Options = RandomOptions
+
+    def __init__(self, dim: int, *, popsize: int = POPSIZE, seed: int = 42, **options):
         check_positive(popsize=popsize)
-        bounds = check_bounds(bounds)
-        super().__init__(dim, seed=seed, rounds=rounds, top_k=top_k,
-                         round_budget=round_share(budget, rounds, popsize),
+        o = self.options = RandomOptions(**options)
+        bounds = check_bounds(o.bounds)
+        super().__init__(dim, seed=seed, rounds=o.rounds, top_k=o.top_k,
+                         round_budget=round_share(o.budget, o.rounds, popsize),
                          start_round=lambda k, s: RandomRound(k, popsize=popsize, seed=s, bounds=bounds))

@@ -10,34 +10,24 @@ True
 >>> gp.thompson(rng.uniform(-1, 1, (200, 2)), 3, rng).shape   # 3 distinct picks from 200 candidates
 (3,)
 
-Matérn-5/2 kernel with one length scale per coordinate (ARD), a signal variance and a noise
-variance (the dev score of a merge is a sample mean, so its noise is real), fitted by maximizing
-the marginal likelihood (its gradient in closed form) with L-BFGS from three starts (smooth, short
-length scales, the last fit): from a single start the fit can end at a flat model that calls every
-difference noise (``restarts=False`` drops the short start once a last fit exists: fewer fits per
-ask). The length scales have the log-normal prior that makes vanilla GPs work in dozens of dimensions
-(Hvarfner, Hellsten & Nardi, ICML 2024: location √2 + ½·log d, scale √3); ``lengthscale`` sets the
-prior's median instead, the same in every dimension (``lengthscale=1.0``: half the width of the box
-[−1, 1]). The dimension-scaled prior is meant for points spread over the whole box; the rows a
-screening search evaluates are steps around its best ones, and a length scale many times the box
-(about 26 at d = 40) makes the model's mean a trend it extrapolates across the box; on merges, whose
-scores do change slowly across the box, the long scales are the better model.
-``lengthscale="auto"`` fits both priors and keeps the fit whose leave-one-out means order the
-losses best, as ``warp="auto"`` does for the warp (both at once: all four fits). The losses are replaced
-by the normal scores of their ranks before fitting (``warp``): merge landscapes are mostly bad
-merges with a few good ones, a heavy tail a stationary GP fits badly, and only the order of the
-losses matters to the search. ``warp="auto"`` fits both the ranks' scores and the standardized
-losses and keeps the fit whose leave-one-out posterior means have the higher rank correlation with
-the losses (computed in closed form from the factorized kernel): the ranks stretch the best few
-losses apart, which costs precision on a smooth bowl, and the losses themselves let a heavy tail of
-bad merges dominate the fit; which of the two predicts held-out order better decides. Inputs are
-coefficients, used as they are. Everything runs in float64 on the CPU and draws its random numbers
-from the caller's numpy generator only, so it is reproducible.
+The model, and why each part (docs/algorithm.md has the measurements):
+- Matérn-5/2 kernel with one length scale per coordinate (ARD), a signal and a noise variance (a
+  dev score is a sample mean: its noise is real), fitted by maximizing the marginal likelihood
+  (gradient in closed form) with L-BFGS.
+- Inputs: the coefficients, and their sum over √d with its own length scale. An ARD kernel only has
+  length scales along the axes; on a merge landscape the all-ones direction (task arithmetic's
+  global scale, a component the experts share) matters most.
+- Targets: the normal scores of the losses' ranks. Merge landscapes are mostly bad merges with a few
+  good ones, a heavy tail a stationary GP fits badly, and only the order matters to the search.
+- Length scales: two log-normal priors are fitted at every refit, the dimension-scaled one that
+  makes vanilla GPs work in dozens of dimensions (Hvarfner, Hellsten & Nardi, ICML 2024: location
+  √2 + ½·log d, scale √3) and one centred at half the box; the fit whose leave-one-out means
+  order the losses best (closed form) is kept.
+- Starts: the prior's centre and the last fit (short length scales on the first fit): from a
+  single start the fit can end at a flat model that calls every difference noise.
 
-``sum_input=True`` gives the kernel one more input, the coefficients' sum over √d (the merge's
-position along the all-ones direction), with its own length scale: an ARD kernel only has length
-scales along the axes, and on a merge landscape the all-ones direction is where task arithmetic's
-global scale and a component the experts share both lie.
+Everything runs in float64 on the CPU and draws random numbers from the caller's numpy generator
+only, so it is reproducible.
 """
 
 from __future__ import annotations
@@ -72,14 +62,6 @@ def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(ra @ rb) / denominator if denominator else 0.0
 
 
-def _normal_pdf(z: np.ndarray) -> np.ndarray:
-    return np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
-
-
-def _normal_cdf(z: np.ndarray) -> np.ndarray:
-    return torch.special.ndtr(torch.as_tensor(z)).numpy()
-
-
 def matern52(a: torch.Tensor, b: torch.Tensor, lengthscales: torch.Tensor) -> torch.Tensor:
     """k(a, b) / σ² for rows of a and b: (1 + √5 r + 5r²/3) · exp(−√5 r), r the scaled distance."""
     d = torch.cdist(a / lengthscales, b / lengthscales).clamp_min(1e-12)
@@ -88,53 +70,42 @@ def matern52(a: torch.Tensor, b: torch.Tensor, lengthscales: torch.Tensor) -> to
 
 
 class GaussianProcess:
-    """fit(X, y) then predict / thompson; ``steps``: L-BFGS iterations per fit."""
+    """fit(X, y) then predict / thompson / descend; ``steps``: L-BFGS iterations per fit."""
 
     NOISE_FLOOR = 1e-4  # variance, in standardized units
-    SHORT = 1.0  # the median length scale lengthscale="auto" tries next to the dimension-scaled prior
+    SHORT = 1.0  # the second prior's median length scale: half the box [−1, 1]
 
-    def __init__(self, steps: int = 15, warp: bool | str = True, threads: int | None = 1, sum_input: bool = False,
-                 lengthscale: float | str | None = None, restarts: bool = True):
-        self.steps, self.warp, self.threads, self.sum_input = steps, warp, threads, sum_input
-        self.restarts = restarts  # False: once a fit exists, no start from short length scales
-        self.lengthscale = lengthscale  # the prior's median length scale; None: √2 + ½·log d in log space
+    def __init__(self, steps: int = 15, threads: int | None = 1):
+        self.steps, self.threads = steps, threads
         self.raw: torch.Tensor | None = None  # log length scales (d), log signal var, log noise var
-        self.last_raw: dict[tuple, torch.Tensor] = {}  # the last fit's parameters, per (warp, prior location)
+        self.last_raw: dict[float, torch.Tensor] = {}  # the last fit's parameters, per prior location
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "GaussianProcess":
+        """Fit with each length-scale prior; keep the fit whose held-out predictions rank best."""
         finite = np.isfinite(y)
         X, y = np.asarray(X, dtype=np.float64)[finite], np.asarray(y, dtype=np.float64)[finite]
         self.X = self._inputs(torch.as_tensor(X))
         scaled = math.sqrt(2.0) + 0.5 * math.log(self.X.shape[1])  # the dimension-scaled prior's location
-        if self.lengthscale == "auto":
-            locs = [scaled, math.log(self.SHORT)]
-        else:
-            locs = [math.log(self.lengthscale) if self.lengthscale else scaled]
-        warps = [True, False] if self.warp == "auto" else [bool(self.warp)]
         with torch_threads(self.threads):
-            if len(warps) * len(locs) > 1:  # every fit; keep the one whose held-out predictions rank best
-                fits = [(self._fit_to(y, warp, loc), self._held_out_order(y)) for warp in warps for loc in locs]
-                vars(self).update(max(fits, key=lambda fit: fit[1])[0])
-            else:
-                self._fit_to(y, warps[0], locs[0])
+            fits = [(self._fit_to(y, loc), self._held_out_order(y)) for loc in (scaled, math.log(self.SHORT))]
+            vars(self).update(max(fits, key=lambda fit: fit[1])[0])
         return self
 
-    def _fit_to(self, y: np.ndarray, warp: bool, prior_loc: float) -> dict:
-        """Fit the GP to y (to its rank scores with ``warp``), its length scales' prior centred on
-        exp(prior_loc); returns the fitted state."""
-        z = normal_scores(y) if warp else y
-        self.shift, self.scale, self.warped, self.prior_loc = float(z.mean()), float(z.std()) or 1.0, warp, prior_loc
+    def _fit_to(self, y: np.ndarray, prior_loc: float) -> dict:
+        """Fit the GP to y's rank scores, its length scales' prior centred on exp(prior_loc); returns
+        the fitted state."""
+        z = normal_scores(y)
+        self.shift, self.scale, self.prior_loc = float(z.mean()), float(z.std()) or 1.0, prior_loc
         self.y = torch.as_tensor((z - self.shift) / self.scale)
         dim = self.X.shape[1]
         starts = [torch.tensor([loc] * dim + [0.0, math.log(noise)], dtype=torch.float64)
                   for loc, noise in ((prior_loc, 0.1), (0.0, 0.01))]  # the prior's centre, and short length scales
-        last = self.last_raw.get((warp, prior_loc))
+        last = self.last_raw.get(prior_loc)
         if last is not None and len(last) == dim + 2:
-            starts = (starts if self.restarts else starts[:1]) + [last]
-        self.raw = self.last_raw[(warp, prior_loc)] = min((self._optimize(s) for s in starts),
-                                                          key=lambda fit: fit[0])[1]
+            starts = starts[:1] + [last]
+        self.raw = self.last_raw[prior_loc] = min((self._optimize(s) for s in starts), key=lambda fit: fit[0])[1]
         self._factorize()
-        return {k: getattr(self, k) for k in ("shift", "scale", "warped", "prior_loc", "y", "raw", "L", "alpha")}
+        return {k: getattr(self, k) for k in ("shift", "scale", "prior_loc", "y", "raw", "L", "alpha")}
 
     def _held_out_order(self, y: np.ndarray) -> float:
         """Rank correlation of the current fit's leave-one-out means (closed form) with the losses y."""
@@ -177,34 +148,6 @@ class GaussianProcess:
             chosen.append(int(next(i for i in order if i not in chosen)))
         return np.array(chosen)
 
-    def expected_improvement(self, Xc: np.ndarray, n: int) -> np.ndarray:
-        """Indices of ``n`` distinct candidates chosen greedily by expected improvement (below the
-        best observed loss), each pick added to the data at its posterior mean before the next
-        (the "kriging believer"), so a batch spreads out instead of repeating one point."""
-        Xc = np.asarray(Xc, dtype=np.float64)
-        X, y, L, alpha = self.X, self.y, self.L, self.alpha
-        chosen: list[int] = []
-        try:
-            for _ in range(n):
-                mean, sd = (v / self.scale for v in self.predict(Xc))  # standardized units
-                mean -= self.shift / self.scale
-                gain = (self.y.min().item() - mean) / sd
-                ei = sd * (gain * _normal_cdf(gain) + _normal_pdf(gain))
-                ei[chosen] = -np.inf
-                pick = int(np.argmax(ei))
-                chosen.append(pick)
-                picked = self._inputs(torch.as_tensor(Xc[pick : pick + 1]))
-                self._condition(torch.cat([self.X, picked]), torch.cat([self.y, torch.tensor([mean[pick]])]))
-        finally:
-            self.X, self.y, self.L, self.alpha = X, y, L, alpha
-        return np.array(chosen)
-
-    def _condition(self, X: torch.Tensor, y_standardized: torch.Tensor) -> None:
-        """The same kernel on other data (kernel inputs; no refit)."""
-        self.X, self.y = X, y_standardized
-        with torch_threads(self.threads):
-            self._factorize()
-
     def descend(self, starts: np.ndarray, steps: int = 20, bounds=(-1.0, 1.0)) -> np.ndarray:
         """Each start moved downhill on the posterior mean (projected gradient steps in the box)."""
         with torch_threads(self.threads):
@@ -220,9 +163,7 @@ class GaussianProcess:
         return x.detach().numpy()
 
     def _inputs(self, X: torch.Tensor) -> torch.Tensor:
-        """The kernel's inputs: the coefficients, and with ``sum_input`` their sum over √d."""
-        if not self.sum_input:
-            return X
+        """The kernel's inputs: the coefficients, and their sum over √d."""
         return torch.cat([X, X.sum(1, keepdim=True) / math.sqrt(X.shape[1])], dim=1)
 
     # --- fitting ---------------------------------------------------------------------------------

@@ -57,11 +57,24 @@ class TaskData:
                              f"add items to its {split!r} list, or remove the task")
 
 
+_PARSED: dict[tuple, TaskData] = {}  # (file, size, mtime) → its data: a file is parsed once per process
+
+
 def read_task_file(path: str | Path) -> TaskData:
+    """A task file's data, parsed once per process (the config check, the workspace and `evogm eval`
+    read the same files); a file changed on disk since is parsed again. Treat the items as read-only."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise EvogmError(f"task file not found: {path}", "",
                          "check the task's `path` (relative paths start at the current folder)")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _PARSED:
+        _PARSED[key] = _parse(path)
+    return _PARSED[key]
+
+
+def _parse(path: Path) -> TaskData:
     try:
         return _read_jsonl(path) if path.suffix == ".jsonl" else _read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import yaml
 
-from evogm.baselines import BASELINES
+from evogm.config import BASELINES
 from evogm.errors import EvogmError
 from evogm.scoring import MULTI_TASK
 from evogm.zoo import experts as expert_lib

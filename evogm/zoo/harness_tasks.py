@@ -1,5 +1,5 @@
 """lm-eval YAML tasks over a zoo's task files: a multiple-choice task and a generate-until task
-(`dataset_path: json` over local JSON Lines, nothing downloaded). Used by the tests and the benchmark.
+(`dataset_path: json` over local JSON Lines, nothing downloaded), to try `type: lm_eval` on the zoo.
 
 Fields are named (`doc_to_text: question`), not Jinja templates: lm-eval renders a template for every
 document on every evaluation, a cost a search would pay per candidate."""

@@ -1,0 +1,96 @@
+"""Archived benchmark runs, kept out of the source tree: tarballs on the repository's `runs-archive`
+branch, unpacked into runs/ where the benchmarks find (and reuse) them.
+
+    python -m benchmarks.archive list                       # the archives on the branch
+    python -m benchmarks.archive fetch                      # unpack every one into runs/
+    python -m benchmarks.archive fetch landscapes-quick     # one of them
+    python -m benchmarks.archive save landscapes-quick      # pack runs/landscapes-quick onto the branch
+
+The branch holds nothing but `NAME.tar.xz` files, one per folder of runs/, each written by `save` as
+one commit (git plumbing: no checkout, the working tree is not touched). Where a clone lacks the
+branch, `git fetch origin runs-archive:runs-archive` brings it; without it, every benchmark's own
+command runs its runs again (docs/results.md names them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs"
+BRANCH = "runs-archive"
+
+
+def git(*args: str, data: bytes | None = None) -> bytes:
+    result = subprocess.run(["git", "-C", str(ROOT), *args], input=data, capture_output=True)
+    if result.returncode:
+        raise SystemExit(f"git {' '.join(args)} failed: {result.stderr.decode().strip()}")
+    return result.stdout
+
+
+def branch_exists() -> bool:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q", BRANCH],
+                          capture_output=True).returncode == 0
+
+
+def archives() -> list[str]:
+    """The archives' names on the branch (without .tar.xz)."""
+    if not branch_exists():
+        raise SystemExit(f"no {BRANCH} branch in this clone: `git fetch origin {BRANCH}:{BRANCH}` brings it, "
+                         "or run the benchmarks' own commands to make the runs again (docs/results.md)")
+    names = git("ls-tree", "--name-only", BRANCH).decode().split()
+    return [n.removesuffix(".tar.xz") for n in names if n.endswith(".tar.xz")]
+
+
+def fetch(names: list[str]) -> None:
+    known = archives()
+    for name in names or known:
+        if name not in known:
+            raise SystemExit(f"no archive {name!r} on {BRANCH}: it holds {', '.join(known)}")
+        with tarfile.open(fileobj=io.BytesIO(git("show", f"{BRANCH}:{name}.tar.xz")), mode="r:xz") as tar:
+            tar.extractall(RUNS, filter="data")
+        print(f"{name}: unpacked into {RUNS / name}")
+
+
+def save(name: str) -> None:
+    """runs/NAME packed as NAME.tar.xz and committed onto the branch (which is made if missing)."""
+    folder = RUNS / name
+    if not folder.is_dir():
+        raise SystemExit(f"{folder} is not a folder of runs")
+    with tempfile.NamedTemporaryFile(suffix=".tar.xz") as tmp:
+        with tarfile.open(tmp.name, "w:xz") as tar:
+            tar.add(folder, arcname=name)
+        blob = git("hash-object", "-w", tmp.name).decode().strip()
+    entries = git("ls-tree", BRANCH).decode().splitlines() if branch_exists() else []
+    entries = [e for e in entries if not e.endswith(f"\t{name}.tar.xz")] + [f"100644 blob {blob}\t{name}.tar.xz"]
+    tree = git("mktree", data=("\n".join(entries) + "\n").encode()).decode().strip()
+    parent = ["-p", BRANCH] if branch_exists() else []
+    commit = git("commit-tree", tree, *parent, "-m", f"runs: {name}").decode().strip()
+    git("update-ref", f"refs/heads/{BRANCH}", commit)
+    print(f"{name}: saved on {BRANCH} ({commit[:10]})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="the archives on the branch")
+    f = sub.add_parser("fetch", help="unpack archives into runs/ (all of them by default)")
+    f.add_argument("names", nargs="*")
+    s = sub.add_parser("save", help="pack runs/NAME onto the branch")
+    s.add_argument("name")
+    args = parser.parse_args()
+    if args.action == "list":
+        print("\n".join(archives()))
+    elif args.action == "fetch":
+        fetch(args.names)
+    else:
+        save(args.name)
+
+
+if __name__ == "__main__":
+    main()
