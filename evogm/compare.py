@@ -127,6 +127,7 @@ def compare(config: str, *, methods, seeds: list[int], out, budget: int | None =
     `methods`: a spec string or list as `parse_methods` reads them, or Method objects."""
     from evogm import report_compare
 
+    _check_counts(seeds=len(seeds), workers=workers, budget=budget)
     out = Path(out).resolve()
     methods = methods if all(isinstance(m, Method) for m in methods) else parse_methods(methods)
     budget = budget or planned_budget(config, list(overrides), out)
@@ -135,6 +136,14 @@ def compare(config: str, *, methods, seeds: list[int], out, budget: int | None =
     summary = summarize(jobs, methods, budget)
     report_compare.write(out, summary)
     return summary
+
+
+def _check_counts(**counts) -> None:
+    """A comparison needs at least one seed, one worker and (if given) one evaluation per run."""
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise EvogmError(f"--{name} is {value}", f"a comparison needs at least one ({name})",
+                             f"give --{name} 1 or more")
 
 
 def planned_budget(config: str, overrides: list[str], out: Path) -> int:
@@ -190,7 +199,7 @@ def run_job(job: Job) -> str:
         if changed:
             runner.run(cfg, run_dir=job.run_dir, force=True)
             return f"ran again ({', '.join(changed)} changed)"
-        if run_dir.finished():
+        if run_dir.finished() and run_dir.exported():
             return "reused"
         runner.run(read_config(run_dir), run_dir=job.run_dir, resume=True)
         return "resumed"

@@ -169,9 +169,10 @@ def dump_yaml(cfg: RunConfig) -> str:
 def check(cfg: RunConfig, *, run: bool = True) -> None:
     """Everything that can be checked before loading a model: values, files, optimizer options; for
     a run also its output and the splits it scores (dev in the search, test at the end)."""
-    if run and not cfg.output:
-        raise EvogmError("config key output is missing", "a run writes its results into that directory",
-                         "add output: runs/NAME (or the override output=runs/NAME)")
+    if run:
+        _check_output(cfg)
+    if not 0 <= cfg.seed < 2**32:
+        raise EvogmError(f"seed is {cfg.seed}", "a seed is an integer in [0, 2³²)", "write seed=42")
     _check_choice("models.dtype", cfg.models.dtype, DTYPES)
     _check_choice("mode", cfg.mode, MODES)
     _check_choice("models.base_copy", cfg.models.base_copy, PLACES)
@@ -186,9 +187,9 @@ def check(cfg: RunConfig, *, run: bool = True) -> None:
     _check_number("search.popsize", cfg.search.popsize)
     _check_number("search.timeout", cfg.search.timeout)
     _check_adaptive(cfg.search)
-    _check_path("models.base", cfg.models.base)
+    _check_path("models.base", cfg.models.base, folder=True)
     for name, path in cfg.models.experts.items():
-        _check_path(f"models.experts.{name}", path)
+        _check_path(f"models.experts.{name}", path, folder=True)
     _check_tasks(cfg.tasks, run)
     check_options(cfg.search.optimizer, cfg.search.options)
 
@@ -219,10 +220,37 @@ def _check_number(key: str, value: float | None) -> None:
         raise EvogmError(f"{key} must be a positive number", f"got {value}")
 
 
-def _check_path(key: str, path: str) -> None:
-    if not Path(path).exists():
+def _check_path(key: str, path: str, *, folder: bool) -> None:
+    """The path exists and is a folder (`folder`) or a file."""
+    p = Path(path)
+    if not p.exists():
         raise EvogmError(f"{key}: {path} not found", "no such file or folder",
                          "fix the path (relative paths in a config file start at the file's folder)")
+    if p.is_dir() != folder:
+        want, got = ("a folder", "a file") if folder else ("a file", "a folder")
+        raise EvogmError(f"{key}: {path} is {got}", f"{key} names {want}",
+                         f"give the path of {want}" + (" (a model or adapter folder)" if folder else ""))
+
+
+def _check_output(cfg: RunConfig) -> None:
+    """A run writes a directory of its own: not a file, and neither inside an input (the base, an
+    expert, a task's folder of lm-eval YAML) nor holding one, which --force would clear."""
+    if not cfg.output:
+        raise EvogmError("config key output is missing", "a run writes its results into that directory",
+                         "add output: runs/NAME (or the override output=runs/NAME)")
+    out = Path(cfg.output).resolve()
+    if out.exists() and not out.is_dir():
+        raise EvogmError(f"output {cfg.output} is a file", "a run writes a directory",
+                         "choose another output (a new or existing directory)")
+    inputs = {"models.base": cfg.models.base, **{f"models.experts.{n}": p for n, p in cfg.models.experts.items()},
+              **{f"tasks.{t['name']}": t[k] for t in cfg.tasks for k in ("path", "include_path") if t.get(k)}}
+    for key, path in inputs.items():
+        path = Path(path).resolve()
+        if out == path or path in out.parents or out in path.parents:
+            where = "holds" if out in path.parents else "is inside"
+            raise EvogmError(f"output {cfg.output} {where} an input ({key}: {path})",
+                             "a run directory is cleared by --force and must not mix with its inputs",
+                             "choose an output outside every model folder and task file")
 
 
 def _check_tasks(tasks: tuple[dict, ...], run: bool) -> None:
@@ -248,7 +276,7 @@ def _check_tasks(tasks: tuple[dict, ...], run: bool) -> None:
             raise EvogmError(f"tasks.{i}.split is 'test'", "the test split is never used in the search")
         for key in ("path", "include_path"):
             if task.get(key) is not None:
-                _check_path(f"tasks.{i}.{key}", str(task[key]))
+                _check_path(f"tasks.{i}.{key}", str(task[key]), folder=key == "include_path")
         load_task(task, splits)
 
 

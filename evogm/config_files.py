@@ -24,6 +24,9 @@ NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")  # 1e-3, 2.5E4: num
 def read_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """A config file as a dict with absolute input paths. `include: OTHER.yaml` reads OTHER first
     (its paths relative to its own folder) and lays this file's keys over it (mappings merge)."""
+    if path.is_dir():
+        raise EvogmError(f"config {path} is a folder", "a run config is a YAML file",
+                         "give the path of a YAML run config (a zoo folder holds one: DIR/run.yaml)")
     if not path.is_file():
         raise EvogmError(f"config file {path} not found", "no such file", "give the path of a YAML run config")
     if path.resolve() in seen:

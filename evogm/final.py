@@ -20,6 +20,7 @@ from evogm import baselines, report
 from evogm.config import RunConfig
 from evogm.lora import EvogmWarning
 from evogm.rundir import RunDir, best_entry
+from evogm.runlog import read_json
 from evogm.scoring import Scoring
 from evogm.workspace import Workspace, workspace
 
@@ -46,6 +47,12 @@ def finalize(cfg: RunConfig, run_dir: RunDir, target: str, records: list[dict], 
     if failures:
         warnings.warn(f"the final stage could not score {len(failures)} candidate(s) ({failures[0]}); "
                       f"{run_dir.report} lists them", EvogmWarning, stacklevel=2)
+
+
+def export_again(cfg: RunConfig, run_dir: RunDir, progress) -> None:
+    """A finished run's model folder, exported again from its best.json (nothing is scored again)."""
+    progress.stage("export")
+    export(cfg, workspace(cfg), read_json(run_dir.best)["coefficients"], run_dir.model)
 
 
 def searched(entry: dict, scoring: Scoring) -> dict:

@@ -24,13 +24,20 @@ from evogm.rundir import OUTPUTS, RunDir
 from evogm.runlog import read_json, write_atomic, write_json
 
 IGNORED_SUFFIXES = (".md",)  # a model card changes no weight
+# what loading a model folder reads (transformers, PEFT, evogm): weights, configs, tokenizer files and
+# remote code; any other file in it (notes, training logs) changes nothing a run computes
+MODEL_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
+               "merges.txt", "chat_template.jinja", "chat_template.json", "preprocessor_config.json")
+MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".model", ".py", ".index.json")
 
 ADAPTIVE_KEYS = ("evaluation", "confidence", "chunks", "keep", "bound")  # search.*: adaptive evaluation's settings
 
 
 def fingerprint(cfg: RunConfig) -> dict:
     """{"config": the resolved config (without its output), "files": {input: sha256}} of a run."""
-    files = {key: folder_hash(path) if path.is_dir() else file_hash(path) for key, path in input_paths(cfg).items()}
+    files = {key: folder_hash(path, model=key.startswith("models.")) if path.is_dir() else file_hash(path)
+             for key, path in input_paths(cfg).items()}
     return {"config": settings(cfg), "files": files}
 
 
@@ -75,19 +82,21 @@ def _changed_keys(a, b, where: str) -> list[str]:
     return [] if a == b else [where.rstrip(".")]
 
 
-def folder_hash(folder: Path) -> str:
-    """sha256 over a model folder's files (names and contents; hidden files and model cards aside)."""
+def folder_hash(folder: Path, *, model: bool = False) -> str:
+    """sha256 over a folder's files (names and contents; hidden files and model cards aside); of a
+    model folder, only the files loading it reads (`MODEL_FILES`, `MODEL_SUFFIXES`)."""
     digest = hashlib.sha256()
-    for file in _files(folder):
+    for file in _files(folder, model):
         digest.update(f"{file.name}\0{file_hash(file)}\0".encode())
     return digest.hexdigest()
 
 
-def _files(folder: Path) -> list[Path]:
+def _files(folder: Path, model: bool = False) -> list[Path]:
     if not folder.is_dir():
         return []
     return [f for f in sorted(folder.iterdir())
-            if f.is_file() and not f.name.startswith(".") and f.suffix not in IGNORED_SUFFIXES]
+            if f.is_file() and not f.name.startswith(".") and f.suffix not in IGNORED_SUFFIXES
+            and (not model or f.name in MODEL_FILES or f.name.endswith(MODEL_SUFFIXES))]
 
 
 def file_hash(file: Path) -> str:
@@ -126,9 +135,11 @@ def read_config(run_dir: RunDir) -> RunConfig:
 
 
 def changed_inputs(run_dir: RunDir, cfg: RunConfig) -> list[str]:
-    """What differs between the inputs the run started with and `cfg`'s now (resolved; [] when the
-    run has no inputs.json)."""
-    return changes(read_json(run_dir.inputs), fingerprint(cfg)) if run_dir.inputs.is_file() else []
+    """What differs between the inputs the run started with and `cfg`'s now (resolved); a run whose
+    inputs.json is gone cannot show its inputs unchanged, and says so."""
+    if not run_dir.inputs.is_file():
+        return [f"its record of them ({run_dir.inputs.name} is missing)"]
+    return changes(read_json(run_dir.inputs), fingerprint(cfg))
 
 
 def changed_settings(run_dir: RunDir, cfg: RunConfig) -> list[str]:
@@ -142,6 +153,11 @@ def changed_settings(run_dir: RunDir, cfg: RunConfig) -> list[str]:
 
 def check_unchanged(run_dir: RunDir, cfg: RunConfig) -> None:
     """Refuse to go on with a run whose models, task files or config changed since it started."""
+    if not run_dir.inputs.is_file():
+        raise EvogmError(f"{run_dir.path} has no {run_dir.inputs.name}",
+                         "without the record of the inputs the run started with, a resume could mix scores of "
+                         "other models, tasks or settings in one log", "restore it, or start a new run "
+                         "(another output, or --force)")
     changed = changed_inputs(run_dir, cfg)
     if changed:
         raise EvogmError(f"{run_dir.path} was started with other inputs: {', '.join(changed)} changed",

@@ -59,8 +59,10 @@ def run_all(cfg: RunConfig, run_dir: RunDir, progress: Progress) -> None:
 
 def run_one(cfg: RunConfig, run_dir: RunDir, target: str, progress: Progress) -> None:
     """One full search for `target` (MULTI_TASK or a task name) in run_dir, then its final stage."""
-    if run_dir.finished():
-        return  # a single-task sub-run finished before a kill
+    if run_dir.finished():  # a single-task sub-run finished before a kill, or a run resumed once done
+        if not run_dir.exported():
+            final.export_again(cfg, run_dir, progress)  # its model/ was removed: made again, nothing re-scored
+        return
     log = run_dir.runlog()
     if len(log.records()) < cfg.search.budget:  # else only the final stage was cut short: no replay needed
         run_search(cfg, run_dir, target, log, progress)

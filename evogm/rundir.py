@@ -29,7 +29,7 @@ from evogm.runlog import RunLog, flip, is_full, read_json, write_atomic, write_j
 CONFIG, LOG, BEST, FINAL = "config.yaml", "evaluations.jsonl", "best.json", "final.json"
 REPORT, MODEL, PLOTS, SUMMARY, INPUTS = "report.md", "model", "plots", "summary.json", "inputs.json"
 OUTPUTS = (CONFIG, LOG, BEST, FINAL, REPORT, MODEL, PLOTS, SUMMARY, INPUTS)  # what a run writes (and --force removes)
-LOCK = ".lock"  # held (flock) by the process working in the run directory; the kernel frees it when that ends
+LOCK = ".lock"  # the pid of the process holding the run directory (the lock itself is on the folder)
 
 
 class RunDir:
@@ -56,7 +56,12 @@ class RunDir:
         return RunDir(self.path / name)
 
     def finished(self) -> bool:
+        """Its final stage ran (report.md is written last)."""
         return self.report.is_file()
+
+    def exported(self) -> bool:
+        """Its best merge is exported (a single-task run's top folder holds the summary instead)."""
+        return self.summary.is_file() or (self.model / "recipe.yaml").is_file()
 
     def runlog(self) -> RunLog:
         return RunLog(self.log)
@@ -86,23 +91,27 @@ class RunDir:
 
     @contextlib.contextmanager
     def lock(self):
-        """Hold the run directory for this process: another run or resume on it is refused meanwhile."""
+        """Hold the run directory for this process: another run or resume on it is refused meanwhile.
+        The lock is on the folder itself (flock), so no file a user deletes can free it; the kernel
+        frees it when the process ends, however it ends. `.lock` only names the holder's pid."""
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / LOCK, "a+") as f:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                f.seek(0)
-                raise EvogmError(f"{self.path} is in use by another evogm process (pid {f.read().strip() or '?'})",
+                holder = (self.path / LOCK).read_text().strip() if (self.path / LOCK).is_file() else ""
+                raise EvogmError(f"{self.path} is in use by another evogm process (pid {holder or '?'})",
                                  "two processes in one run directory would mix their evaluations in one log",
                                  f"wait for it to end (or stop it), then `evogm run --resume {self.path}`") from None
-            f.truncate(0)
-            f.write(str(os.getpid()))
-            f.flush()
+            with contextlib.suppress(OSError):  # the pid only names the holder in that message
+                (self.path / LOCK).write_text(str(os.getpid()))
             try:
                 yield self
             finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def started(self, task_names: list[str]) -> bool:
         """Whether some evaluation was logged (here, or in a single-task sub-run)."""

@@ -66,36 +66,58 @@ class RunLog:
         self.path = Path(path)
         if fresh and self.path.exists():
             self.path.unlink()
-        self._file = None
+        self._fd: int | None = None
 
     def records(self) -> list[dict]:
-        """Every complete record in order; a partial last line (a kill mid-write) is dropped."""
+        """Every evaluation once, in the search's order (generation, then row): a record logged twice
+        counts once (the first), and one evaluated again after a resume sits where the search asked
+        it, whatever its place in the file. A partial last line (a kill mid-write) is dropped."""
         if not self.path.exists():
             return []
         data = self.path.read_bytes()
         complete = data[: data.rfind(b"\n") + 1]
         if len(complete) != len(data):
             self._truncate(len(complete))
-        return [self._parse(line, i) for i, line in enumerate(complete.splitlines(), 1) if line.strip()]
+        parsed = [(i, self._parse(line, i)) for i, line in enumerate(complete.splitlines(), 1) if line.strip()]
+        once: dict[tuple[int, int], dict] = {}
+        for i, rec in parsed:
+            once.setdefault(self._place(rec, i), rec)
+        return [once[key] for key in sorted(once)]
 
     def append(self, rec: dict) -> None:
-        if self._file is None:
+        """Write one record whole, or not at all (a failed write, e.g. a full disk, is cut back)."""
+        line = (json.dumps(rec, allow_nan=False) + "\n").encode()
+        if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
-        self._file.write(json.dumps(rec, allow_nan=False) + "\n")  # one write: a kill leaves a prefix
-        self._file.flush()
-        os.fsync(self._file.fileno())
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(self._fd, line[written:])
+            os.fsync(self._fd)
+        except OSError as exc:
+            os.ftruncate(self._fd, start)
+            raise EvogmError(f"could not append to {self.path}", exc.strerror or str(exc),
+                             "free space on that disk (or fix it), then resume: evogm run --resume RUN_DIR") from None
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _truncate(self, size: int) -> None:
         with open(self.path, "r+b") as f:
             f.truncate(size)
             f.flush()
             os.fsync(f.fileno())
+
+    def _place(self, rec, number: int) -> tuple[int, int]:
+        """(generation, row) of a record: where the search asked it."""
+        if not isinstance(rec, dict) or not all(isinstance(rec.get(k), int) for k in ("gen", "row")):
+            raise EvogmError(f"{self.path} line {number} is not an evaluation record", "it has no generation and row",
+                             "the log was edited or corrupted; restore it or start over with --force")
+        return rec["gen"], rec["row"]
 
     def _parse(self, line: bytes, number: int) -> dict:
         try:
@@ -169,13 +191,19 @@ def _finite(value: float) -> float | None:
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write a whole file so that readers (and a kill) see the old or the new content, never half."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise EvogmError(f"could not write {path}", exc.strerror or str(exc),
+                         "free space on that disk (or fix its permissions), then run the command again "
+                         "(a run goes on where it stopped with evogm run --resume RUN_DIR)") from None
 
 
 def write_json(path: str | os.PathLike, data) -> None:

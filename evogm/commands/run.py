@@ -36,7 +36,8 @@ def main(args) -> int:
     display = RichProgress(quiet=args.quiet)
     if args.resume:
         cfg = read_config(RunDir(args.resume))
-        already = RunDir(Path(args.resume).resolve()).finished()
+        run_dir = RunDir(Path(args.resume).resolve())
+        already = run_dir.finished() and run_dir.exported()
         report = runner.run(cfg, run_dir=args.resume, resume=True, progress=display)
         display.console.print(f"{'already finished' if already else 'finished'}: {report}")
     else:
