@@ -21,6 +21,7 @@ import numpy as np
 
 from evogm.errors import EvogmError
 from evogm.runlog import Result
+from evogm.worker import ProcessWorker, WorkerDied, WorkerTimeout
 from evogm.ray_executor import RayExecutor  # imports ray only when one is built
 
 OnResult = Callable[[int, Result], None]
@@ -34,12 +35,23 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-class LocalExecutor:
-    """Evaluates rows one after another in this process, on the one resident model."""
+def evaluate(objective, x: np.ndarray, threshold: "Cutoff | None" = None) -> Result:
+    """`objective(x)`, with adaptive evaluation's cut-off when there is one (what a worker runs)."""
+    return objective(x) if threshold is None else objective(x, threshold=threshold)
 
-    def __init__(self, make_objective: ObjectiveFactory):
-        self._make_objective = make_objective
-        self._objective = None
+
+class LocalExecutor:
+    """Evaluates rows one after another on one resident model: in this process, or, with a time
+    limit (`search.timeout`), in one worker process that is stopped and replaced when a row runs
+    past it (`evogm.worker`)."""
+
+    def __init__(self, make_objective: ObjectiveFactory, *, timeout: float | None = None):
+        self._make_objective, self._objective, self.timeout = make_objective, None, timeout
+        self._worker = None
+        if timeout is not None:
+            import torch
+
+            self._worker = ProcessWorker(make_objective, timeout, threads=torch.get_num_threads())
 
     @property
     def objective(self):
@@ -49,17 +61,27 @@ class LocalExecutor:
 
     def map(self, xs: np.ndarray, on_result: OnResult | None = None, threshold: "Cutoff | None" = None) -> list[Result]:
         """Results in row order; `threshold` (adaptive evaluation's cut-off) goes to the objective when set."""
-        extra = {} if threshold is None else {"threshold": threshold}
         results = []
         for row, x in enumerate(np.asarray(xs, dtype=np.float64)):
-            result = self.objective(x, **extra)
+            result = self._evaluate(x, threshold)
             if on_result is not None:
                 on_result(row, result)
             results.append(result)
         return results
 
+    def _evaluate(self, x: np.ndarray, threshold) -> Result:
+        if self._worker is None:
+            return evaluate(self.objective, x, threshold)
+        try:
+            return self._worker.call(evaluate, x, threshold)
+        except WorkerTimeout as exc:
+            return Result.failed(x, f"TimeoutError: {exc}", seconds=self.timeout)
+        except WorkerDied as exc:
+            return Result.failed(x, f"WorkerDied: {exc}")
+
     def close(self) -> None:
-        pass
+        if self._worker is not None:
+            self._worker.close()
 
 
 # kind → executor class; plain dict, so a new executor is one entry (RayExecutor: next to LocalExecutor,
@@ -67,9 +89,11 @@ class LocalExecutor:
 EXECUTORS: dict[str, type] = {"local": LocalExecutor, "ray": RayExecutor}
 
 
-def make_executor(kind: str, make_objective: ObjectiveFactory, **options) -> Executor:
-    """The executor of `kind`, built with its options (the config's executor.options)."""
+def make_executor(kind: str, make_objective: ObjectiveFactory, *, timeout: float | None = None,
+                  **options) -> Executor:
+    """The executor of `kind`, built with its options (the config's executor.options) and the time
+    limit per evaluation (`search.timeout`)."""
     try:
-        return EXECUTORS[kind](make_objective, **options)
+        return EXECUTORS[kind](make_objective, timeout=timeout, **options)
     except TypeError as exc:
         raise EvogmError(f"executor.options do not fit executor {kind!r}", str(exc), "check executor.options") from None

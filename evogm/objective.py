@@ -6,19 +6,14 @@ that stop a search.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import signal
-import threading
 import time
-import warnings
 from typing import Callable, Sequence
 
 import numpy as np
 
 from evogm.adaptive import ChunkedScorer, Cutoff
-from evogm.lora import EvogmWarning
 from evogm.runlog import Result, flip
 from evogm.scoring import MULTI_TASK, fitness, score, scored_tasks
 
@@ -31,9 +26,9 @@ class Objective:
     `merger(coefficients)` writes θ₀ + Σ λτ into the model in place and returns it. The target is
     `MULTI_TASK` (loss = −weighted mean of every task's primary score) or one task's name (loss =
     −that task's primary score; only that task is run). Any exception while merging or scoring
-    (out of memory, non-finite logits, a user function's error) becomes a Result with loss = inf
-    and the error's text; so does an evaluation that runs past `timeout` seconds (a hung user
-    function: the timer interrupts Python code, not a single native call, which ends first).
+    (out of memory, non-finite logits, a user function's error, its SystemExit) becomes a Result
+    with loss = inf and the error's text. A time limit is the executor's (`evogm.worker`): only a
+    process can stop an evaluation that does not want to stop.
 
     The search sees the dev split only: there is no other split here. Test scores are made once,
     after the search, by the final stage and `evogm eval`, with `evogm.scoring` directly.
@@ -43,8 +38,8 @@ class Objective:
     """
 
     def __init__(self, merger: Callable, tokenizer, tasks: Sequence, *, target: str = MULTI_TASK,
-                 timeout: float | None = None, adaptive: dict | None = None):
-        self.merger, self.tokenizer, self.target, self.timeout = merger, tokenizer, target, timeout
+                 adaptive: dict | None = None):
+        self.merger, self.tokenizer, self.target = merger, tokenizer, target
         self.scored = scored_tasks(tasks, target)
         self.chunked = ChunkedScorer(self.scored, target, **adaptive) if adaptive else None
 
@@ -59,14 +54,13 @@ class Objective:
         x = np.asarray(x, dtype=np.float64)
         items, partial, outcomes = {}, False, {}
         try:
-            with deadline(self.timeout):
-                model = self.merger(x)
-                metrics, items, partial, outcomes = self._score(model, threshold)
+            model = self.merger(x)
+            metrics, items, partial, outcomes = self._score(model, threshold)
             value = fitness(metrics, self.scored, self.target)
             if not math.isfinite(value):
                 raise FloatingPointError(f"fitness is {value}")
             loss, error = flip(value), None
-        except Exception as exc:  # noqa: BLE001 — inside a search a failure is data
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 — inside a search a failure is data
             metrics, loss, error, partial, outcomes = {}, math.inf, _describe(exc), False, {}
         return Result(tuple(x.ravel().tolist()), loss, metrics,
                       time.perf_counter() - start, error, items, partial, outcomes)
@@ -77,31 +71,7 @@ class Objective:
         return self.chunked(model, self.tokenizer, threshold)
 
 
-@contextlib.contextmanager
-def deadline(seconds: float | None):
-    """Raise TimeoutError in this block after `seconds` (None: no limit). SIGALRM works in a process's
-    main thread only, where the local executor calls the objective; in another thread there is no
-    limit, and a warning says so."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        if seconds:
-            warnings.warn("search.timeout is not enforced: the objective runs outside the main thread",
-                          EvogmWarning, stacklevel=3)
-        yield
-        return
-
-    def expire(signum, frame):
-        raise TimeoutError(f"the evaluation took longer than {seconds:g} s (search.timeout)")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _describe(exc: Exception) -> str:
+def _describe(exc: BaseException) -> str:
     log.debug("evaluation failed", exc_info=exc)
     if _is_out_of_memory(exc):
         _release_device_memory()

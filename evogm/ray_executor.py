@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 import warnings
 from collections import Counter, deque
 from typing import Callable
@@ -72,8 +73,8 @@ class RayExecutor:
     threads) and `gpus_per_worker` GPUs (None: 1 when the cluster has GPUs, else 0).
     `workers=None`: as many as the cluster's CPUs (or GPUs) hold."""
 
-    def __init__(self, make_objective: Callable, *, address: str | None = None, workers: int | None = None,
-                 gpus_per_worker: float | None = None, cpus_per_worker: float = 1):
+    def __init__(self, make_objective: Callable, *, timeout: float | None = None, address: str | None = None,
+                 workers: int | None = None, gpus_per_worker: float | None = None, cpus_per_worker: float = 1):
         self._ray = ray = import_ray()
         connect(ray, address)
         self.gpus_per_worker = default_gpus(ray, gpus_per_worker)
@@ -89,6 +90,9 @@ class RayExecutor:
         self.evaluations: Counter = Counter()  # Ray node id → candidates evaluated there (answers received)
         self._actors: dict[int, object] = {}
         self._calls: dict[object, tuple[int, int | None]] = {}  # in flight: ref → (slot, row; None: a start)
+        self.timeout = timeout  # seconds per evaluation: a worker past it is stopped and replaced
+        self._deadlines: dict[object, float] = {}  # evaluation in flight → when it times out
+        self._expired: set = set()  # evaluations found past their deadline
         self._start_deaths: Counter = Counter()
         self._alive_at_launch: dict[int, set[str]] = {}  # slot → the nodes alive when its worker was launched
         self._idle: deque[int] = deque()
@@ -109,7 +113,9 @@ class RayExecutor:
             row, outcome = self._next()
             if row is None:
                 continue  # a worker started (or was replaced): it is idle now
-            if isinstance(outcome, WorkerDied):
+            if isinstance(outcome, TimedOut):
+                outcome = failed(xs[row], f"TimeoutError: {outcome}", seconds=self.timeout)
+            elif isinstance(outcome, WorkerDied):
                 deaths[row] += 1
                 if deaths[row] <= RETRIES:
                     waiting.appendleft(row)  # first in line for the next free worker
@@ -135,6 +141,7 @@ class RayExecutor:
             self._kill(actor)
         self._actors.clear()
         self._calls.clear()
+        self._deadlines.clear()
         self._idle.clear()
 
     # --- dispatch ---------------------------------------------------------------------------------
@@ -142,12 +149,21 @@ class RayExecutor:
     def _dispatch(self, xs: np.ndarray, waiting: deque, threshold: "Cutoff | None" = None) -> None:
         while waiting and self._idle:
             slot, row = self._idle.popleft(), waiting.popleft()
-            self._calls[self._actors[slot].evaluate.remote(xs[row], threshold)] = (slot, row)
+            ref = self._actors[slot].evaluate.remote(xs[row], threshold)
+            self._calls[ref] = (slot, row)
+            if self.timeout is not None:
+                self._deadlines[ref] = time.monotonic() + self.timeout
 
     def _next(self) -> tuple[int | None, object]:
-        """Wait for the first call to finish: (row, its Result or what went wrong); row None: a start."""
+        """Wait for the first call to finish: (row, its Result or what went wrong); row None: a start.
+        An evaluation past its deadline is answered TimedOut, its worker stopped and replaced."""
         ref = self._wait()
         slot, row = self._calls.pop(ref)
+        if self._deadlines.pop(ref, None) is not None and ref in self._expired:
+            self._expired.discard(ref)
+            self._replace(slot, row, None)
+            return row, TimedOut(f"it took longer than {self.timeout:g} s (search.timeout); its Ray worker was "
+                                 "stopped and a fresh one replaces it")
         try:
             value = self._ray.get(ref)
         except self._deaths as exc:
@@ -165,11 +181,22 @@ class RayExecutor:
         return row, value
 
     def _wait(self):
-        done, _ = self._ray.wait(list(self._calls), num_returns=1, timeout=PATIENCE_S)
-        if not done:
-            self._say_why_nothing_answers()
-            done, _ = self._ray.wait(list(self._calls), num_returns=1)
-        return done[0]
+        """The first call to finish, or the first evaluation past its deadline (marked expired)."""
+        patience = time.monotonic() + PATIENCE_S
+        while True:
+            first = min(self._deadlines.values(), default=math.inf)
+            limit = max(0.0, min(first, patience) - time.monotonic())
+            done, _ = self._ray.wait(list(self._calls), num_returns=1, timeout=limit)
+            if done:
+                return done[0]
+            now = time.monotonic()
+            late = [ref for ref, deadline in self._deadlines.items() if deadline <= now]
+            if late:
+                self._expired.add(late[0])
+                return late[0]
+            if now >= patience:
+                self._say_why_nothing_answers()
+                patience = now + PATIENCE_S
 
     def _say_why_nothing_answers(self) -> None:
         """A worker that waits for CPUs or GPUs held by other Ray work would wait silently: say so."""
@@ -188,13 +215,18 @@ class RayExecutor:
         self._actors[slot] = actor = self._new_actor()
         self._calls[actor.start.remote()] = (slot, None)
 
-    def _replace(self, slot: int, row: int | None, exc: Exception) -> None:
+    def _replace(self, slot: int, row: int | None, exc: Exception | None) -> None:
         """A dead worker's slot gets a fresh worker; one that dies while starting twice stops the run,
-        unless a node was lost since it was launched (the node's death, not the worker's)."""
+        unless a node was lost since it was launched (the node's death, not the worker's). `exc`
+        None: the worker was stopped here, past its time limit."""
         self._kill(self._actors[slot])
         self.pids.pop(slot, None)
         node = self.nodes.pop(slot, None)
         alive = alive_nodes(self._ray)
+        if exc is None:
+            self.restarts += 1
+            self._launch(slot, alive)
+            return
         node_lost = bool(self._alive_at_launch[slot] - alive)
         if row is None and not node_lost:
             self._start_deaths[slot] += 1
@@ -275,10 +307,11 @@ class WorkerDied(Exception):
     """A call's worker died (killed, out of memory, its node lost) before it answered."""
 
 
-def failed(x: np.ndarray, error: str) -> Result:
-    """A candidate that could not be evaluated: recorded as a failure, and the search goes on."""
-    x = tuple(np.asarray(x, dtype=np.float64).ravel().tolist())
-    return Result(x, math.inf, error=error)
+class TimedOut(Exception):
+    """A call ran past the time limit; its worker was stopped."""
+
+
+failed = Result.failed  # a candidate that could not be evaluated: recorded as a failure, the search goes on
 
 
 def first_line(exc: Exception) -> str:

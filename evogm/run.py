@@ -71,7 +71,8 @@ def run_one(cfg: RunConfig, run_dir: RunDir, target: str, progress: Progress) ->
 
 
 def run_search(cfg: RunConfig, run_dir: RunDir, target: str, log: RunLog, progress: Progress) -> None:
-    executor = make_executor(cfg.executor.kind, objective_factory(cfg, target), **cfg.executor.options)
+    executor = make_executor(cfg.executor.kind, objective_factory(cfg, target), timeout=cfg.search.timeout,
+                             **cfg.executor.options)
     experts = list(cfg.models.experts)
     try:
         search(build_optimizer(cfg), executor, log, cfg.search.budget, progress=progress,

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from evogm.errors import EvogmError
 
 
@@ -49,6 +51,12 @@ class Result:
     items: dict[str, int] = field(default_factory=dict)  # task → dev items scored (adaptive evaluation)
     partial: bool = False  # stopped before every dev item was scored: an estimate, never the run's best
     outcomes: dict[str, str] = field(default_factory=dict)  # task → per-item 0/1 outcomes (adaptive evaluation)
+
+    @classmethod
+    def failed(cls, coefficients, error: str, seconds: float = 0.0) -> "Result":
+        """A candidate that could not be evaluated (its worker timed out or died): data, not an error."""
+        return cls(tuple(float(v) for v in np.asarray(coefficients, dtype=np.float64).ravel()), math.inf,
+                   seconds=seconds, error=error)
 
     @property
     def ok(self) -> bool:

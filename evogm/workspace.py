@@ -69,4 +69,4 @@ def make_objective(cfg_data: dict, target: str):
         adaptive = {"chunks": cfg.search.chunks, "confidence": cfg.search.confidence, "seed": cfg.seed,
                     "bound": cfg.search.bound}
     return Objective(ws.merger, ws.models.tokenizer, list(ws.tasks.values()), target=target,
-                     timeout=cfg.search.timeout, adaptive=adaptive)
+                     adaptive=adaptive)
