@@ -262,18 +262,23 @@ def check_finite(name: str, key: str, tensor: torch.Tensor) -> None:
 
 
 def _adapter_tensors(folder: Path, name: str, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    file = folder / "adapter_model.safetensors"
+    """The adapter's tensors; a file without any is refused (merged, it would silently be the base)."""
+    file, pickled = folder / "adapter_model.safetensors", folder / "adapter_model.bin"
     if file.exists():
-        return load_safetensors(file)
-    pickled = folder / "adapter_model.bin"
-    if pickled.exists() and allow_pickle:
-        return torch.load(pickled, map_location="cpu", weights_only=True)
-    if pickled.exists():
+        tensors = load_safetensors(file)
+    elif pickled.exists() and allow_pickle:
+        file, tensors = pickled, torch.load(pickled, map_location="cpu", weights_only=True)
+    elif pickled.exists():
         raise EvogmError(f"adapter {name!r} has only pickled weights ({pickled.name})",
                          "pickle files can run arbitrary code when loaded",
                          "re-save it as safetensors, or pass --allow-pickle (allow_pickle: true) if you trust it")
-    raise EvogmError(f"no adapter_model.safetensors in {folder}", "a PEFT adapter folder needs its weights file",
-                     "point the expert at a folder saved with PEFT's save_pretrained")
+    else:
+        raise EvogmError(f"no adapter_model.safetensors in {folder}", "a PEFT adapter folder needs its weights file",
+                         "point the expert at a folder saved with PEFT's save_pretrained")
+    if not tensors:
+        raise EvogmError(f"adapter {name!r} file {file} holds no tensors", "an adapter without factors changes nothing",
+                         "re-save the adapter with PEFT's save_pretrained (an interrupted save?)")
+    return tensors
 
 
 @dataclass(frozen=True)

@@ -156,3 +156,9 @@ def test_modules_to_save_is_refused(bases, tmp_path):
     adapter = build_lora(bases["qwen2"], tmp_path / "a", seed=7, target_modules=["q_proj"], modules_to_save=["lm_head"])
     assert "base_model.model.lm_head.weight" in load_file(adapter / "adapter_model.safetensors")  # the full copy
     expect_error(bases["qwen2"], adapter, r"adapter 'a' sets modules_to_save=.*full copies, not low-rank")
+
+
+def test_an_adapter_file_without_tensors_is_refused(bases, tmp_path):
+    adapter = build_lora(bases["qwen2"], tmp_path / "a", seed=7, target_modules=["q_proj"])
+    save_file({}, adapter / "adapter_model.safetensors")
+    expect_error(bases["qwen2"], adapter, r"adapter 'a' file .*adapter_model.safetensors holds no tensors")
