@@ -131,6 +131,7 @@ def load_expert(name: str, path, model, *, base_path: str = "", allow_pickle: bo
     """An expert folder: a PEFT adapter (adapter_config.json) or a full fine-tune (config.json)."""
     folder = _model_folder(path, f"expert {name!r}")
     if (folder / "adapter_config.json").exists():
+        _check_one_expert(name, folder)
         factors = read_adapter(folder, model, name=name, base_path=base_path, allow_pickle=allow_pickle)
         return Expert(name, "lora", str(folder), factors=factors)
     if (folder / "config.json").exists():
@@ -138,6 +139,18 @@ def load_expert(name: str, path, model, *, base_path: str = "", allow_pickle: bo
     raise EvogmError(f"expert {name!r} at {folder} is neither a PEFT adapter nor a model folder",
                      "it has no adapter_config.json and no config.json",
                      "point it at a LoRA adapter folder or a Hugging Face model folder")
+
+
+def _check_one_expert(name: str, folder: Path) -> None:
+    """Refuse a folder holding both a PEFT adapter and a full model's weights: either could be the expert."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+    full = [f for f in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME) if (folder / f).exists()]
+    if full:
+        adapter = [f for f in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin") if (folder / f).exists()]
+        raise EvogmError(f"expert {name!r} folder {folder} holds both a PEFT adapter ({', '.join(adapter)}) and a full "
+                         f"model's weights ({', '.join(full)})", "evogm cannot tell which of the two is the expert",
+                         "put the adapter and the full model in separate folders and point the expert at the one you mean")
 
 
 def _full_deltas(name: str, folder: Path, model, allow_pickle: bool) -> dict[str, torch.Tensor]:

@@ -186,3 +186,16 @@ def test_cli_prints_one_line_and_exits_2(tiny_models, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("evogm merge: error: base model folder") and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_holding_an_adapter_and_a_full_model_is_ambiguous(tiny_models, tmp_path):
+    both = copy(tiny_models["lora_qv"], tmp_path / "both")
+    shutil.copy(tiny_models["full_all"] / "model.safetensors", both / "model.safetensors")
+    expect_error(tiny_models["base"], {"x": both}, r"expert 'x' folder .*both holds both a PEFT adapter \(adapter_config.json, "
+                                                   r"adapter_model.safetensors\) and a full model's weights "
+                                                   r"\(model.safetensors\): .*separate folders")
+    # a trainer's checkpoint files beside an adapter are not a model
+    checkpoint = copy(tiny_models["lora_qv"], tmp_path / "checkpoint-10")
+    torch.save({"step": 10}, checkpoint / "optimizer.pt")
+    torch.save({}, checkpoint / "training_args.bin")
+    assert load_models(tiny_models["base"], {"c": checkpoint}, device="cpu").experts[0].kind == "lora"
