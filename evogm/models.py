@@ -222,7 +222,12 @@ def _has_safetensors(folder: Path) -> bool:
 
 
 def _model_folder(path, what: str) -> Path:
+    """The folder a model or an adapter is loaded from; a path to a file in it, or to nothing, is one line."""
     folder = Path(path).expanduser()
+    if folder.is_file():
+        raise EvogmError(f"{what} path {folder} is a file, not a folder",
+                         "evogm loads a model or a PEFT adapter from the folder that holds its files",
+                         f"point it at the folder (e.g. {folder.parent})")
     if not folder.is_dir():
         raise EvogmError(f"{what} folder {folder} does not exist", "evogm loads models from local folders only",
                          "check the path (a Hugging Face model folder or a PEFT adapter folder)")

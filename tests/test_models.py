@@ -41,6 +41,14 @@ def test_missing_folder(tiny_models, tmp_path):
     expect_error(tiny_models["base"], {"x": tmp_path / "nope"}, "expert 'x' folder .* does not exist")
 
 
+def test_a_file_where_a_folder_is_expected_is_named_a_file(tiny_models):
+    adapter_file = tiny_models["lora_qv"] / "adapter_model.safetensors"
+    expect_error(tiny_models["base"], {"x": adapter_file},
+                 rf"expert 'x' path {re.escape(str(adapter_file))} is a file, not a folder: .*"
+                 rf"fix: point it at the folder \(e.g. {re.escape(str(tiny_models['lora_qv']))}\)")
+    expect_error(tiny_models["base"] / "model.safetensors", {}, "base model path .* is a file, not a folder")
+
+
 def test_missing_weights_file(tiny_models, tmp_path):
     base = copy(tiny_models["base"], tmp_path / "base")
     (base / "model.safetensors").unlink()
