@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 
 from evogm.errors import EvogmError
-from evogm.lora import LoraFactors, check_finite, damaged, load_safetensors, model_kind, read_adapter
+from evogm.lora import LoraFactors, check_finite, damaged, load_safetensors, model_kind, read_adapter, said
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ def load_models(
 
 
 def load_base(path, *, dtype=torch.float32, device=torch.device("cpu"), allow_pickle=False, trust_remote_code=False):
-    """The base model in eval mode on `device`, and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    """The base model in eval mode on `device`, and its tokenizer (checked first: it loads in a moment)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     folder = _model_folder(path, "base model")
     check_weights(folder, allow_pickle)
@@ -118,13 +118,34 @@ def load_base(path, *, dtype=torch.float32, device=torch.device("cpu"), allow_pi
     auto = AutoModelForSeq2SeqLM if is_encoder_decoder(config) else AutoModelForCausalLM
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        tokenizer = load_tokenizer(folder, trust_remote_code)
         model = auto.from_pretrained(
             folder, dtype=dtype, use_safetensors=True if _has_safetensors(folder) else None,
             trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     model.to(device).eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def load_tokenizer(folder: Path, trust_remote_code: bool = False):
+    """The base folder's tokenizer, which every command needs: to score tasks, and to save beside a merged model.
+
+    A folder without the tokenizer's files is refused: transformers would build an empty tokenizer
+    from the model type alone (Qwen2's holds 1 token) and every task would be scored on nothing. The
+    files are those transformers' tokenizer class reads (its `vocab_files_names`).
+    """
+    from transformers import AutoTokenizer
+
+    fix = "copy the tokenizer files of the model the base comes from (tokenizer.json, tokenizer_config.json, …) into it"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 — transformers raises ValueError, OSError, … for a missing or bad tokenizer
+        raise EvogmError(f"cannot load the tokenizer of {folder}", said(exc), fix) from None
+    files = sorted(set(type(tokenizer).vocab_files_names.values()))
+    if files and not any((folder / file).exists() for file in files):
+        raise EvogmError(f"no tokenizer files in {folder}", f"evogm needs the base's tokenizer to score tasks and to save "
+                         f"a merged model, and {type(tokenizer).__name__} reads {' or '.join(files)}", fix)
+    return tokenizer
 
 
 def load_expert(name: str, path, model, *, base_path: str = "", allow_pickle: bool = False) -> Expert:

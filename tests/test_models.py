@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import LORA_CONFIGS, build_base, build_lora
+from conftest import LORA_CONFIGS, build_base, build_lora, build_t5_base
 from evogm.cli import main
 from evogm.errors import EvogmError
 from evogm.lora import EvogmWarning
@@ -56,6 +56,34 @@ def test_missing_weights_file(tiny_models, tmp_path):
     adapter = copy(tiny_models["lora_qv"], tmp_path / "adapter")
     (adapter / "adapter_model.safetensors").unlink()
     expect_error(tiny_models["base"], {"a": adapter}, "no adapter_model.safetensors")
+
+
+@pytest.mark.parametrize("kept", [(), ("tokenizer_config.json",)])
+def test_a_base_without_its_tokenizer_files_is_refused(tiny_models, tmp_path, kept):
+    # transformers would build an empty Qwen2 tokenizer from config.json alone (1 or 5 tokens)
+    base = copy(tiny_models["base"], tmp_path / "base")
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        if file not in kept:
+            (base / file).unlink()
+    expect_error(base, {}, r"no tokenizer files in .*base: evogm needs the base's tokenizer .* reads merges.txt or "
+                           r"tokenizer.json or vocab.json; fix: copy the tokenizer files")
+
+
+def test_merge_without_a_tokenizer_is_one_line_and_writes_nothing(tiny_models, tmp_path, capsys):
+    base = copy(tiny_models["base"], tmp_path / "base")
+    (base / "tokenizer.json").unlink()
+    code = main(["merge", "--base", str(base), "--expert", f"a={tiny_models['lora_qv']}", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no tokenizer files in" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tokenizer_transformers_cannot_load_is_one_line(tmp_path):
+    base = build_t5_base(tmp_path / "t5")
+    (base / "tokenizer.json").unlink()  # T5's tokenizer_config.json alone: transformers raises a many-line ValueError
+    expect_error(base, {}, r"cannot load the tokenizer of .*t5: ValueError: Couldn't instantiate the backend tokenizer")
+    (base / "tokenizer_config.json").unlink()  # nothing: transformers builds a T5 tokenizer of sentinel tokens only
+    expect_error(base, {}, r"no tokenizer files in .*t5: .*T5Tokenizer reads spiece.model or tokenizer.json")
 
 
 def test_full_expert_of_another_architecture(tiny_models, other_base):
