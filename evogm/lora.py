@@ -56,6 +56,10 @@ NOT_APPLIED = {
     "megatron_config": "Megatron's parallel layers store the factors in another layout",
     "ensure_weight_tying": "the adapter's tied modules are not read as separate task vectors",
 }
+# init_lora_weights values with which PEFT, loading the adapter, first rewrites the base's weights from their own
+# decomposition (LoraLayer.update_layer): such an adapter's update is relative to that rewritten base, not to this one.
+# PEFT saves a converted adapter (path_initial_model_for_weight_conversion) with init_lora_weights=true instead.
+BASE_REWRITING_INITS = ("pissa", "corda", "olora", "loftq", "lora_ga")
 
 
 class EvogmWarning(UserWarning):
@@ -191,6 +195,12 @@ def _adapter_config(folder: Path, name: str) -> dict:
     if config.get("peft_type", "LORA") != "LORA":
         raise EvogmError(f"expert {name!r} is a {config['peft_type']} adapter", "evogm merges LoRA adapters and full fine-tunes",
                          "use a LoRA adapter")
+    init = str(config.get("init_lora_weights", "")).lower()
+    if init.startswith(BASE_REWRITING_INITS):
+        raise EvogmError(f"adapter {name!r} sets init_lora_weights={config['init_lora_weights']!r}",
+                         "PEFT loads it by first rewriting the base's weights from their decomposition, so its update "
+                         "is not s·B·A on this base", "convert it to a plain LoRA adapter (PEFT's save_pretrained with "
+                         "path_initial_model_for_weight_conversion) or merge it into a full model and pass that folder")
     for key, value in config.items():
         if key not in APPLIED and value not in (None, False, [], {}, "none"):
             why = NOT_APPLIED.get(key, "evogm does not know what this PEFT option does to the update")

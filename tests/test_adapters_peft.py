@@ -162,3 +162,16 @@ def test_an_adapter_file_without_tensors_is_refused(bases, tmp_path):
     adapter = build_lora(bases["qwen2"], tmp_path / "a", seed=7, target_modules=["q_proj"])
     save_file({}, adapter / "adapter_model.safetensors")
     expect_error(bases["qwen2"], adapter, r"adapter 'a' file .*adapter_model.safetensors holds no tensors")
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_an_adapter_whose_init_rewrites_the_base_is_refused(bases, tmp_path, init):
+    # PEFT loads an unconverted PiSSA / OLoRA adapter by first rewriting the base's weights: base + s·B·A is not its merge
+    from peft import LoraConfig, get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(auto_model(bases["qwen2"]), LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=init))
+    model.save_pretrained(tmp_path / "a")
+    expect_error(bases["qwen2"], tmp_path / "a", rf"adapter 'a' sets init_lora_weights='{init}': PEFT loads it by first "
+                                                 r"rewriting the base's weights")
