@@ -166,9 +166,11 @@ def _check_one_expert(name: str, folder: Path) -> None:
     """Refuse a folder holding both a PEFT adapter and a full model's weights: either could be the expert."""
     from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
-    full = [f for f in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME) if (folder / f).exists()]
+    full = [file for file in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+            if (folder / file).exists()]
     if full:
-        adapter = [f for f in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin") if (folder / f).exists()]
+        adapter = [file for file in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+                   if (folder / file).exists()]
         raise EvogmError(f"expert {name!r} folder {folder} holds both a PEFT adapter ({', '.join(adapter)}) and a full "
                          f"model's weights ({', '.join(full)})", "evogm cannot tell which of the two is the expert",
                          "put the adapter and the full model in separate folders and point the expert at the one you mean")

@@ -171,7 +171,8 @@ def test_an_adapter_whose_init_rewrites_the_base_is_refused(bases, tmp_path, ini
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = get_peft_model(auto_model(bases["qwen2"]), LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=init))
+        config = LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=init)
+        model = get_peft_model(auto_model(bases["qwen2"]), config)
     model.save_pretrained(tmp_path / "a")
     expect_error(bases["qwen2"], tmp_path / "a", rf"adapter 'a' sets init_lora_weights='{init}': PEFT loads it by first "
                                                  r"rewriting the base's weights")

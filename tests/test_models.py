@@ -227,9 +227,9 @@ def test_cli_prints_one_line_and_exits_2(tiny_models, tmp_path, capsys):
 def test_a_folder_holding_an_adapter_and_a_full_model_is_ambiguous(tiny_models, tmp_path):
     both = copy(tiny_models["lora_qv"], tmp_path / "both")
     shutil.copy(tiny_models["full_all"] / "model.safetensors", both / "model.safetensors")
-    expect_error(tiny_models["base"], {"x": both}, r"expert 'x' folder .*both holds both a PEFT adapter \(adapter_config.json, "
-                                                   r"adapter_model.safetensors\) and a full model's weights "
-                                                   r"\(model.safetensors\): .*separate folders")
+    expect_error(tiny_models["base"], {"x": both},
+                 r"expert 'x' folder .*both holds both a PEFT adapter \(adapter_config.json, adapter_model.safetensors\) "
+                 r"and a full model's weights \(model.safetensors\): .*separate folders")
     # a trainer's checkpoint files beside an adapter are not a model
     checkpoint = copy(tiny_models["lora_qv"], tmp_path / "checkpoint-10")
     torch.save({"step": 10}, checkpoint / "optimizer.pt")
