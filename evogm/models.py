@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 
 from evogm.errors import EvogmError
-from evogm.lora import LoraFactors, check_finite, damaged, load_safetensors, model_kind, read_adapter
+from evogm.lora import LoraFactors, check_finite, damaged, load_safetensors, model_kind, read_adapter, said
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ def load_models(
 
 
 def load_base(path, *, dtype=torch.float32, device=torch.device("cpu"), allow_pickle=False, trust_remote_code=False):
-    """The base model in eval mode on `device`, and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    """The base model in eval mode on `device`, and its tokenizer (checked first: it loads in a moment)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     folder = _model_folder(path, "base model")
     check_weights(folder, allow_pickle)
@@ -118,19 +118,41 @@ def load_base(path, *, dtype=torch.float32, device=torch.device("cpu"), allow_pi
     auto = AutoModelForSeq2SeqLM if is_encoder_decoder(config) else AutoModelForCausalLM
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        tokenizer = load_tokenizer(folder, trust_remote_code)
         model = auto.from_pretrained(
             folder, dtype=dtype, use_safetensors=True if _has_safetensors(folder) else None,
             trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     model.to(device).eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def load_tokenizer(folder: Path, trust_remote_code: bool = False):
+    """The base folder's tokenizer, which every command needs: to score tasks, and to save beside a merged model.
+
+    A folder without the tokenizer's files is refused: transformers would build an empty tokenizer
+    from the model type alone (Qwen2's holds 1 token) and every task would be scored on nothing. The
+    files are those transformers' tokenizer class reads (its `vocab_files_names`).
+    """
+    from transformers import AutoTokenizer
+
+    fix = "copy the tokenizer files of the model the base comes from (tokenizer.json, tokenizer_config.json, …) into it"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 — transformers raises ValueError, OSError, … for a missing or bad tokenizer
+        raise EvogmError(f"cannot load the tokenizer of {folder}", said(exc), fix) from None
+    files = sorted(set(type(tokenizer).vocab_files_names.values()))
+    if files and not any((folder / file).exists() for file in files):
+        raise EvogmError(f"no tokenizer files in {folder}", f"evogm needs the base's tokenizer to score tasks and to save "
+                         f"a merged model, and {type(tokenizer).__name__} reads {' or '.join(files)}", fix)
+    return tokenizer
 
 
 def load_expert(name: str, path, model, *, base_path: str = "", allow_pickle: bool = False) -> Expert:
     """An expert folder: a PEFT adapter (adapter_config.json) or a full fine-tune (config.json)."""
     folder = _model_folder(path, f"expert {name!r}")
     if (folder / "adapter_config.json").exists():
+        _check_one_expert(name, folder)
         factors = read_adapter(folder, model, name=name, base_path=base_path, allow_pickle=allow_pickle)
         return Expert(name, "lora", str(folder), factors=factors)
     if (folder / "config.json").exists():
@@ -138,6 +160,20 @@ def load_expert(name: str, path, model, *, base_path: str = "", allow_pickle: bo
     raise EvogmError(f"expert {name!r} at {folder} is neither a PEFT adapter nor a model folder",
                      "it has no adapter_config.json and no config.json",
                      "point it at a LoRA adapter folder or a Hugging Face model folder")
+
+
+def _check_one_expert(name: str, folder: Path) -> None:
+    """Refuse a folder holding both a PEFT adapter and a full model's weights: either could be the expert."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+    full = [file for file in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+            if (folder / file).exists()]
+    if full:
+        adapter = [file for file in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+                   if (folder / file).exists()]
+        raise EvogmError(f"expert {name!r} folder {folder} holds both a PEFT adapter ({', '.join(adapter)}) and a full "
+                         f"model's weights ({', '.join(full)})", "evogm cannot tell which of the two is the expert",
+                         "put the adapter and the full model in separate folders and point the expert at the one you mean")
 
 
 def _full_deltas(name: str, folder: Path, model, allow_pickle: bool) -> dict[str, torch.Tensor]:
@@ -209,7 +245,12 @@ def _has_safetensors(folder: Path) -> bool:
 
 
 def _model_folder(path, what: str) -> Path:
+    """The folder a model or an adapter is loaded from; a path to a file in it, or to nothing, is one line."""
     folder = Path(path).expanduser()
+    if folder.is_file():
+        raise EvogmError(f"{what} path {folder} is a file, not a folder",
+                         "evogm loads a model or a PEFT adapter from the folder that holds its files",
+                         f"point it at the folder (e.g. {folder.parent})")
     if not folder.is_dir():
         raise EvogmError(f"{what} folder {folder} does not exist", "evogm loads models from local folders only",
                          "check the path (a Hugging Face model folder or a PEFT adapter folder)")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import LORA_CONFIGS, build_base, build_lora
+from conftest import LORA_CONFIGS, build_base, build_lora, build_t5_base
 from evogm.cli import main
 from evogm.errors import EvogmError
 from evogm.lora import EvogmWarning
@@ -41,6 +41,14 @@ def test_missing_folder(tiny_models, tmp_path):
     expect_error(tiny_models["base"], {"x": tmp_path / "nope"}, "expert 'x' folder .* does not exist")
 
 
+def test_a_file_where_a_folder_is_expected_is_named_a_file(tiny_models):
+    adapter_file = tiny_models["lora_qv"] / "adapter_model.safetensors"
+    expect_error(tiny_models["base"], {"x": adapter_file},
+                 rf"expert 'x' path {re.escape(str(adapter_file))} is a file, not a folder: .*"
+                 rf"fix: point it at the folder \(e.g. {re.escape(str(tiny_models['lora_qv']))}\)")
+    expect_error(tiny_models["base"] / "model.safetensors", {}, "base model path .* is a file, not a folder")
+
+
 def test_missing_weights_file(tiny_models, tmp_path):
     base = copy(tiny_models["base"], tmp_path / "base")
     (base / "model.safetensors").unlink()
@@ -48,6 +56,34 @@ def test_missing_weights_file(tiny_models, tmp_path):
     adapter = copy(tiny_models["lora_qv"], tmp_path / "adapter")
     (adapter / "adapter_model.safetensors").unlink()
     expect_error(tiny_models["base"], {"a": adapter}, "no adapter_model.safetensors")
+
+
+@pytest.mark.parametrize("kept", [(), ("tokenizer_config.json",)])
+def test_a_base_without_its_tokenizer_files_is_refused(tiny_models, tmp_path, kept):
+    # transformers would build an empty Qwen2 tokenizer from config.json alone (1 or 5 tokens)
+    base = copy(tiny_models["base"], tmp_path / "base")
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        if file not in kept:
+            (base / file).unlink()
+    expect_error(base, {}, r"no tokenizer files in .*base: evogm needs the base's tokenizer .* reads merges.txt or "
+                           r"tokenizer.json or vocab.json; fix: copy the tokenizer files")
+
+
+def test_merge_without_a_tokenizer_is_one_line_and_writes_nothing(tiny_models, tmp_path, capsys):
+    base = copy(tiny_models["base"], tmp_path / "base")
+    (base / "tokenizer.json").unlink()
+    code = main(["merge", "--base", str(base), "--expert", f"a={tiny_models['lora_qv']}", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no tokenizer files in" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tokenizer_transformers_cannot_load_is_one_line(tmp_path):
+    base = build_t5_base(tmp_path / "t5")
+    (base / "tokenizer.json").unlink()  # T5's tokenizer_config.json alone: transformers raises a many-line ValueError
+    expect_error(base, {}, r"cannot load the tokenizer of .*t5: ValueError: Couldn't instantiate the backend tokenizer")
+    (base / "tokenizer_config.json").unlink()  # nothing: transformers builds a T5 tokenizer of sentinel tokens only
+    expect_error(base, {}, r"no tokenizer files in .*t5: .*T5Tokenizer reads spiece.model or tokenizer.json")
 
 
 def test_full_expert_of_another_architecture(tiny_models, other_base):
@@ -186,3 +222,16 @@ def test_cli_prints_one_line_and_exits_2(tiny_models, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("evogm merge: error: base model folder") and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_holding_an_adapter_and_a_full_model_is_ambiguous(tiny_models, tmp_path):
+    both = copy(tiny_models["lora_qv"], tmp_path / "both")
+    shutil.copy(tiny_models["full_all"] / "model.safetensors", both / "model.safetensors")
+    expect_error(tiny_models["base"], {"x": both},
+                 r"expert 'x' folder .*both holds both a PEFT adapter \(adapter_config.json, adapter_model.safetensors\) "
+                 r"and a full model's weights \(model.safetensors\): .*separate folders")
+    # a trainer's checkpoint files beside an adapter are not a model
+    checkpoint = copy(tiny_models["lora_qv"], tmp_path / "checkpoint-10")
+    torch.save({"step": 10}, checkpoint / "optimizer.pt")
+    torch.save({}, checkpoint / "training_args.bin")
+    assert load_models(tiny_models["base"], {"c": checkpoint}, device="cpu").experts[0].kind == "lora"
