@@ -98,6 +98,11 @@ def _build(cls: type, name: str, spec: dict, positional: tuple, selection: tuple
             raise EvogmError(f"task {name}: unknown key {key!r}",
                              did_you_mean(key, (*valid, *selection), cutoff=0.6),
                              f"valid keys: {sorted((*valid, *selection))}")
+    missing = [key for key in _option_names(cls, required=True) if key not in options]
+    if missing:
+        raise EvogmError(f"task {name}: {', '.join(missing)} missing",
+                         f"a task of type {_type_name(cls)} needs {', '.join(missing)}",
+                         f"add {missing[0]}: ... to the task")
     try:
         task = cls(name, *positional, **options)
     except (TypeError, ValueError) as exc:
@@ -107,9 +112,15 @@ def _build(cls: type, name: str, spec: dict, positional: tuple, selection: tuple
     return task
 
 
-def _option_names(cls: type) -> tuple[str, ...]:
+def _option_names(cls: type, required: bool = False) -> tuple[str, ...]:
+    """A task type's keyword options (`required`: those without a default)."""
     parameters = inspect.signature(_OPTIONS_OF.get(cls, cls).__init__).parameters.values()
-    return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY
+                 and (not required or p.default is inspect.Parameter.empty))
+
+
+def _type_name(cls: type) -> str:
+    return next(name for name, known in TASK_TYPES.items() if known is cls)
 
 
 def _name(spec: dict) -> str:
