@@ -26,6 +26,7 @@ from typing import Protocol
 
 from evogm.errors import EvogmError
 from evogm.registry import did_you_mean
+from evogm.scoring import check_weight
 from evogm.tasks.abstain import AbstainTask
 from evogm.tasks.data import SPLITS, infer_type, read_task_file
 from evogm.tasks.exact_match import ExactMatchTask
@@ -92,6 +93,8 @@ def load_tasks(specs: list, splits: tuple[str, ...] = ()) -> list[Task]:
 
 def _build(cls: type, name: str, spec: dict, positional: tuple, selection: tuple = _SELECTION_KEYS) -> Task:
     options = {k: v for k, v in spec.items() if k not in selection}
+    if "weight" in options:
+        options["weight"] = check_weight(name, options["weight"])
     valid = _option_names(cls)
     for key in options:
         if key not in valid:
