@@ -30,6 +30,7 @@ import numpy as np
 
 from evogm.errors import EvogmError
 from evogm.registry import did_you_mean
+from evogm.runlog import stored_metrics
 
 MULTI_TASK = "multi_task"  # the target that scores every task; any other target is one task's name
 
@@ -139,12 +140,17 @@ class Scoring:
         return self._memo[key]
 
     def resident(self, split: str) -> dict:
-        """{"score": the search's fitness (weighted mean), "metrics": {"task/metric": value}}; a failure
-        (a user fitness that raises, say) is {"score": None, "metrics": {}, "error": its text}, so that
-        the final stage goes on and the report says what could not be scored."""
+        """{"score": the search's fitness (weighted mean), "metrics": {"task/metric": value}}, as the
+        search's log stores an evaluation: a metric that is not finite is None (an auxiliary one is
+        data), a fitness that is not finite is a failure. A failure (a user fitness that raises, say)
+        is {"score": None, "metrics": {}, "error": its text}, so that the final stage goes on and the
+        report says what could not be scored."""
         try:
             metrics = score(self.model, self.tokenizer, self.tasks, split)
-            return {"score": fitness(metrics, self.tasks, self.target), "metrics": metrics}
+            value = fitness(metrics, self.tasks, self.target)
+            if not math.isfinite(value):
+                raise FloatingPointError(f"fitness is {value}")
+            return {"score": value, "metrics": stored_metrics(metrics)}
         except EvogmError:
             raise
         except Exception as exc:  # noqa: BLE001 — one candidate's failure must not lose the others' scores
