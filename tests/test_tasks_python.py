@@ -1,5 +1,5 @@
 """A user's Python fitness (`type: python`) in real runs on the tiny zoo: auxiliary metrics that are
-not finite are data (null in every file)."""
+not finite are data (null in every file), and a resume after the fitness's source changed is refused."""
 
 from __future__ import annotations
 
@@ -64,6 +64,11 @@ def test_non_finite_auxiliary_metrics_are_null_and_the_run_finishes(zoo_tiny, ju
     assert cli(["run", "--resume", str(out), "--quiet"]) == 0
     assert strict_json(out / "final.json")["candidates"]["best"]["test"]["metrics"]["judge/aux"] is None
 
+    judge_module.write_text(AUX_JUDGE.replace('"score": score', '"score": -score'))  # another fitness
+    assert cli(["run", "--resume", str(out), "--quiet"]) == 2
+    assert "the files of tasks.judge.function changed" in capsys.readouterr().err
+    judge_module.write_text(AUX_JUDGE)
+    assert cli(["run", "--resume", str(out), "--quiet"]) == 0  # restored: the same inputs
 
 
 def test_a_primary_that_is_not_a_finite_number_fails_the_evaluation(judge_module):
@@ -75,3 +80,16 @@ def test_a_primary_that_is_not_a_finite_number_fails_the_evaluation(judge_module
     wordy = load_task({"name": "wordy", "type": "python", "function": "auxjudge:wordy"})
     with pytest.raises(TypeError, match="auxjudge:wordy returned aux='high', not a number"):
         wordy.evaluate(None, None, "dev")
+
+
+def test_the_fingerprint_holds_the_fitness_modules_own_file(judge_module, tmp_path):
+    from evogm.config import load_config
+    from evogm.inputs import fingerprint, input_paths
+    from evogm.zoo.packaged import zoo_config
+
+    cfg = load_config(zoo_config(), ["tasks=[{name: judge, type: python, function: auxjudge:judge}]",
+                                     f"output={tmp_path / 'run'}"])
+    assert input_paths(cfg)["tasks.judge.function"] == judge_module
+    before = fingerprint(cfg)["files"]["tasks.judge.function"]
+    judge_module.write_text(AUX_JUDGE + "\n# edited\n")
+    assert fingerprint(cfg)["files"]["tasks.judge.function"] != before
