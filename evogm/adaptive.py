@@ -43,7 +43,7 @@ from typing import Sequence
 import numpy as np
 
 from evogm.runlog import flip, is_full
-from evogm.scoring import MULTI_TASK, primary_key, score
+from evogm.scoring import MULTI_TASK, primary_key, score, task_weights
 from evogm.tasks.chunks import dev_size, split_dev
 
 
@@ -145,7 +145,7 @@ class ChunkedScorer:
     def __init__(self, tasks: Sequence, target: str = MULTI_TASK, *, chunks: int, confidence: float, seed: int,
                  bound: str = "paired"):
         self.tasks, self.bound = list(tasks), bound
-        self.weights = [t.weight if target == MULTI_TASK else 1.0 for t in self.tasks]
+        self.weights = list(task_weights(self.tasks, target))  # summing to 1: no overflow in the bounds
         self.parts = [split_dev(t, chunks, seed) or None for t in self.tasks]  # None: scored whole at the first look
         self.whole = [(split_dev(t, 1, seed) or [t])[0] for t in self.tasks]  # in the chunks' order, one batch
         self.totals = [dev_size(t) or 1 for t in self.tasks]

@@ -58,12 +58,34 @@ def stamps(cfg: RunConfig) -> list:
 
 
 def input_paths(cfg: RunConfig) -> dict[str, Path]:
-    """{"models.base" | "models.experts.NAME" | "tasks.NAME" | "tasks.NAME.include_path": its folder or file}."""
+    """{"models.base" | "models.experts.NAME" | "tasks.NAME" | "tasks.NAME.include_path" |
+    "tasks.NAME.function": its folder or file}."""
     paths = {"models.base": Path(cfg.models.base)}
     paths |= {f"models.experts.{name}": Path(path) for name, path in cfg.models.experts.items()}
     paths |= {f"tasks.{t['name']}": Path(t["path"]) for t in cfg.tasks if t.get("path")}
     folders = {f"tasks.{t['name']}.include_path": Path(t["include_path"]) for t in cfg.tasks if t.get("include_path")}
-    return paths | folders
+    return paths | folders | fitness_sources(cfg)
+
+
+def fitness_sources(cfg: RunConfig) -> dict[str, Path]:
+    """{"tasks.NAME.function": the source file of a `type: python` task's module}: editing a fitness
+    changes its scores. importlib's spec gives the file without running the module again (the config
+    check imported it: its spec is the imported module's; a dotted name not yet imported imports its
+    parent packages only). The module's own file only, not what it imports; a module without a
+    source file adds nothing."""
+    import importlib.util
+
+    sources = {}
+    for task in cfg.tasks:
+        if task.get("type") != "python" or not isinstance(task.get("function"), str):
+            continue
+        try:
+            spec = importlib.util.find_spec(task["function"].partition(":")[0])
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin and Path(spec.origin).is_file():
+            sources[f"tasks.{task['name']}.function"] = Path(spec.origin)
+    return sources
 
 
 def changes(saved: dict, now: dict) -> list[str]:

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from evogm.adaptive import items_scored
 from evogm.rundir import RunDir
 from evogm.runlog import best_so_far, flip, write_atomic
-from evogm.scoring import MULTI_TASK
+from evogm.scoring import MULTI_TASK, normalized_weights
 
 LABELS = {"best": "best (search)", "initial_best": "initial best", "best_expert": "best single expert",
           "uniform": "uniform",
@@ -93,8 +93,9 @@ def items_line(records: list[dict], final: dict) -> str:
 
 def search_gain(config: dict, final: dict) -> str:
     """The best's dev gain over the initial population's best, against the dev split's noise: the
-    standard error of that difference, bounded as for scores in [0, 1] (SE² ≤ Σ w²·p(1−p)/n / (Σ w)²
-    per candidate, the two added as if independent; a conservative bound)."""
+    standard error of that difference, bounded as for scores in [0, 1] (SE² ≤ Σ w²·p(1−p)/n per
+    candidate, w the weights normalized as the fitness normalizes them, the two added as if
+    independent; a conservative bound)."""
     best, initial, items = final["candidates"]["best"], final["candidates"].get("initial_best"), final.get("dev_items")
     if not initial:
         return "- search gain: no initial population logged"
@@ -102,12 +103,13 @@ def search_gain(config: dict, final: dict) -> str:
     gain = f"- search gain over the initial population's best: {difference:+.4f} dev"
     if not items or set(items) != set(final["tasks"]):
         return gain
-    weights = {t: 1.0 for t in final["tasks"]} if final["target"] != MULTI_TASK else \
-        {t["name"]: float(t.get("weight", 1.0)) for t in config["tasks"]}
+    given = {t["name"]: t.get("weight", 1.0) for t in config["tasks"]}
+    weights = dict(zip(final["tasks"], normalized_weights(
+        [given[t] if final["target"] == MULTI_TASK else 1.0 for t in final["tasks"]])))
 
     def variance(entry: dict) -> float:
         p = {t: min(max(entry["dev"]["metrics"][m], 0.0), 1.0) for t, m in final["tasks"].items()}
-        return sum(weights[t] ** 2 * p[t] * (1 - p[t]) / items[t] for t in p) / sum(weights[t] for t in p) ** 2
+        return sum(weights[t] ** 2 * p[t] * (1 - p[t]) / items[t] for t in p)
 
     noise = math.sqrt(variance(best) + variance(initial))
     ratio = difference / noise if noise else math.inf

@@ -141,7 +141,7 @@ def record(gen: int, row: int, result: Result) -> dict:
         "gen": gen,
         "row": row,
         "coefficients": [float(v) for v in result.coefficients],
-        "metrics": {k: _finite(v) for k, v in result.metrics.items()},
+        "metrics": stored_metrics(result.metrics),
         "loss": _finite(result.loss),  # null: failed (inf); JSON has no infinity
         "seconds": round(float(result.seconds), 6),
         "error": result.error,
@@ -189,6 +189,16 @@ def best_so_far(records: list[dict]) -> list[float | None]:
             best = flip(rec["loss"]) if best is None else max(best, flip(rec["loss"]))
         curve.append(best)
     return curve
+
+
+def stored_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
+    """Metrics as the run's files store them (the log, best.json, final.json): a value that is not
+    finite is null, JSON having no NaN or infinity (`to_result` reads null back as NaN).
+
+    >>> stored_metrics({"judge/score": 0.5, "judge/aux": float("inf")})
+    {'judge/score': 0.5, 'judge/aux': None}
+    """
+    return {key: _finite(value) for key, value in metrics.items()}
 
 
 def _finite(value: float) -> float | None:

@@ -23,12 +23,14 @@ primary metric alone, whatever its weight).
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
 
 from evogm.errors import EvogmError
 from evogm.registry import did_you_mean
+from evogm.runlog import stored_metrics
 
 MULTI_TASK = "multi_task"  # the target that scores every task; any other target is one task's name
 
@@ -50,9 +52,7 @@ def scored_tasks(tasks: Sequence, target: str = MULTI_TASK) -> list:
         raise EvogmError("no tasks to score", "the objective needs at least one task",
                          "list tasks in the config (tasks: [...])")
     if target == MULTI_TASK:
-        if sum(task.weight for task in tasks) <= 0 or any(task.weight < 0 for task in tasks):
-            raise EvogmError("task weights must be ≥ 0 with a positive sum", f"got {[t.weight for t in tasks]}",
-                             "fix the weights")
+        task_weights(tasks)  # refuses weights that are not finite, ≥ 0, with a positive sum
         return tasks
     chosen = [task for task in tasks if task.name == target]
     if not chosen:
@@ -77,9 +77,43 @@ def score_task(model, tokenizer, task, split: str) -> dict[str, float]:
 
 def fitness(metrics: dict[str, float], tasks: Sequence, target: str = MULTI_TASK) -> float:
     """Weighted mean of the tasks' primary metrics (one task's target: its metric, whatever its weight)."""
-    weights = np.array([task.weight if target == MULTI_TASK else 1.0 for task in tasks])
     scores = np.array([metrics[primary_key(task)] for task in tasks], dtype=np.float64)
-    return float(weights @ scores / weights.sum())
+    return float(task_weights(tasks, target) @ scores)
+
+
+# --- task weights: the one rule ---------------------------------------------------------------------
+
+
+def check_weight(task: str, value: object) -> float:
+    """A task's weight as given: a finite number ≥ 0 (refused at load otherwise)."""
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number) or number < 0:
+        raise EvogmError(f"task {task}: weight is {value!r}", "a weight is a finite number ≥ 0 (the fitness is "
+                         "the tasks' weighted mean)", "write weight: 1.0 (or leave it out)")
+    return number
+
+
+def task_weights(tasks: Sequence, target: str = MULTI_TASK) -> np.ndarray:
+    """The weights a target gives its tasks, summing to 1 (one task's target: equal weights)."""
+    return normalized_weights([task.weight if target == MULTI_TASK else 1.0 for task in tasks])
+
+
+def normalized_weights(weights: Sequence[float]) -> np.ndarray:
+    """Weights scaled to sum to 1: divided by the largest first, so no weight, sum or product overflows
+    (1e308 and 1 give 1 and 1e-308). Refused: a weight not finite or below 0, or none above 0.
+
+    >>> normalized_weights([1e308, 1e308]).tolist(), normalized_weights([3, 1]).tolist()
+    ([0.5, 0.5], [0.75, 0.25])
+    """
+    values = np.asarray(weights, dtype=np.float64)
+    if not values.size or not np.isfinite(values).all() or (values < 0).any() or not (values > 0).any():
+        raise EvogmError("task weights must be finite and ≥ 0 with a positive sum", f"got {list(weights)}",
+                         "fix the tasks' weights")
+    values = values / values.max()
+    return values / values.sum()
 
 
 class Scoring:
@@ -106,12 +140,17 @@ class Scoring:
         return self._memo[key]
 
     def resident(self, split: str) -> dict:
-        """{"score": the search's fitness (weighted mean), "metrics": {"task/metric": value}}; a failure
-        (a user fitness that raises, say) is {"score": None, "metrics": {}, "error": its text}, so that
-        the final stage goes on and the report says what could not be scored."""
+        """{"score": the search's fitness (weighted mean), "metrics": {"task/metric": value}}, as the
+        search's log stores an evaluation: a metric that is not finite is None (an auxiliary one is
+        data), a fitness that is not finite is a failure. A failure (a user fitness that raises, say)
+        is {"score": None, "metrics": {}, "error": its text}, so that the final stage goes on and the
+        report says what could not be scored."""
         try:
             metrics = score(self.model, self.tokenizer, self.tasks, split)
-            return {"score": fitness(metrics, self.tasks, self.target), "metrics": metrics}
+            value = fitness(metrics, self.tasks, self.target)
+            if not math.isfinite(value):
+                raise FloatingPointError(f"fitness is {value}")
+            return {"score": value, "metrics": stored_metrics(metrics)}
         except EvogmError:
             raise
         except Exception as exc:  # noqa: BLE001 — one candidate's failure must not lose the others' scores

@@ -67,7 +67,7 @@ def test_bad_files_and_values_fail_at_load_with_the_path(tmp_path):
         load_task({"path": str(tmp_path / "broken.json")})
     bad = mc_items(2, 0)
     bad[1]["answer"] = "E"
-    with pytest.raises(EvogmError, match=r"item 1: answer 'E' is not one of the choices"):
+    with pytest.raises(EvogmError, match=r"task bad: .*bad.json \[dev\] item 1: answer must be one of the choices \['A', 'B', 'C', 'D'\].*got 'E'"):
         load_task({"path": write_task(tmp_path / "bad.json", bad)})
     with pytest.raises(EvogmError, match="item 0 lacks answer"):
         load_task({"path": write_task(tmp_path / "noanswer.json", [{"question": "q"}]), "type": "exact_match"})

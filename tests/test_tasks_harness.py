@@ -115,10 +115,87 @@ def test_an_unknown_task_names_the_closest(harness):
         load_task(spec(harness, "zoo_capitals", num_fewshots=2))
 
 
-def test_a_metric_the_task_lacks_fails_the_evaluation(zoo_tiny, harness):
+def test_a_metric_the_task_lacks_is_refused_at_load(harness):
+    with pytest.raises(EvogmError, match=r"task t: lm-eval's zoo_capitals reports no metric 'f1': it reports \['acc'\]; "
+                                         r"fix: set metric to one of \['acc'\]"):
+        load_task({**spec(harness, "zoo_capitals", metric="f1"), "name": "t"})
+    with pytest.raises(EvogmError, match="reports no metric 'exact_match': did you mean 'exact_match,strip'"):
+        load_task(spec(harness, "zoo_add", metric="exact_match"))  # the filter is part of the name
+
+
+def test_left_out_the_metric_is_the_first_the_task_reports_and_scores(zoo_tiny, harness):
+    generate = load_task({**spec(harness, "zoo_add", limit=2), "name": "gen"})  # a generate task: no acc
+    assert generate.primary == "exact_match,strip" and load_task(spec(harness, "zoo_capitals")).primary == "acc"
     model, tokenizer, _ = load_merged(str(zoo_tiny / "base"), {}, [], {})
-    with pytest.raises(KeyError, match="gave \\['acc'\\], not 'f1'"):
-        load_task(spec(harness, "zoo_capitals", metric="f1", limit=2)).evaluate(model, tokenizer, "dev")
+    assert set(generate.evaluate(model, tokenizer, "dev")) == {"exact_match,strip"}
+
+
+def test_left_out_splits_are_read_from_the_tasks_yaml_else_refused(zoo_tiny, tmp_path):
+    folder = write_harness_tasks(zoo_tiny, tmp_path / "h", items=4)
+    (folder / "zoo_novalid.yaml").write_text((folder / "zoo_capitals.yaml").read_text()
+                                             .replace("task: zoo_capitals", "task: zoo_novalid")
+                                             .replace("test_split: test\n", ""))
+    (folder / "zoo_group.yaml").write_text("group: zoo_group\ntask: [zoo_capitals, zoo_add]\n"
+                                           "aggregate_metric_list:\n  - {metric: acc}\n")
+    base = {"type": "lm_eval", "include_path": str(folder), "include_defaults": False}
+    task = load_task({**base, "task": "zoo_capitals"})
+    assert task.lm_splits == {"dev": "validation", "test": "test"} and not task.divided
+    with pytest.raises(EvogmError, match=r"task zoo_novalid: dev_split and test_split missing: .*its YAML names "
+                                         r"\{'validation_split': 'validation'\}; fix: add dev_split: SPLIT and test_split"):
+        load_task({**base, "task": "zoo_novalid"})
+    with pytest.raises(EvogmError, match="task zoo_capitals: test_split missing: the splits are read from the task's "
+                                         "YAML only when both are left out"):
+        load_task({**base, "task": "zoo_capitals", "dev_split": "validation"})
+    with pytest.raises(EvogmError, match="dev_split and test_split missing: .*its YAML names no splits") as caught:
+        load_task({**base, "task": "zoo_group"})
+    assert "\n" not in str(caught.value)
+    group = load_task({**base, "task": "zoo_group", "dev_split": "validation", "test_split": "test"})
+    assert group.primary == "acc"  # its aggregate metric
+    with pytest.raises(EvogmError, match="task x: task missing: a task of type lm_eval needs task; fix: add task: ..."):
+        load_task({**base, "name": "x"})
+
+
+def test_tags_and_groups_without_a_score_of_their_own_are_refused_at_load(zoo_tiny, tmp_path):
+    folder = write_harness_tasks(zoo_tiny, tmp_path / "h", items=4)
+    (folder / "zoo_capitals.yaml").write_text((folder / "zoo_capitals.yaml").read_text() + "tag: zoo_tag\n")
+    (folder / "zoo_bare.yaml").write_text("group: zoo_bare\ntask: [zoo_capitals]\n")
+    base = {"type": "lm_eval", "include_path": str(folder), "include_defaults": False, "dev_split": "validation",
+            "test_split": "test"}
+    with pytest.raises(EvogmError, match="task zoo_tag: lm-eval's 'zoo_tag' is a tag: a list of 1 tasks"):
+        load_task({**base, "task": "zoo_tag"})
+    with pytest.raises(EvogmError, match="zoo_bare reports no metric of its own: a group without an aggregate_metric_list"):
+        load_task({**base, "task": "zoo_bare", "metric": "acc"})
+
+
+def test_reported_metrics_read_from_yaml_as_lm_eval_names_them():
+    from lm_eval.tasks._index import Entry, Kind
+
+    from evogm.tasks.harness import reported_metrics
+
+    def task(name, **cfg):
+        return name, Entry(name, Kind.TASK, None, {"task": name, **cfg})
+
+    strict = [{"name": "strict-match", "filter": []}, {"name": "flexible-extract", "filter": []}]
+    index = dict([
+        task("gsm", output_type="generate_until", metric_list=[{"metric": "exact_match"}], filter_list=strict),
+        task("mc", output_type="multiple_choice"),  # no metric_list: lm-eval's defaults for its output type
+        task("custom", output_type="generate_until", process_results="/x/utils.process"),
+        task("fn", metric_list=[{"metric": "/x/utils.my_metric"}]),  # a !function metric, as the index reads it
+        ("grp", Entry("grp", Kind.GROUP, None, {"group": "grp", "task": ["gsm", "sub"],
+                                                 "aggregate_metric_list": [{"metric": "exact_match"}]})),
+        ("sub", Entry("sub", Kind.GROUP, None, {"group": "sub", "task": ["tagged"]})),
+        ("tagged", Entry("tagged", Kind.TAG, None, None, tags={"gsm"})),
+        ("one", Entry("one", Kind.GROUP, None, {"group": "one", "task": ["custom"],
+                                                 "aggregate_metric_list": [{"metric": "acc", "filter_list": "none"}]})),
+        ("opaque", Entry("opaque", Kind.GROUP, None, {"group": "opaque", "task": ["custom"],
+                                                       "aggregate_metric_list": [{"metric": "acc"}]})),
+    ])
+    assert reported_metrics(index, "gsm") == ["exact_match,strict-match", "exact_match,flexible-extract"]
+    assert reported_metrics(index, "mc") == ["acc", "acc_norm"]
+    assert reported_metrics(index, "custom") is None and reported_metrics(index, "opaque") is None
+    assert reported_metrics(index, "fn") == ["my_metric"]
+    assert reported_metrics(index, "grp") == ["exact_match,flexible-extract", "exact_match,strict-match"]
+    assert reported_metrics(index, "one") == ["acc"] and reported_metrics(index, "sub") == []
 
 
 def mixed_config(zoo: Path, harness: Path, tmp_path: Path, tasks: int = 3) -> Path:

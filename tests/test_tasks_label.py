@@ -30,8 +30,10 @@ def test_a_file_of_inputs_and_targets_is_a_label_task(tmp_path):
     assert named.labels == ["no", "yes", "maybe"]
     stsb = load_task(write(tmp_path / "stsb.json", metric="spearman", dev=[{"input": "a", "target": "3.8"}], test=[]))
     assert (stsb.primary, stsb.scoring) == ("spearman", "generate")  # an open label set is always generated
-    spec = load_task({"path": str(tmp_path / "rte.json"), "metric": "spearman"})
-    assert spec.primary == "spearman"  # the spec overrides the file
+    spec = load_task({"path": str(tmp_path / "stsb.json"), "metric": "accuracy", "scoring": "generate"})
+    assert spec.primary == "accuracy"  # the spec overrides the file
+    with pytest.raises(EvogmError, match="item 0: target must be a number \\(metric: spearman\\): got 'yes'"):
+        load_task({"path": str(tmp_path / "rte.json"), "metric": "spearman"})  # yes/no has no rank correlation
 
 
 def test_bad_items_and_options_are_one_line_errors(tmp_path):

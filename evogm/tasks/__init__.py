@@ -26,6 +26,7 @@ from typing import Protocol
 
 from evogm.errors import EvogmError
 from evogm.registry import did_you_mean
+from evogm.scoring import check_weight
 from evogm.tasks.abstain import AbstainTask
 from evogm.tasks.data import SPLITS, infer_type, read_task_file
 from evogm.tasks.exact_match import ExactMatchTask
@@ -92,12 +93,19 @@ def load_tasks(specs: list, splits: tuple[str, ...] = ()) -> list[Task]:
 
 def _build(cls: type, name: str, spec: dict, positional: tuple, selection: tuple = _SELECTION_KEYS) -> Task:
     options = {k: v for k, v in spec.items() if k not in selection}
+    if "weight" in options:
+        options["weight"] = check_weight(name, options["weight"])
     valid = _option_names(cls)
     for key in options:
         if key not in valid:
             raise EvogmError(f"task {name}: unknown key {key!r}",
                              did_you_mean(key, (*valid, *selection), cutoff=0.6),
                              f"valid keys: {sorted((*valid, *selection))}")
+    missing = [key for key in _option_names(cls, required=True) if key not in options]
+    if missing:
+        raise EvogmError(f"task {name}: {', '.join(missing)} missing",
+                         f"a task of type {_type_name(cls)} needs {', '.join(missing)}",
+                         f"add {missing[0]}: ... to the task")
     try:
         task = cls(name, *positional, **options)
     except (TypeError, ValueError) as exc:
@@ -107,9 +115,15 @@ def _build(cls: type, name: str, spec: dict, positional: tuple, selection: tuple
     return task
 
 
-def _option_names(cls: type) -> tuple[str, ...]:
+def _option_names(cls: type, required: bool = False) -> tuple[str, ...]:
+    """A task type's keyword options (`required`: those without a default)."""
     parameters = inspect.signature(_OPTIONS_OF.get(cls, cls).__init__).parameters.values()
-    return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY
+                 and (not required or p.default is inspect.Parameter.empty))
+
+
+def _type_name(cls: type) -> str:
+    return next(name for name, known in TASK_TYPES.items() if known is cls)
 
 
 def _name(spec: dict) -> str:

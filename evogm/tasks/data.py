@@ -14,12 +14,16 @@ A subset is either the first `limit` items or, with a `seed`, a seeded random dr
 from __future__ import annotations
 
 import json
+import math
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from evogm.errors import EvogmError
+from evogm.tasks.text import last_number, normalize
 
 SPLITS = ("dev", "test")
 
@@ -40,8 +44,13 @@ class TaskData:
         return [split for split, items in self.splits.items() if items]
 
     def items(self, split: str) -> list[dict]:
+        positions = self.positions(split)  # refuses a missing or empty split
+        return [self.splits[split][i] for i in positions]
+
+    def positions(self, split: str) -> list[int]:
+        """Where the items a task uses (`items`) sit in the file's split: 0-based, as errors name them."""
         self.check(split)
-        return subset(self.splits[split], self.limit, self.seed)
+        return subset(list(range(len(self.splits[split]))), self.limit, self.seed)
 
     def check(self, split: str) -> None:
         """Refuse a split that is missing or empty (an empty one would score 0.0 and still count in the mean)."""
@@ -132,10 +141,114 @@ def infer_type(items: list[dict]) -> str:
     return "exact_match"
 
 
-def require_fields(items: list[dict], fields: tuple[str, ...], where: str) -> None:
-    """Fail at load time, naming the first item that lacks a field."""
-    for index, item in enumerate(items):
-        missing = [name for name in fields if name not in item]
-        if missing:
-            raise EvogmError(f"{where}: item {index} lacks {', '.join(missing)}", f"it has {sorted(item)}",
-                             f"give every item {', '.join(fields)}")
+# --- the items' fields, checked at load ----------------------------------------------------------
+#
+# A task type names the fields its items need and a rule for each (`check_items`); a rule takes the
+# field's value and its item and says what is wrong, or None. Every rule is here, so a field means
+# the same in every task type.
+
+
+def check_items(task: str, data: TaskData, rules: dict[str, Callable[[object, dict], str | None]]) -> None:
+    """Refuse at load the first item a task uses (every filled split, within `limit`) that lacks a
+    field or breaks its rule (rules run in order: a later rule may rely on an earlier field), naming
+    the task, file, split, item (its 0-based place in the file's split) and field."""
+    for split in data.filled:
+        for index in data.positions(split):
+            item = data.splits[split][index]
+            where = f"task {task}: {data.path} [{split}] item {index}"
+            missing = [name for name in rules if name not in item]
+            if missing:
+                raise EvogmError(f"{where} lacks {', '.join(missing)}", f"it has {sorted(item)}",
+                                 f"give every item {', '.join(rules)}")
+            for name, rule in rules.items():
+                why = rule(item[name], item)
+                if why:
+                    raise EvogmError(f"{where}: {name} {why}", f"got {_shown(item[name])}",
+                                     "correct the item, or remove it")
+
+
+def prompt_text(value: object, item: dict | None = None) -> str | None:
+    """A prompt's text (question, input): a string with more than whitespace."""
+    return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
+
+
+def answer_text(value: object, item: dict | None = None) -> str | None:
+    """An answer, target or option: non-empty text, or a number (JSON files write some answers as
+    numbers; they are compared as their text)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None if isinstance(value, int) or math.isfinite(value) else "must be a non-empty string or a finite number"
+    return None if isinstance(value, str) and value.strip() else "must be a non-empty string or a number"
+
+
+LETTERS = string.ascii_uppercase  # the letters a list of choices is named by
+
+
+def choice_options(value: object, item: dict | None = None) -> str | None:
+    """A multiple-choice item's options: {letter: option} or a list of options (lettered A, B, …), at
+    least two (with one, every answer is right)."""
+    if isinstance(value, list):
+        if len(value) > len(LETTERS):
+            return f"lists {len(value)} options, more than the letters A-Z name; write a mapping {{letter: option}}"
+        value = dict(zip(LETTERS, value))
+    if not isinstance(value, dict):
+        return 'must be a mapping of letters to options ({"A": "...", "B": "..."}) or a list of options'
+    if len(value) < 2:
+        return f"holds {len(value)} option(s): a multiple-choice item needs at least two choices"
+    for letter, option in value.items():
+        if not letter.strip() or any(c.isspace() for c in letter):
+            return f"has the letter {letter!r}: a letter is a non-empty word without spaces"
+        if answer_text(option):
+            return f"option {letter} {answer_text(option)}"
+    return None
+
+
+def choice_answer(value: object, item: dict) -> str | None:
+    """A multiple-choice answer: one of the item's letters, or an option's 0-based index (`choice_options`
+    checked first)."""
+    letters = list(item["choices"]) if isinstance(item["choices"], dict) else list(LETTERS[:len(item["choices"])])
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(letters):
+        return None
+    return None if isinstance(value, str) and value in letters else \
+        f"must be one of the choices {letters} (or an index from 0 to {len(letters) - 1})"
+
+
+def matched_answer(extract: str, normalized: bool) -> Callable[[object, dict], str | None]:
+    """An exact-match answer that an output can match under the task's `extract` and `normalize`."""
+    def rule(value: object, item: dict) -> str | None:
+        if answer_text(value):
+            return answer_text(value)
+        if extract == "last_number" and last_number(str(value)) is None:
+            return "holds no number, and extract: last_number compares numbers"
+        if normalized and extract != "last_number" and not normalize(str(value)):
+            return "is empty once normalized (punctuation only): an empty output would match it"
+        return None
+    return rule
+
+
+def label_target(labels: list[str] | None, metric: str) -> Callable[[object, dict], str | None]:
+    """A label task's target: a number under `metric: spearman`, else one of `labels` (compared as
+    the scorer compares them, normalized; None: any text)."""
+    known = None if labels is None else {normalize(label) for label in labels}
+
+    def rule(value: object, item: dict) -> str | None:
+        if answer_text(value):
+            return answer_text(value)
+        if metric == "spearman":
+            number = _float(value)
+            return None if number is not None and math.isfinite(number) else "must be a number (metric: spearman)"
+        if known is not None and normalize(str(value)) not in known:
+            return f"is not one of the labels {labels}"
+        return None
+    return rule
+
+
+def _float(value: object) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _shown(value: object, width: int = 60) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= width else shown[: width - 3] + "..."

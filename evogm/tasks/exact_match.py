@@ -1,9 +1,10 @@
 """Exact match: greedy generation, answer extraction, normalization.
 
-Items: `{"question": str, "answer": str}`. The prompt is the bare question (the paper's), or a
-template. `extract` picks the rule (see `text.match`): `whole` (default), `contains` (the paper's
-exact match), `tail` (the paper's GSM8K rule: the answer within the last `tail_words` words) or
-`last_number`.
+Items: `{"question": str, "answer": str}` (the answer may be a number: it is compared as text). The
+prompt is the bare question (the paper's), or a template. `extract` picks the rule (see
+`text.match`): `whole` (default), `contains` (the paper's exact match), `tail` (the paper's GSM8K
+rule: the answer within the last `tail_words` words) or `last_number`. An answer the rule can never
+match (no number under `last_number`, punctuation only once normalized) is refused at load.
 
 >>> # task = load_task({"path": "gsm8k.json", "extract": "tail", "max_new_tokens": 200})
 >>> # task.evaluate(model, tokenizer, "dev")     # {'accuracy': 0.41}
@@ -15,7 +16,7 @@ import numpy as np
 
 from evogm.errors import EvogmError
 from evogm.tasks.batching import EncodingCache
-from evogm.tasks.data import TaskData, require_fields
+from evogm.tasks.data import TaskData, check_items, matched_answer, prompt_text
 from evogm.tasks.prompts import EXACT_MATCH, fewshot_prefix, render
 from evogm.tasks.scoring import encode_prompts, generate_texts
 from evogm.tasks.text import EXTRACT_MODES, match
@@ -38,8 +39,7 @@ class ExactMatchTask:
         self.stop, self.extract = tuple(stop or ()), extract
         self.normalize, self.tail_words = bool(normalize), int(tail_words)
         self.prefix = fewshot_prefix(fewshot if fewshot is not None else data.extras.get("icl_prompt"), template)
-        for split in data.filled:
-            require_fields(data.items(split), ("question", "answer"), f"{data.path} [{split}]")
+        check_items(name, data, {"question": prompt_text, "answer": matched_answer(extract, self.normalize)})
         self._cache = EncodingCache()
 
     def prompts(self, split: str) -> list[str]:

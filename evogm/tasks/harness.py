@@ -1,8 +1,10 @@
 """lm-evaluation-harness tasks as fitness (`type: lm_eval`), scored on the resident merged model.
 
-The task names an lm-eval task or group (`include_path` adds your own YAML tasks). Which of its
-splits is dev and which is test is explicit: `dev_split: validation, test_split: test`, or one split
-named twice, divided into dev and test by `seed` (`dev_fraction` of its documents to dev). The
+The task names an lm-eval task or group (`include_path` adds your own YAML tasks; a tag, a list of
+tasks lm-eval reports no score for, is refused). Which of its splits is dev and which is test:
+`dev_split: validation, test_split: test`, or one split named twice, divided into dev and test by
+`seed` (`dev_fraction` of its documents to dev); left out, both are read from the task's YAML
+(its `validation_split` and `test_split`, when it names both), else refused at load. The
 model lm-eval scores is evogm's resident model and tokenizer, wrapped in lm-eval's own `HFLM`
 (no copy, no disk). lm-eval's setup (task loading, datasets, prompts, requests, the scored documents)
 runs once per split and task object; each candidate reruns only the model calls and lm-eval's scoring
@@ -11,7 +13,11 @@ of their outputs. Greedy generate-until requests run on evogm's own decoding loo
 
 Metrics are lm-eval's, named as lm-eval names them (`acc`, `acc_norm`, `exact_match,strict-match`:
 the filter follows a comma unless it is `none`); a lower-is-better metric (perplexity) is negated,
-so every metric is higher-is-better. `metric` names the one the search optimizes.
+so every metric is higher-is-better. `metric` names the one the search optimizes; left out, it is
+the first the task reports. Both are checked at load against the metrics the task's YAML declares
+(`reported_metrics`: a task's metric_list under each filter, a group's aggregate_metric_list), read
+from lm-eval's index without loading any data; where the YAML does not say (a Python task, a custom
+process_results), a named metric is checked at the first evaluation and one left out is refused.
 
 >>> # task = load_task({"name": "arc", "type": "lm_eval", "task": "arc_easy", "dev_split": "validation",
 >>> #                   "test_split": "test", "metric": "acc_norm", "limit": 200})
@@ -58,17 +64,19 @@ def task_manager(include_path: str | None, include_defaults: bool = True):
 class LmEvalTask:
     """One lm-eval task or group on two of its splits (dev for the search, test for the end)."""
 
-    def __init__(self, name: str, *, task: str, dev_split: str, test_split: str, include_path: str | None = None,
-                 include_defaults: bool = True,
-                 metric: str = "acc", num_fewshot: int | None = None, limit: int | None = None,
+    def __init__(self, name: str, *, task: str, dev_split: str | None = None, test_split: str | None = None,
+                 include_path: str | None = None, include_defaults: bool = True,
+                 metric: str | None = None, num_fewshot: int | None = None, limit: int | None = None,
                  seed: int = 0, dev_fraction: float = 0.5, apply_chat_template: bool = False,
                  fewshot_as_multiturn: bool = False, system_instruction: str | None = None,
                  batch_size: int = 16, gen_kwargs: dict | None = None, weight: float = 1.0):
         require_harness()
-        self.name, self.weight, self.primary, self.task = name, float(weight), str(metric), str(task)
+        self.name, self.weight, self.task = name, float(weight), str(task)
         self.include_path = str(include_path) if include_path else None
         self.include_defaults = bool(include_defaults)
-        self.lm_splits = {"dev": str(dev_split), "test": str(test_split)}
+        entry = self._entry()
+        self.lm_splits = self._splits(entry, dev_split, test_split)
+        self.primary = self._metric(metric)
         self.num_fewshot, self.limit, self.seed, self.dev_fraction = num_fewshot, limit, int(seed), float(dev_fraction)
         self.chat = {"apply_chat_template": apply_chat_template, "fewshot_as_multiturn": bool(fewshot_as_multiturn),
                      "system_instruction": system_instruction}
@@ -77,7 +85,6 @@ class LmEvalTask:
             raise ValueError(f"limit must be a positive integer, got {limit!r}")
         if self.divided and not 0 < self.dev_fraction < 1:
             raise ValueError(f"dev_fraction must be in (0, 1), got {dev_fraction!r}")
-        self._check_known()
         self._lm, self._prepared = None, {}  # (model, tokenizer, HFLM); split -> what evaluate() reruns
 
     @property
@@ -98,12 +105,57 @@ class LmEvalTask:
 
     # --- set up once ------------------------------------------------------------------------------
 
-    def _check_known(self) -> None:
-        known = task_manager(self.include_path, self.include_defaults).all_tasks
-        if self.task not in known:
+    def _entry(self):
+        """lm-eval's index entry of the task (its YAML, includes resolved, functions not imported)."""
+        index = task_manager(self.include_path, self.include_defaults).task_index
+        if self.task not in index:
             raise EvogmError(f"task {self.name}: lm-eval has no task {self.task!r}",
-                             did_you_mean(self.task, known, cutoff=0.0),
+                             did_you_mean(self.task, list(index), cutoff=0.0),
                              "name an lm-eval task or group (lm_eval ls tasks), or set include_path to your YAML folder")
+        entry = index[self.task]
+        if entry.kind.name == "TAG":
+            raise EvogmError(f"task {self.name}: lm-eval's {self.task!r} is a tag",
+                             f"a list of {len(entry.tags)} tasks ({', '.join(sorted(entry.tags)[:3])}, …) that "
+                             "lm-eval reports no score of its own for", "name one of its tasks, or a group")
+        return entry
+
+    def _splits(self, entry, dev_split: str | None, test_split: str | None) -> dict[str, str]:
+        """{"dev": lm-eval split, "test": lm-eval split}: as given, or both read from the task's YAML."""
+        if dev_split is not None and test_split is not None:
+            return {"dev": str(dev_split), "test": str(test_split)}
+        config = entry.cfg if entry.kind.name == "TASK" and entry.cfg else {}
+        named = {key: config[key] for key in ("training_split", "validation_split", "test_split") if config.get(key)}
+        if dev_split is None and test_split is None and named.get("validation_split") and named.get("test_split") \
+                and named["validation_split"] != named["test_split"]:
+            return {"dev": str(named["validation_split"]), "test": str(named["test_split"])}
+        missing = [key for key, value in (("dev_split", dev_split), ("test_split", test_split)) if value is None]
+        says = f"its YAML names {named}" if named else "its YAML names no splits (a group or Python task)"
+        why = (f"evogm reads them from lm-eval's {self.task} only when its YAML names a validation_split and a "
+               f"different test_split, and {says}") if len(missing) == 2 else \
+            "the splits are read from the task's YAML only when both are left out"
+        raise EvogmError(f"task {self.name}: {' and '.join(missing)} missing", why,
+                         "add dev_split: SPLIT and test_split: SPLIT (one split named twice is divided by seed)")
+
+    def _metric(self, metric: str | None) -> str:
+        """The metric the search optimizes: the one named (checked against those the task reports, where
+        its YAML says), or the first it reports."""
+        index = task_manager(self.include_path, self.include_defaults).task_index
+        reported = reported_metrics(index, self.task)
+        if reported == []:
+            raise EvogmError(f"task {self.name}: lm-eval's {self.task} reports no metric of its own",
+                             "a group without an aggregate_metric_list: lm-eval scores only its tasks",
+                             "add an aggregate_metric_list to the group, or name one of its tasks")
+        if metric is None:
+            if reported is None:
+                raise EvogmError(f"task {self.name}: no metric", f"lm-eval's {self.task} does not declare its "
+                                 "metrics in its YAML (a Python task, a custom process_results, or a group of them)",
+                                 "set metric: one of those it reports (acc, exact_match, …)")
+            return reported[0]
+        if reported is not None and str(metric) not in reported:
+            raise EvogmError(f"task {self.name}: lm-eval's {self.task} reports no metric {metric!r}",
+                             did_you_mean(str(metric), reported, f"it reports {reported}", cutoff=0.6),
+                             f"set metric to one of {reported}")
+        return str(metric)
 
     def _wrapped(self, model, tokenizer):
         """lm-eval's HF model class over the resident model: built once, it sees every in-place merge."""
@@ -177,6 +229,74 @@ class LmEvalTask:
             raise KeyError(f"lm-eval task {self.task} gave {sorted(out)}, not {self.primary!r} "
                            f"(set the task's metric to one of them)")
         return out
+
+
+def reported_metrics(index: dict, name: str) -> list[str] | None:
+    """The metrics lm-eval reports for task or group `name`, named as `LmEvalTask` names them
+    ("acc"; "exact_match,strict-match" under a filter other than none), in lm-eval's order; [] for a
+    group that aggregates none; None where the YAML does not say (a Python task, a custom
+    process_results, an inline subtask). `index`: lm-eval's task index (TaskManager.task_index)."""
+    entry = index.get(name)
+    if entry is None or entry.cfg is None or entry.kind.name not in ("TASK", "GROUP"):
+        return None
+    config = entry.cfg
+    if entry.kind.name == "TASK":
+        if config.get("metric_list") is None and config.get("process_results") is not None:
+            return None  # its metrics are whatever process_results returns
+        metrics = [_metric_name(m.get("metric")) for m in config.get("metric_list") or [] if isinstance(m, dict)] \
+            if config.get("metric_list") is not None else list(_default_metrics(config.get("output_type")))
+        filters = [f.get("name") for f in config.get("filter_list") or [] if isinstance(f, dict)] or ["none"]
+        return [_named(metric, f) for f in filters for metric in metrics]
+    names = []
+    for aggregate in config.get("aggregate_metric_list") or []:
+        metric = _metric_name(aggregate.get("metric")) if isinstance(aggregate, dict) else None
+        filters = aggregate.get("filter_list") if metric else None
+        filters = [filters] if isinstance(filters, str) else filters  # as lm-eval reads one filter's name
+        if filters is None:  # lm-eval takes the filters its tasks report the metric under
+            leaves = _leaf_metrics(index, name, frozenset())
+            if metric is None or leaves is None:
+                return None
+            filters = sorted({key.partition(",")[2] or "none" for key in leaves if key.partition(",")[0] == metric})
+        names += [_named(metric, f) for f in filters]
+    return names
+
+
+def _leaf_metrics(index: dict, name: str, seen: frozenset) -> list[str] | None:
+    """The metrics every task under a group or tag reports (None: one of them does not say)."""
+    entry = index.get(name)
+    if entry is None or name in seen:
+        return None
+    if entry.kind.name == "TASK":
+        return reported_metrics(index, name)
+    if entry.kind.name == "TAG":
+        members = sorted(entry.tags)
+    elif entry.kind.name == "GROUP" and entry.cfg is not None:
+        members = entry.cfg.get("task") if isinstance(entry.cfg.get("task"), list) else [entry.cfg.get("task")]
+    else:
+        return None
+    found = []
+    for member in members:
+        leaf = _leaf_metrics(index, member, seen | {name}) if isinstance(member, str) else None
+        if leaf is None:
+            return None
+        found += leaf
+    return found
+
+
+def _metric_name(metric: object) -> str:
+    """A metric_list entry's name; a `!function` one (the YAML's path to it) is reported by its function's name."""
+    text = str(metric)
+    return text.rsplit(".", 1)[-1] if "/" in text else text
+
+
+def _default_metrics(output_type: str | None) -> list[str]:
+    from lm_eval.api.registry import DEFAULT_METRIC_REGISTRY
+
+    return DEFAULT_METRIC_REGISTRY.get(output_type or "generate_until", [])
+
+
+def _named(metric: str, filter_name: str) -> str:
+    return metric if filter_name == "none" else f"{metric},{filter_name}"
 
 
 def remember_tokens(lm) -> None:

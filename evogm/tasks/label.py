@@ -28,7 +28,7 @@ import numpy as np
 
 from evogm.errors import EvogmError
 from evogm.tasks.batching import EncodingCache
-from evogm.tasks.data import TaskData, require_fields
+from evogm.tasks.data import TaskData, answer_text, check_items, label_target, prompt_text
 from evogm.tasks.prompts import answer_separator, render
 from evogm.tasks.scoring import encode_prompts, generate_texts, option_inputs, option_logprobs
 from evogm.tasks.text import first_number, normalize
@@ -51,9 +51,13 @@ class LabelTask:
         self.scoring = "generate" if metric == "spearman" else scoring
         self.template, self.batch_size, self.max_new_tokens = template, int(batch_size), int(max_new_tokens)
         self.fallback = float(fallback)
-        for split in data.filled:
-            require_fields(data.items(split), ("input", "target"), f"{data.path} [{split}]")
-        self.labels = [str(x) for x in (labels or data.extras.get("labels") or self._targets())]
+        given = _checked_labels(name, labels or data.extras.get("labels"))
+        check_items(name, data, {"input": prompt_text, "target": label_target(given, metric)})
+        self.labels = given or self._targets()
+        if self.scoring == "loglik" and len({normalize(label) for label in self.labels}) < 2:
+            raise EvogmError(f"task {name}: one label ({self.labels})", "scored by log-likelihood, the only label "
+                             "is always chosen: every candidate would score 1.0", "give `labels` (at least two), or "
+                             "items with more than one target")
         self._cache = EncodingCache()
 
     @property
@@ -102,6 +106,16 @@ class LabelTask:
         prompts = self.prompts(key[1])
         options = [[answer_separator(p) + label for label in self.labels] for p in prompts]
         return option_inputs(tokenizer, prompts, options, self.batch_size)
+
+
+def _checked_labels(name: str, labels: object) -> list[str] | None:
+    """The closed label set a spec or file names, as text (None: none named)."""
+    if labels is None:
+        return None
+    if not isinstance(labels, list) or any(answer_text(label) for label in labels):
+        raise EvogmError(f"task {name}: labels must be a list of non-empty strings", f"got {labels!r:.80}",
+                         'write labels: ["yes", "no"]')
+    return [str(label) for label in labels]
 
 
 def spearman(x: list[float], y: list[float]) -> float:

@@ -11,34 +11,29 @@ paper's reference implementation does.
 
 from __future__ import annotations
 
-import string
-
 import numpy as np
 
 from evogm.errors import EvogmError
 from evogm.tasks.batching import EncodingCache
-from evogm.tasks.data import TaskData, require_fields
+from evogm.tasks.data import LETTERS, TaskData, check_items, choice_answer, choice_options, prompt_text
 from evogm.tasks.prompts import MULTIPLE_CHOICE, answer_separator, fewshot_prefix, render
 from evogm.tasks.scoring import encode_prompts, generate_texts, option_inputs, option_logprobs
 from evogm.tasks.text import parse_choice
 
 SCORINGS = ("loglik", "generate")
+ITEM_RULES = {"question": prompt_text, "choices": choice_options, "answer": choice_answer}  # checked in this order
 
 
-def as_choice_item(item: dict, where: str) -> dict:
-    """Choices as an ordered {letter: text} dict and the answer as a letter."""
+def as_choice_item(item: dict) -> dict:
+    """Choices as an ordered {letter: text} dict and the answer as a letter (the item passed
+    `check_items` with `ITEM_RULES`)."""
     choices = item["choices"]
     if isinstance(choices, list):
-        choices = dict(zip(string.ascii_uppercase, map(str, choices)))
-    if not isinstance(choices, dict) or not choices:
-        raise EvogmError(f"{where}: choices must be a non-empty dict or list", f"got {choices!r}",
-                         'write "choices": {"A": "...", "B": "..."}')
+        choices = dict(zip(LETTERS, choices))
+    choices = {letter: str(option) for letter, option in choices.items()}
     answer = item["answer"]
-    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
+    if isinstance(answer, int) and not isinstance(answer, bool):
         answer = list(choices)[answer]
-    if answer not in choices:
-        raise EvogmError(f"{where}: answer {answer!r} is not one of the choices {list(choices)}", "",
-                         "give the answer as a choice letter")
     return {**item, "choices": choices, "answer": answer}
 
 
@@ -58,13 +53,9 @@ class MultipleChoiceTask:
         self.template, self.batch_size, self.max_new_tokens = template, int(batch_size), int(max_new_tokens)
         self.stop = tuple(stop or ())
         self.prefix = fewshot_prefix(fewshot if fewshot is not None else data.extras.get("icl_prompt"), template)
-        self._items = {split: self._checked(split) for split in data.filled}
+        check_items(name, data, ITEM_RULES)
+        self._items = {split: [as_choice_item(item) for item in data.items(split)] for split in data.filled}
         self._cache = EncodingCache()
-
-    def _checked(self, split: str) -> list[dict]:
-        items = self.data.items(split)
-        require_fields(items, ("question", "choices", "answer"), f"{self.data.path} [{split}]")
-        return [as_choice_item(item, f"{self.data.path} [{split}] item {i}") for i, item in enumerate(items)]
 
     def items(self, split: str) -> list[dict]:
         return self._items[split] if split in self._items else self.data.items(split)  # the latter raises

@@ -1,7 +1,8 @@
 """A user's own fitness: `function: package.module:fn`, called with the merged model and tokenizer.
 
 The function returns a dict of higher-is-better metrics; `primary` names the one the search
-optimizes (default "score"). It is called with `split=` when its signature takes one, so it can
+optimizes (default "score"). A primary that is not a finite number fails the evaluation; any other
+metric that is not finite (NaN, inf, None) is kept, stored as null in the run's files. It is called with `split=` when its signature takes one, so it can
 keep its own dev and test data apart. `args` are passed on as keyword arguments.
 
 >>> # mypkg/fitness.py:  def judge(model, tokenizer, split="dev"): return {"reward": 0.8, "length": 0.3}
@@ -59,10 +60,20 @@ class PythonTask:
     def _checked(self, metrics: object) -> dict[str, float]:
         if not isinstance(metrics, dict) or not metrics:
             raise TypeError(f"{self.reference} returned {type(metrics).__name__}, not a non-empty dict of metrics")
-        out = {str(key): float(value) for key, value in metrics.items()}
+        given = {str(key): value for key, value in metrics.items()}
+        out = {key: self._number(key, value) for key, value in given.items()}
         if self.primary not in out:
             raise KeyError(f"{self.reference} returned {sorted(out)} without the primary metric {self.primary!r} "
                            f"(set the task's `primary` to one of them)")
         if not math.isfinite(out[self.primary]):
-            raise FloatingPointError(f"{self.reference} returned {self.primary}={out[self.primary]}")
+            raise FloatingPointError(f"{self.reference} returned {self.primary}={given[self.primary]!r}")
         return out
+
+    def _number(self, key: str, value: object) -> float:
+        """A metric's value as a float; None (no value) is NaN, stored as null like any non-finite one."""
+        if value is None:
+            return math.nan
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"{self.reference} returned {key}={value!r:.60}, not a number") from None
