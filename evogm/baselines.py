@@ -3,7 +3,7 @@
 The best single expert is picked on dev; the static merges (uniform, task arithmetic, TIES, DARE)
 choose their global scale on dev (uniform: 1/N, no choice). Their names are `config.BASELINES`.
 
->>> entry = evaluate("ties", cfg, workspace(cfg), Scoring(workspace(cfg), MULTI_TASK))   # doctest: +SKIP
+>>> entry = evaluate("ties", cfg, scoring)   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -12,31 +12,30 @@ import numpy as np
 
 from evogm.config import RunConfig
 from evogm.scoring import Scoring
-from evogm.workspace import Workspace
 
 
-def evaluate(method: str, cfg: RunConfig, ws: Workspace, scoring: Scoring) -> dict:
+def evaluate(method: str, cfg: RunConfig, scoring: Scoring) -> dict:
     """A static merge at its best global scale on dev (uniform: 1/N, no choice), then test once."""
+    experts, dim = list(cfg.models.experts), len(cfg.models.experts) * cfg.models.groups
     if method == "best_expert":
-        return best_expert(list(cfg.models.experts), ws.merger.dim, scoring)
+        return best_expert(experts, dim, scoring)
     options = dict(cfg.baselines.options.get(method, {}))
     if method == "uniform":
-        scales = [1.0 / len(ws.merger.experts)]
+        scales = [1.0 / len(experts)]
     else:
         scales = [options.pop("scale")] if "scale" in options else list(cfg.baselines.scales)
     linear = method in ("uniform", "task_arithmetic")  # λ = scale · 1: exact and fast through the merger
 
     def score(scale: float, split: str) -> dict:
         if linear:
-            return scoring.merged([scale] * ws.merger.dim, split)
-        ws.merger.static(method, seed=cfg.seed, scale=scale, **options)
-        return scoring.resident(split)
+            return scoring.merged([scale] * dim, split)
+        return scoring.static(method, split, seed=cfg.seed, scale=scale, **options)
 
     sweep = [score(scale, "dev") for scale in scales]
     pick = best_of(sweep)
     entry = {"scale": scales[pick], "options": options, "dev": sweep[pick], "test": score(scales[pick], "test")}
     if linear:
-        entry["coefficients"] = [scales[pick]] * ws.merger.dim
+        entry["coefficients"] = [scales[pick]] * dim
     if len(scales) > 1:
         entry["sweep"] = {f"{s:g}": d["score"] for s, d in zip(scales, sweep)}
     return entry

@@ -11,33 +11,35 @@ final.json and the report are written.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from evogm import baselines, report
-from evogm.config import RunConfig
+from evogm.config import RunConfig, to_dict
 from evogm.lora import EvogmWarning
 from evogm.rundir import RunDir, best_entry
 from evogm.runlog import read_json
-from evogm.scoring import Scoring
-from evogm.workspace import Workspace, workspace
+from evogm.scoring import Scoring, failure
+from evogm.worker import ProcessWorker, WorkerDied, WorkerTimeout
+from evogm.workspace import Workspace, workspace, workspace_of
 
 
 def finalize(cfg: RunConfig, run_dir: RunDir, target: str, records: list[dict], progress) -> None:
-    ws = workspace(cfg)
-    scoring = Scoring(ws, target)
     experts = list(cfg.models.experts)
     best = run_dir.write_best(experts, records)
-    progress.stage("test: best and initial best")
-    candidates = {"best": searched(best, scoring),
-                  "initial_best": searched(best_entry([r for r in records if r["gen"] == 0], experts), scoring)}
-    for method in cfg.baselines.methods:
-        progress.stage(f"baseline: {method}")
-        candidates[method] = baselines.evaluate(method, cfg, ws, scoring)
+    with final_scoring(cfg, target) as scoring:
+        progress.stage("test: best and initial best")
+        candidates = {"best": searched(best, scoring),
+                      "initial_best": searched(best_entry([r for r in records if r["gen"] == 0], experts), scoring)}
+        for method in cfg.baselines.methods:
+            progress.stage(f"baseline: {method}")
+            candidates[method] = baselines.evaluate(method, cfg, scoring)
     progress.stage("export")
-    export(cfg, ws, best["coefficients"], run_dir.model)
+    export(cfg, workspace(cfg), best["coefficients"], run_dir.model)
     run_dir.write_final({
         "target": target, "tasks": scoring.primary, "experts": list(cfg.models.experts),
         "groups": cfg.models.groups, "evaluations": len(records), "dev_items": scoring.dev_items(),
@@ -47,6 +49,33 @@ def finalize(cfg: RunConfig, run_dir: RunDir, target: str, records: list[dict], 
     if failures:
         warnings.warn(f"the final stage could not score {len(failures)} candidate(s) ({failures[0]}); "
                       f"{run_dir.report} lists them", EvogmWarning, stacklevel=2)
+
+
+@contextlib.contextmanager
+def final_scoring(cfg: RunConfig, target: str):
+    """The final stage's Scoring: on this process's workspace, or, with `search.timeout`, in a worker
+    process that is stopped and replaced when a candidate runs past its limit (which is then a
+    failure the report lists, and the stage goes on)."""
+    if cfg.search.timeout is None:
+        ws = workspace(cfg)
+        yield Scoring(ws.tasks.values(), target, lambda fn, *args, limit: fn(ws, *args))
+        return
+    import torch
+
+    from evogm.tasks import load_tasks
+
+    worker = ProcessWorker(functools.partial(workspace_of, to_dict(cfg)), None, threads=torch.get_num_threads())
+
+    def run(fn, *args, limit):
+        try:
+            return worker.call(fn, *args, limit=limit)
+        except (WorkerTimeout, WorkerDied) as exc:
+            return failure(f"{type(exc).__name__}: {exc}")
+
+    try:
+        yield Scoring(load_tasks(list(cfg.tasks)), target, run, timeout=cfg.search.timeout)
+    finally:
+        worker.close()
 
 
 def export_again(cfg: RunConfig, run_dir: RunDir, progress) -> None:

@@ -24,7 +24,7 @@ primary metric alone, whatever its weight).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -117,14 +117,16 @@ def normalized_weights(weights: Sequence[float]) -> np.ndarray:
 
 
 class Scoring:
-    """Scores the resident model as it stands (after a merge or a static merge) on dev or test:
-    the final stage's scorer. `ws` holds the merger, the tokenizer and the tasks (`evogm.workspace`)."""
+    """The final stage's scorer: a merge, or a static merge, scored on dev or test. `run(fn, *args,
+    limit=seconds)` calls `fn(ws, *args)` on a workspace (its resident model and tasks; `evogm.workspace`),
+    here or in a worker process with a time limit (`evogm.final`), and turns a failure into data.
+    `tasks` are the run's tasks (`evogm.tasks`), `timeout` the search's seconds per dev evaluation: a
+    test evaluation gets as much more as its split has more items."""
 
-    def __init__(self, ws, target: str):
-        self.tasks, self.target = scored_tasks(ws.tasks.values(), target), target
-        self.model, self.tokenizer = ws.merger.model, ws.models.tokenizer
+    def __init__(self, tasks, target: str, run: Callable, timeout: float | None = None):
+        self.tasks, self.target, self.timeout = scored_tasks(tasks, target), target, timeout
         self.primary = {t.name: primary_key(t) for t in self.tasks}
-        self._merger, self._memo = ws.merger, {}
+        self._run, self._memo = run, {}
 
     def dev_items(self) -> dict[str, int]:
         """Items each scored task has on dev (tasks from a data file; a Python fitness has none)."""
@@ -135,23 +137,52 @@ class Scoring:
         best, the uniform vector is in the first population) is not scored again."""
         key = (tuple(float(c) for c in coefficients), split)
         if key not in self._memo:
-            self._merger(np.asarray(coefficients, dtype=np.float64))
-            self._memo[key] = self.resident(split)
+            self._memo[key] = self._run(score_merge, self.target, list(key[0]), split, limit=self.limit(split))
         return self._memo[key]
 
-    def resident(self, split: str) -> dict:
-        """{"score": the search's fitness (weighted mean), "metrics": {"task/metric": value}}, as the
-        search's log stores an evaluation: a metric that is not finite is None (an auxiliary one is
-        data), a fitness that is not finite is a failure. A failure (a user fitness that raises, say)
-        is {"score": None, "metrics": {}, "error": its text}, so that the final stage goes on and the
-        report says what could not be scored."""
-        try:
-            metrics = score(self.model, self.tokenizer, self.tasks, split)
-            value = fitness(metrics, self.tasks, self.target)
-            if not math.isfinite(value):
-                raise FloatingPointError(f"fitness is {value}")
-            return {"score": value, "metrics": stored_metrics(metrics)}
-        except EvogmError:
-            raise
-        except Exception as exc:  # noqa: BLE001 — one candidate's failure must not lose the others' scores
-            return {"score": None, "metrics": {}, "error": f"{type(exc).__name__}: {exc}"}
+    def static(self, method: str, split: str, **options) -> dict:
+        """The score of a static merge (`evogm.merge.Merger.static`: TIES, DARE, …)."""
+        return self._run(score_static, self.target, method, options, split, limit=self.limit(split))
+
+    def limit(self, split: str) -> float | None:
+        """Seconds for one evaluation on `split`: the timeout, times the split's items over dev's."""
+        if self.timeout is None:
+            return None
+        items = {s: sum(len(t.data.items(s)) for t in self.tasks if hasattr(t, "data")) for s in ("dev", split)}
+        return self.timeout * max(1.0, items[split] / items["dev"]) if items["dev"] else self.timeout
+
+
+def score_merge(ws, target: str, coefficients, split: str) -> dict:
+    """Merge `coefficients` into the workspace's resident model, then score it (`score_resident`)."""
+    ws.merger(np.asarray(coefficients, dtype=np.float64))
+    return score_resident(ws, target, split)
+
+
+def score_static(ws, target: str, method: str, options: dict, split: str) -> dict:
+    """Write a static merge into the resident model, then score it (`score_resident`)."""
+    ws.merger.static(method, **options)
+    return score_resident(ws, target, split)
+
+
+def score_resident(ws, target: str, split: str) -> dict:
+    """{"score": the search's fitness (weighted mean), "metrics": {"task/metric": value}} of the
+    resident model, as the search's log stores an evaluation: a metric that is not finite is None (an
+    auxiliary one is data), a fitness that is not finite is a failure. A failure (a user fitness that
+    raises, say) is {"score": None, "metrics": {}, "error": its text}, so that the final stage goes on
+    and the report says what could not be scored."""
+    tasks = scored_tasks(ws.tasks.values(), target)
+    try:
+        metrics = score(ws.merger.model, ws.models.tokenizer, tasks, split)
+        value = fitness(metrics, tasks, target)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"fitness is {value}")
+        return {"score": value, "metrics": stored_metrics(metrics)}
+    except EvogmError:
+        raise
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 — one candidate's failure must not lose the others' scores
+        return failure(f"{type(exc).__name__}: {exc}")
+
+
+def failure(error: str) -> dict:
+    """A final-stage score that could not be computed."""
+    return {"score": None, "metrics": {}, "error": error}

@@ -43,14 +43,16 @@ class ProcessWorker:
         self.replaced = 0  # children killed or lost and started again
         self._process = self._conn = None
 
-    def call(self, fn: Callable, *args):
+    def call(self, fn: Callable, *args, limit: float | None = None):
         """`fn(context, *args)` in the child; its exceptions come back as they are. Raises WorkerTimeout
-        past the limit and WorkerDied if the child ends without an answer (it is replaced either way)."""
+        past the limit (`limit`, else the worker's timeout) and WorkerDied if the child ends without an
+        answer (it is replaced either way)."""
+        limit = self.timeout if limit is None else limit
         self._start()
         self._conn.send((fn, args))
-        if self.timeout is not None and not self._conn.poll(self.timeout):
+        if limit is not None and not self._conn.poll(limit):
             self._stop()
-            raise WorkerTimeout(f"it took longer than {self.timeout:g} s (search.timeout); its worker process "
+            raise WorkerTimeout(f"it took longer than {limit:g} s (search.timeout); its worker process "
                                 "was stopped and a fresh one takes the next candidate")
         ok, value = self._receive()
         if not ok:

@@ -54,6 +54,11 @@ def build_workspace(cfg: RunConfig) -> Workspace:
     return Workspace(models, Merger(models.model, models.experts, groups=m.groups, base_copy=m.base_copy), tasks)
 
 
+def workspace_of(cfg_data: dict) -> Workspace:
+    """The workspace of a config given as plain data (what a worker process builds)."""
+    return workspace(from_dict(cfg_data))
+
+
 def objective_factory(cfg: RunConfig, target: str):
     """A zero-argument, picklable maker of the objective an executor calls on its worker."""
     return functools.partial(make_objective, to_dict(cfg), target)

@@ -187,3 +187,45 @@ def test_without_ray_the_error_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as where Ray is not installed: `import ray` fails
     with pytest.raises(EvogmError, match=r"pip install 'evogm\[ray\]'"):
         import_ray()
+
+
+class Stubborn:
+    """An objective factory whose candidate with x[0] > 0.9 hangs for two minutes, swallowing every
+    exception meanwhile (no signal can stop it); the others answer at once."""
+
+    def __call__(self):
+        return self.evaluate
+
+    @staticmethod
+    def evaluate(x, threshold=None):
+        import time
+
+        if x[0] > 0.9:
+            end = time.monotonic() + 120
+            while time.monotonic() < end:
+                try:
+                    time.sleep(0.05)
+                except BaseException:  # noqa: BLE001 — as stubborn as a user's code can be
+                    pass
+        return Result(tuple(x), float(np.sum(np.square(x))))
+
+
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_a_candidate_past_the_timeout_fails_its_worker_is_replaced_and_the_rest_are_evaluated(kind, request):
+    import time
+
+    if kind == "ray":
+        request.getfixturevalue("ray_instance")
+        executor = RayExecutor(Stubborn(), timeout=5, workers=2, cpus_per_worker=1)
+    else:
+        executor = LocalExecutor(Stubborn(), timeout=5)
+    xs = np.array([[0.1, 0.2], [0.95, 0.0], [0.3, 0.4], [0.5, 0.1]])
+    try:
+        executor.map(xs[:1])  # workers started (starting is not timed)
+        start = time.monotonic()
+        results = executor.map(xs)
+        assert time.monotonic() - start < 100
+    finally:
+        executor.close()
+    assert results[1].loss == math.inf and results[1].error.startswith("TimeoutError: it took longer than 5 s")
+    assert [r.loss for i, r in enumerate(results) if i != 1] == [float(np.sum(xs[i] ** 2)) for i in (0, 2, 3)]
