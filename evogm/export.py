@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from evogm.errors import EvogmError
-from evogm.merge import GROUP_RULES
+from evogm.merge import GROUP_RULES, check_static_options
 
 # evogm method → (mergekit method, its `normalize`): TIES and DARE-TIES divide by the agreeing experts'
 # weights (normalize: true), task arithmetic and DARE sum (normalize: false)
@@ -39,23 +39,26 @@ MERGEKIT_ENCODER_DECODERS = ("t5",)  # mergekit's architectures include T5ForCon
 
 def merge_and_export(base: str, experts: dict[str, str], lam: np.ndarray, out_dir, *,
                      method: str = "task_arithmetic", force: bool = False, load: dict | None = None,
-                     **options) -> Path:
+                     seed: int = 0, **options) -> Path:
     """Load the base and experts, merge them (task arithmetic with λ (experts × groups), or a static
     method with λ as per-expert weights and its options) and export the folder; what `evogm merge` does.
-    `load`: load_models' keywords (dtype, device, allow_pickle, trust_remote_code)."""
+    `load`: load_models' keywords (dtype, device, allow_pickle, trust_remote_code). Options, weights and
+    the output are checked before anything loads."""
     from evogm.merge import Merger
     from evogm.models import load_models
 
+    check_static_options(method, options)
+    static = not (method == "task_arithmetic" and options.get("scale", 1.0) == 1.0)
+    if static and lam.shape[1] > 1:
+        raise EvogmError(f"--method {method} takes one weight per expert", "group weights are for task arithmetic",
+                         "give one value per expert")
     check_output(out_dir, force)
     models = load_models(base, experts, **(load or {}))
     merger = Merger(models.model, models.experts, groups=lam.shape[1])
     common = dict(base=base, experts=experts, force=force)
-    if method == "task_arithmetic" and options.get("scale", 1.0) == 1.0:
+    if not static:
         return export_merged(merger, models.tokenizer, lam, out_dir, **common)
-    if lam.shape[1] > 1:
-        raise EvogmError(f"--method {method} takes one weight per expert", "group weights are for task arithmetic",
-                         "give one value per expert")
-    return export_static(merger, models.tokenizer, method, out_dir, weights=lam[:, 0], **common, **options)
+    return export_static(merger, models.tokenizer, method, out_dir, weights=lam[:, 0], seed=seed, **common, **options)
 
 
 def export_merged(merger, tokenizer, coefficients, out_dir, *, base: str, experts: dict[str, str],
@@ -70,12 +73,14 @@ def export_merged(merger, tokenizer, coefficients, out_dir, *, base: str, expert
 
 
 def export_static(merger, tokenizer, method: str, out_dir, *, base: str, experts: dict[str, str],
-                  weights=None, force: bool = True, **options) -> Path:
+                  weights=None, seed: int = 0, force: bool = True, **options) -> Path:
     """Write a static merge (task_arithmetic, ties, dare) into the resident model and export it."""
     from evogm.merge import static_options
 
     options = static_options(method, **options)  # the recipe names every option the merge ran with
-    merger.static(method, weights=weights, **options)
+    merger.static(method, weights=weights, seed=seed, **options)
+    if method == "dare":
+        options["seed"] = seed  # its drops' seed: the same seed gives the same merge
     lam = np.ones((len(experts), 1)) if weights is None else np.asarray(weights, dtype=float)[:, None]
     recipe = make_recipe(method, lam, base=base, experts=experts, kinds=_kinds(merger), options=options,
                          group_rule=GROUP_RULES[merger.seq2seq])
