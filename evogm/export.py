@@ -1,7 +1,9 @@
 """Export a merge: a Hugging Face folder that transformers loads, `recipe.yaml`, and a mergekit config.
 
 The folder is written next to its destination and renamed into place, so an interrupted export
-never leaves a half-written model where a finished one is expected.
+never leaves a half-written model where a finished one is expected. Any failure to write (a full
+disk, no permission, a file in the way) is one line (`ExportFailed`), and leaves what was there
+before as it was.
 
 >>> export_merged(merger, tokenizer, best_lambda, "runs/demo/model",
 ...               base="zoo/base", experts={"add": "zoo/experts/add"})   # doctest: +SKIP
@@ -10,6 +12,7 @@ never leaves a half-written model where a finished one is expected.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,6 +38,17 @@ DARE_NOTE = """\
 # mergekit) divides them by the density. Only evogm's recipe.yaml reproduces evogm's tensors exactly.
 """
 MERGEKIT_ENCODER_DECODERS = ("t5",)  # mergekit's architectures include T5ForConditionalGeneration, not BART & co.
+OUT_FIX = "free disk space, or choose another --out"
+
+
+class ExportFailed(EvogmError):
+    """An export could not be written (a full disk, no permission, a file in the way): `cannot write
+    OUT: why; fix`. Nothing already there was changed. `out` and `why` are kept, so that a caller with
+    another way out (a run: resume it) can say its own fix."""
+
+    def __init__(self, out: Path, why: str, fix: str = OUT_FIX):
+        self.out, self.why = out, why
+        super().__init__(f"cannot write {out}", why, fix)
 
 
 def merge_and_export(base: str, experts: dict[str, str], lam: np.ndarray, out_dir, *,
@@ -88,7 +102,8 @@ def export_static(merger, tokenizer, method: str, out_dir, *, base: str, experts
 
 
 def export_model(model, tokenizer, out_dir, recipe: dict, *, force: bool = True) -> Path:
-    """Save model (safetensors) + tokenizer + recipe.yaml + mergekit.yaml into out_dir, atomically."""
+    """Save model (safetensors) + tokenizer + recipe.yaml + mergekit.yaml into out_dir, atomically
+    (see the module docstring); a failure to write is an `ExportFailed`."""
     out = check_output(out_dir, force)
     recipe = {**recipe, **_mergekit_note(model.config)}
     check_finite_model(model)
@@ -106,24 +121,60 @@ def export_model(model, tokenizer, out_dir, recipe: dict, *, force: bool = True)
             os.replace(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    except OSError as exc:
-        raise _unwritable(out, exc) from None
+    except Exception as exc:
+        why = write_failure(exc)
+        if why is None:
+            raise
+        raise ExportFailed(out, why) from None
     return out
 
 
 def check_output(out_dir, force: bool) -> Path:
-    """Refuse to replace a non-empty folder unless forced, and a place that cannot be written
+    """Refuse a file, a non-empty folder unless forced, and a place that cannot be written
     (call it before any long work)."""
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+    check_folder_path(out, "--out")
+    if out.exists() and any(out.iterdir()) and not force:
         raise EvogmError(f"{out} already exists and is not empty", "evogm does not overwrite outputs silently",
                          "choose another --out, or pass --force")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent).cleanup()
     except OSError as exc:
-        raise _unwritable(out, exc) from None
+        raise ExportFailed(out, write_failure(exc)) from None
     return out
+
+
+def check_folder_path(path, key: str) -> None:
+    """Refuse a path that should become a folder but cannot: an existing file, or a path under a
+    file. Reads only (a config loader can call it: `check_folder_path(cfg.output, "output")`).
+
+    >>> check_folder_path("/dev/null", "--out")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    evogm.export.ExportFailed: cannot write /dev/null: it is a file, not a folder; fix: choose another --out ...
+    """
+    path = Path(path)
+    for place in (path, *path.parents):
+        if place.is_dir():
+            return
+        if place.exists() or place.is_symlink():
+            why = "it is a file, not a folder" if place == path else f"{place} is a file, not a folder"
+            raise ExportFailed(path, why, f"choose another {key} (a file is never replaced, even with --force)")
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """The OS's reason why a write failed ("No space left on device"), or None when `exc` is no failure
+    to write. Python's OSError carries it as strerror; safetensors and tokenizers (Rust) raise their
+    own types (SafetensorError, Exception) whose text ends with "(os error 28)"."""
+    from safetensors import SafetensorError
+
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    code = re.search(r"\(os error (\d+)\)", str(exc))
+    if code:
+        return os.strerror(int(code[1]))
+    return str(exc) if isinstance(exc, SafetensorError) else None
 
 
 def check_finite_model(model) -> None:
@@ -147,11 +198,6 @@ def all_finite(tensor, chunk: int = FINITE_CHUNK) -> bool:
     """
     flat = tensor.reshape(-1)
     return all(bool(flat[start:start + chunk].isfinite().all()) for start in range(0, flat.numel(), chunk))
-
-
-def _unwritable(out: Path, exc: OSError) -> EvogmError:
-    return EvogmError(f"cannot write {out}", f"{type(exc).__name__}: {exc}",
-                      "choose an output folder you can write to (and free disk space); nothing already there was changed")
 
 
 def _mergekit_note(config) -> dict:

@@ -1,0 +1,129 @@
+"""Writing an export when things go wrong: a full disk (a real, tiny tmpfs), a file in the way.
+
+The full-disk tests mount a tmpfs (root only); where mounting is not permitted they are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evogm.cli import main
+from evogm.errors import EvogmError
+from evogm.export import check_folder_path
+
+
+def merge_argv(tiny_models, out, *extra):
+    return ["merge", "--base", str(tiny_models["base"]), "--expert", f"qv={tiny_models['lora_qv']}",
+            "--expert", f"full={tiny_models['full_all']}", "--device", "cpu", "--dtype", "float32",
+            "--out", str(out), *extra]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size) → an empty folder on a tmpfs of that size (a small disk that really fills up);
+    resize(folder, size) grows it. Unmounted afterwards; skipped where mounting is not permitted."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                  capture_output=True, text=True)
+        except OSError as exc:
+            pytest.skip(f"cannot mount a tmpfs here: {exc}")
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def resize(folder: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True)
+
+
+# --- a full disk --------------------------------------------------------------------------------
+
+
+def test_a_merge_that_fills_the_disk_is_one_line_and_leaves_nothing(tiny_models, tmpfs, capsys):
+    disk = tmpfs("64k")  # the tiny model's weights alone are 100 KiB: safetensors hits ENOSPC
+    out = disk / "merged"
+    assert main(merge_argv(tiny_models, out)) == 2
+    assert one_line_error(capsys).endswith(
+        f"cannot write {out}: No space left on device; fix: free disk space, or choose another --out")
+    assert list(disk.iterdir()) == []  # no half-written folder, hidden or not
+
+
+def test_a_forced_merge_that_fills_the_disk_keeps_the_export_already_there(tiny_models, tmpfs, capsys):
+    disk = tmpfs("200k")  # room for one export, not for a second one beside it
+    out = disk / "merged"
+    assert main(merge_argv(tiny_models, out)) == 0
+    before = files(out)
+    assert main(merge_argv(tiny_models, out, "--weights", "qv=0.5", "--force")) == 2
+    assert "No space left on device" in one_line_error(capsys)
+    assert files(out) == before and [p.name for p in disk.iterdir()] == ["merged"]
+
+
+def test_a_run_whose_export_fills_the_disk_keeps_its_search_and_resumes(zoo_tiny, tmpfs, capsys):
+    from test_run import FAST
+
+    disk = tmpfs("96k")  # the run's log and json files fit, its model (96 KiB of weights) does not
+    run = disk / "run"
+    assert main(["run", str(zoo_tiny / "run.yaml"), *FAST, f"output={run}", "--quiet"]) == 2
+    assert one_line_error(capsys).endswith(
+        f"cannot write {run / 'model'}: No space left on device; fix: free disk space, then "
+        f"`evogm run --resume {run}` exports it (the search is kept: evaluations.jsonl and best.json)")
+    assert len((run / "evaluations.jsonl").read_text().splitlines()) == 14 and (run / "best.json").is_file()
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "best.json", "config.yaml", "evaluations.jsonl",
+                                                     "inputs.json"]  # no model, no partial folder, no final.json
+    resize(disk, "4m")
+    assert main(["run", "--resume", str(run), "--quiet"]) == 0
+    assert (run / "model" / "model.safetensors").is_file() and (run / "report.md").is_file()
+    recipe = yaml.safe_load((run / "model" / "recipe.yaml").read_text())
+    for name, lam in json.loads((run / "best.json").read_text())["experts"].items():  # the search's best
+        weight = recipe["experts"][name]["weight"]
+        assert (weight if isinstance(weight, list) else [weight]) == lam
+
+
+# --- a file in the way ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_a_merge_out_that_is_a_file_is_refused_and_the_file_kept(tiny_models, tmp_path, capsys, force):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    assert main(merge_argv(tiny_models, blocker, *force)) == 2
+    assert one_line_error(capsys).endswith(f"cannot write {blocker}: it is a file, not a folder; "
+                                           "fix: choose another --out (a file is never replaced, even with --force)")
+    assert blocker.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_the_check_a_run_config_can_make_of_its_output(tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    with pytest.raises(EvogmError, match=f"cannot write {blocker}: it is a file, not a folder; fix: choose another "
+                                         "output "):
+        check_folder_path(blocker, "output")
+    with pytest.raises(EvogmError, match=f"{blocker} is a file, not a folder"):
+        check_folder_path(blocker / "runs" / "a", "output")
+    check_folder_path(tmp_path / "new" / "run", "output")  # not there yet: fine, and nothing is made
+    assert not (tmp_path / "new").exists()
