@@ -1,9 +1,11 @@
 """Export a merge: a Hugging Face folder that transformers loads, `recipe.yaml`, and a mergekit config.
 
-The folder is written next to its destination and renamed into place, so an interrupted export
-never leaves a half-written model where a finished one is expected. Any failure to write (a full
-disk, no permission, a file in the way) is one line (`ExportFailed`), and leaves what was there
-before as it was.
+The folder is written into a hidden `.NAME.partial-XXXXXXXX` folder next to its destination and
+renamed into place, so an interrupted export never leaves a half-written model where a finished one is
+expected; the partial folder of an export that was killed is removed by the next export to the same
+place. Any failure to write (a full disk, no permission) is one line (`ExportFailed`), and leaves
+what was there before as it was. The folder and its files get the modes the umask gives, as any
+folder and file the user makes (safetensors writes its files 0600 by itself).
 
 >>> export_merged(merger, tokenizer, best_lambda, "runs/demo/model",
 ...               base="zoo/base", experts={"add": "zoo/experts/add"})   # doctest: +SKIP
@@ -11,8 +13,11 @@ before as it was.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,6 +43,7 @@ DARE_NOTE = """\
 # mergekit) divides them by the density. Only evogm's recipe.yaml reproduces evogm's tensors exactly.
 """
 MERGEKIT_ENCODER_DECODERS = ("t5",)  # mergekit's architectures include T5ForConditionalGeneration, not BART & co.
+PARTIAL = ".partial-"  # an export in progress is written as .NAME.partial-XXXXXXXX next to NAME
 OUT_FIX = "free disk space, or choose another --out"
 
 
@@ -108,19 +114,15 @@ def export_model(model, tokenizer, out_dir, recipe: dict, *, force: bool = True)
     recipe = {**recipe, **_mergekit_note(model.config)}
     check_finite_model(model)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        with _partial_folder(out) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             _write_yaml(tmp / "recipe.yaml", recipe)
             if "mergekit" not in recipe:
                 _write_yaml(tmp / "mergekit.yaml", mergekit_config(recipe), MERGEKIT_HEADER
                             + (DARE_NOTE if recipe["method"] == "dare" else ""))
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _umask_modes(tmp)
+            _put_in_place(tmp, out)
     except Exception as exc:
         why = write_failure(exc)
         if why is None:
@@ -139,7 +141,7 @@ def check_output(out_dir, force: bool) -> Path:
                          "choose another --out, or pass --force")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent).cleanup()
+        os.rmdir(tempfile.mkdtemp(prefix=_partial_prefix(out), dir=out.parent))
     except OSError as exc:
         raise ExportFailed(out, write_failure(exc)) from None
     return out
@@ -175,6 +177,74 @@ def write_failure(exc: BaseException) -> str | None:
     if code:
         return os.strerror(int(code[1]))
     return str(exc) if isinstance(exc, SafetensorError) else None
+
+
+def _partial_prefix(out: Path) -> str:
+    return f".{out.name}{PARTIAL}"
+
+
+@contextlib.contextmanager
+def _partial_folder(out: Path):
+    """A new hidden folder next to `out` to write the export into, made by os.mkdir (the umask's mode)
+    and locked (flock) while this process writes it. The partial folders of earlier exports to `out`
+    whose lock died with their process (killed) are removed first; one another process still writes
+    is left alone. The folder is gone afterwards: renamed into place, or removed."""
+    _remove_leftovers(out)
+    tmp = out.parent / f"{_partial_prefix(out)}{secrets.token_hex(4)}"
+    os.mkdir(tmp)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove what killed exports to `out` left next to it (see `_partial_folder`)."""
+    prefix = _partial_prefix(out)
+    for entry in out.parent.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        if entry.is_symlink():
+            entry.unlink()
+        elif entry.is_dir():
+            try:
+                fd = os.open(entry, os.O_RDONLY)
+            except OSError:
+                continue  # not ours to read (another user's): left as it is
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another process is exporting there now
+            finally:
+                os.close(fd)  # (unlocks)
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _put_in_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder to `out`. A folder already there (--force) is renamed aside first
+    (a name `_remove_leftovers` knows) and removed after, so that `out` never mixes the two."""
+    if not (out.exists() or out.is_symlink()):
+        os.replace(tmp, out)
+        return
+    aside = tmp.with_name(f"{tmp.name}-replaced")
+    os.replace(out, aside)
+    os.replace(tmp, out)
+    if aside.is_symlink():
+        aside.unlink()
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _umask_modes(folder: Path) -> None:
+    """Give every file in `folder` the mode the umask gives a new file (0644 under umask 022), as
+    open() would: the folder's own mode (os.mkdir's, 0755 under 022) without the execute bits."""
+    mode = folder.stat().st_mode & 0o666
+    for root, _, files in os.walk(folder):
+        for name in files:
+            os.chmod(os.path.join(root, name), mode)
 
 
 def check_finite_model(model) -> None:

@@ -1,4 +1,5 @@
-"""Writing an export when things go wrong: a full disk (a real, tiny tmpfs), a file in the way.
+"""Writing an export when things go wrong: a full disk (a real, tiny tmpfs), a file in the way, a
+killed export's leftover; and what a good export leaves: the umask's modes.
 
 The full-disk tests mount a tmpfs (root only); where mounting is not permitted they are skipped.
 """
@@ -6,7 +7,12 @@ The full-disk tests mount a tmpfs (root only); where mounting is not permitted t
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +20,9 @@ import yaml
 
 from evogm.cli import main
 from evogm.errors import EvogmError
-from evogm.export import check_folder_path
+from evogm.export import PARTIAL, check_folder_path, export_merged
+from evogm.merge import Merger
+from evogm.models import load_models
 
 
 def merge_argv(tiny_models, out, *extra):
@@ -127,3 +135,80 @@ def test_the_check_a_run_config_can_make_of_its_output(tmp_path):
         check_folder_path(blocker / "runs" / "a", "output")
     check_folder_path(tmp_path / "new" / "run", "output")  # not there yet: fine, and nothing is made
     assert not (tmp_path / "new").exists()
+
+
+# --- a killed export, and what a good one leaves -------------------------------------------------------
+
+KILLED_EXPORT = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from evogm.export import export_merged
+from evogm.merge import Merger
+from evogm.models import load_models
+
+base, adapter, out = sys.argv[1:]
+models = load_models(base, {"qv": adapter}, dtype="float32", device="cpu")
+
+def stall(folder, *args, **kwargs):  # the weights are written: hang while the tokenizer would be
+    (Path(out).parent / "weights-written").write_text(str(folder))
+    time.sleep(600)
+
+models.tokenizer.save_pretrained = stall
+export_merged(Merger(models.model, models.experts), models.tokenizer, np.array([0.5]), out,
+              base=base, experts={"qv": adapter})
+"""
+
+
+def test_a_killed_exports_leftover_is_hidden_and_removed_by_the_next_export(tiny_models, tmp_path):
+    out, signal_file = tmp_path / "merged", tmp_path / "weights-written"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}  # this checkout's evogm
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILLED_EXPORT), str(tiny_models["base"]),
+                              str(tiny_models["lora_qv"]), str(out)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not signal_file.exists():
+            assert child.poll() is None and time.monotonic() < deadline, "the export never got to its weights"
+            time.sleep(0.2)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    leftover = Path(signal_file.read_text())
+    assert leftover.parent == tmp_path and leftover.name.startswith(f".merged{PARTIAL}")  # hidden, and no model
+    assert (leftover / "model.safetensors").is_file() and not out.exists()
+
+    models = load_models(tiny_models["base"], {"qv": tiny_models["lora_qv"]}, dtype="float32", device="cpu")
+    merger = Merger(models.model, models.experts)
+    export_merged(merger, models.tokenizer, [0.5], out, base=str(tiny_models["base"]),
+                  experts={"qv": str(tiny_models["lora_qv"])})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "weights-written"]
+    assert {"model.safetensors", "tokenizer.json", "recipe.yaml"} <= set(files(out))
+
+
+def test_a_partial_export_another_process_is_writing_is_left_alone(tiny_models, tmp_path):
+    import fcntl
+
+    live = tmp_path / f".merged{PARTIAL}0123abcd"  # as another exporter's, locked while it writes
+    live.mkdir()
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert main(merge_argv(tiny_models, tmp_path / "merged")) == 0
+        assert live.is_dir() and (tmp_path / "merged" / "recipe.yaml").is_file()
+    finally:
+        os.close(fd)
+
+
+def test_an_export_has_the_modes_the_umask_gives(tiny_models, tmp_path):
+    old = os.umask(0o027)
+    try:
+        assert main(merge_argv(tiny_models, tmp_path / "merged")) == 0
+        made = tmp_path / "made"
+        os.makedirs(made)
+        (made / "file").write_text("")
+    finally:
+        os.umask(old)
+    out = tmp_path / "merged"
+    assert out.stat().st_mode & 0o7777 == made.stat().st_mode & 0o7777 == 0o750  # not mkdtemp's 0700
+    modes = {f.name: f.stat().st_mode & 0o7777 for f in out.iterdir()}
+    assert set(modes.values()) == {(made / "file").stat().st_mode & 0o7777} == {0o640}, modes  # safetensors' 0600 too
