@@ -43,6 +43,7 @@ DARE_NOTE = """\
 # mergekit) divides them by the density. Only evogm's recipe.yaml reproduces evogm's tensors exactly.
 """
 MERGEKIT_ENCODER_DECODERS = ("t5",)  # mergekit's architectures include T5ForConditionalGeneration, not BART & co.
+MERGEKIT_SEPARATORS = "+@"  # mergekit splits a model reference at '+' (BASE+LORA) and '@' (PATH@REVISION)
 PARTIAL = ".partial-"  # an export in progress is written as .NAME.partial-XXXXXXXX next to NAME
 OUT_FIX = "free disk space, or choose another --out"
 
@@ -111,7 +112,7 @@ def export_model(model, tokenizer, out_dir, recipe: dict, *, force: bool = True)
     """Save model (safetensors) + tokenizer + recipe.yaml + mergekit.yaml into out_dir, atomically
     (see the module docstring); a failure to write is an `ExportFailed`."""
     out = check_output(out_dir, force)
-    recipe = {**recipe, **_mergekit_note(model.config)}
+    recipe = {**recipe, **_mergekit_note(model.config, recipe)}
     check_finite_model(model)
     try:
         with _partial_folder(out) as tmp:
@@ -270,12 +271,24 @@ def all_finite(tensor, chunk: int = FINITE_CHUNK) -> bool:
     return all(bool(flat[start:start + chunk].isfinite().all()) for start in range(0, flat.numel(), chunk))
 
 
-def _mergekit_note(config) -> dict:
-    """{"mergekit": why none is written} for an encoder-decoder mergekit cannot load; {} otherwise."""
-    if not getattr(config, "is_encoder_decoder", False) or config.model_type in MERGEKIT_ENCODER_DECODERS:
-        return {}
-    return {"mergekit": f"not written: mergekit has no {config.model_type} architecture "
-                        f"(of encoder-decoders it supports {', '.join(MERGEKIT_ENCODER_DECODERS)})"}
+def _mergekit_note(config, recipe: dict) -> dict:
+    """{"mergekit": why none is written} where mergekit could not run it: an encoder-decoder it has no
+    architecture for, or a path it would misread (it splits a model reference at '+' and '@'); {} otherwise."""
+    if getattr(config, "is_encoder_decoder", False) and config.model_type not in MERGEKIT_ENCODER_DECODERS:
+        return {"mergekit": f"not written: mergekit has no {config.model_type} architecture "
+                            f"(of encoder-decoders it supports {', '.join(MERGEKIT_ENCODER_DECODERS)})"}
+    paths = [recipe["base"], *(spec["path"] for spec in recipe["experts"].values())]
+    odd = next((p for p in map(mergekit_path, paths) if any(c in p for c in MERGEKIT_SEPARATORS)), None)
+    if odd:
+        return {"mergekit": f"not written: mergekit reads '+' in a model path as BASE+LORA and '@' as "
+                            f"PATH@REVISION, and {odd} holds one (rename the folder to write one)"}
+    return {}
+
+
+def mergekit_path(path) -> str:
+    """A model path as mergekit.yaml holds it: absolute. mergekit reads a path that is not there
+    from where it runs as a Hugging Face Hub id (zoo/base would be one), so no path is left relative."""
+    return os.path.abspath(path)
 
 
 def make_recipe(method: str, lam: np.ndarray, *, base: str, experts: dict[str, str], kinds: dict[str, str],
@@ -304,19 +317,20 @@ def make_recipe(method: str, lam: np.ndarray, *, base: str, experts: dict[str, s
 
 def mergekit_config(recipe: dict) -> dict:
     """The same merge as a mergekit YAML config (LoRA experts as `base+adapter` references, which
-    need mergekit's `--lora-merge-cache DIR`).
+    need mergekit's `--lora-merge-cache DIR`), every path absolute (`mergekit_path`).
 
     Layer groups become per-layer weight filters (`layers.K.`). `normalize` is what evogm does: off
     for task arithmetic and DARE (λ are raw coefficients), on for TIES and DARE-TIES (the disjoint
     mean divides by the agreeing experts' weights); the density evogm used is written for every expert,
     since mergekit's default is 1 (no trimming).
     """
-    base, options = recipe["base"], recipe.get("options", {})
+    base, options = mergekit_path(recipe["base"]), recipe.get("options", {})
     method = "dare-ties" if recipe["method"] == "dare" and options.get("consensus") else recipe["method"]
     name, normalize = MERGEKIT_METHODS[method]
     models = []
     for spec in recipe["experts"].values():
-        reference = f"{base}+{spec['path']}" if spec["kind"] == "lora" else spec["path"]
+        path = mergekit_path(spec["path"])
+        reference = f"{base}+{path}" if spec["kind"] == "lora" else path
         parameters = {"weight": _mergekit_weight(spec["weight"], recipe.get("layers"))}
         if "density" in options:
             parameters["density"] = options["density"]

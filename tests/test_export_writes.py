@@ -1,5 +1,5 @@
 """Writing an export when things go wrong: a full disk (a real, tiny tmpfs), a file in the way, a
-killed export's leftover; and what a good export leaves: the umask's modes.
+killed export's leftover; and what a good export leaves: the umask's modes, paths mergekit reads as local.
 
 The full-disk tests mount a tmpfs (root only); where mounting is not permitted they are skipped.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,3 +213,30 @@ def test_an_export_has_the_modes_the_umask_gives(tiny_models, tmp_path):
     assert out.stat().st_mode & 0o7777 == made.stat().st_mode & 0o7777 == 0o750  # not mkdtemp's 0700
     modes = {f.name: f.stat().st_mode & 0o7777 for f in out.iterdir()}
     assert set(modes.values()) == {(made / "file").stat().st_mode & 0o7777} == {0o640}, modes  # safetensors' 0600 too
+
+
+# --- mergekit.yaml ------------------------------------------------------------------------------------
+
+
+def test_mergekit_yaml_holds_only_absolute_paths(tiny_models, tmp_path, monkeypatch):
+    root = tiny_models["base"].parent
+    monkeypatch.chdir(root.parent)
+    out = tmp_path / "merged"  # zoo/base-like paths, one slash: mergekit would take them for Hub ids
+    assert main(["merge", "--base", f"{root.name}/base", "--expert", f"qv={root.name}/lora_qv",
+                 "--expert", f"full=./{root.name}/../{root.name}/full_all", "--method", "ties", "--out", str(out)]) == 0
+    config = yaml.safe_load((out / "mergekit.yaml").read_text())
+    assert config["base_model"] == str(tiny_models["base"])
+    assert [m["model"] for m in config["models"]] == [f"{tiny_models['base']}+{tiny_models['lora_qv']}",
+                                                      str(tiny_models["full_all"])]
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["base"] == f"{root.name}/base"  # the recipe says what was given
+
+
+def test_no_mergekit_yaml_for_a_path_mergekit_would_split(tiny_models, tmp_path):
+    adapter = tmp_path / "qv@v2"  # mergekit reads PATH@REVISION
+    shutil.copytree(tiny_models["lora_qv"], adapter)
+    out = tmp_path / "merged"
+    assert main(["merge", "--base", str(tiny_models["base"]), "--expert", f"qv={adapter}", "--out", str(out)]) == 0
+    assert not (out / "mergekit.yaml").exists()
+    note = yaml.safe_load((out / "recipe.yaml").read_text())["mergekit"]
+    assert note.startswith("not written: mergekit reads '+' in a model path as BASE+LORA") and str(adapter) in note
