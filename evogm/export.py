@@ -1,7 +1,11 @@
 """Export a merge: a Hugging Face folder that transformers loads, `recipe.yaml`, and a mergekit config.
 
-The folder is written next to its destination and renamed into place, so an interrupted export
-never leaves a half-written model where a finished one is expected.
+The folder is written into a hidden `.NAME.partial-XXXXXXXX` folder next to its destination and
+renamed into place, so an interrupted export never leaves a half-written model where a finished one is
+expected; the partial folder of an export that was killed is removed by the next export to the same
+place. Any failure to write (a full disk, no permission) is one line (`ExportFailed`), and leaves
+what was there before as it was. The folder and its files get the modes the umask gives, as any
+folder and file the user makes (safetensors writes its files 0600 by itself).
 
 >>> export_merged(merger, tokenizer, best_lambda, "runs/demo/model",
 ...               base="zoo/base", experts={"add": "zoo/experts/add"})   # doctest: +SKIP
@@ -9,7 +13,11 @@ never leaves a half-written model where a finished one is expected.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import re
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,7 +26,7 @@ import numpy as np
 import yaml
 
 from evogm.errors import EvogmError
-from evogm.merge import GROUP_RULES
+from evogm.merge import GROUP_RULES, check_static_options
 
 # evogm method → (mergekit method, its `normalize`): TIES and DARE-TIES divide by the agreeing experts'
 # weights (normalize: true), task arithmetic and DARE sum (normalize: false)
@@ -35,27 +43,43 @@ DARE_NOTE = """\
 # mergekit) divides them by the density. Only evogm's recipe.yaml reproduces evogm's tensors exactly.
 """
 MERGEKIT_ENCODER_DECODERS = ("t5",)  # mergekit's architectures include T5ForConditionalGeneration, not BART & co.
+MERGEKIT_SEPARATORS = "+@"  # mergekit splits a model reference at '+' (BASE+LORA) and '@' (PATH@REVISION)
+PARTIAL = ".partial-"  # an export in progress is written as .NAME.partial-XXXXXXXX next to NAME
+OUT_FIX = "free disk space, or choose another --out"
+
+
+class ExportFailed(EvogmError):
+    """An export could not be written (a full disk, no permission, a file in the way): `cannot write
+    OUT: why; fix`. Nothing already there was changed. `out` and `why` are kept, so that a caller with
+    another way out (a run: resume it) can say its own fix."""
+
+    def __init__(self, out: Path, why: str, fix: str = OUT_FIX):
+        self.out, self.why = out, why
+        super().__init__(f"cannot write {out}", why, fix)
 
 
 def merge_and_export(base: str, experts: dict[str, str], lam: np.ndarray, out_dir, *,
                      method: str = "task_arithmetic", force: bool = False, load: dict | None = None,
-                     **options) -> Path:
+                     seed: int = 0, **options) -> Path:
     """Load the base and experts, merge them (task arithmetic with λ (experts × groups), or a static
     method with λ as per-expert weights and its options) and export the folder; what `evogm merge` does.
-    `load`: load_models' keywords (dtype, device, allow_pickle, trust_remote_code)."""
+    `load`: load_models' keywords (dtype, device, allow_pickle, trust_remote_code). Options, weights and
+    the output are checked before anything loads."""
     from evogm.merge import Merger
     from evogm.models import load_models
 
+    check_static_options(method, options)
+    static = not (method == "task_arithmetic" and options.get("scale", 1.0) == 1.0)
+    if static and lam.shape[1] > 1:
+        raise EvogmError(f"--method {method} takes one weight per expert", "group weights are for task arithmetic",
+                         "give one value per expert")
     check_output(out_dir, force)
     models = load_models(base, experts, **(load or {}))
     merger = Merger(models.model, models.experts, groups=lam.shape[1])
     common = dict(base=base, experts=experts, force=force)
-    if method == "task_arithmetic" and options.get("scale", 1.0) == 1.0:
+    if not static:
         return export_merged(merger, models.tokenizer, lam, out_dir, **common)
-    if lam.shape[1] > 1:
-        raise EvogmError(f"--method {method} takes one weight per expert", "group weights are for task arithmetic",
-                         "give one value per expert")
-    return export_static(merger, models.tokenizer, method, out_dir, weights=lam[:, 0], **common, **options)
+    return export_static(merger, models.tokenizer, method, out_dir, weights=lam[:, 0], seed=seed, **common, **options)
 
 
 def export_merged(merger, tokenizer, coefficients, out_dir, *, base: str, experts: dict[str, str],
@@ -70,12 +94,14 @@ def export_merged(merger, tokenizer, coefficients, out_dir, *, base: str, expert
 
 
 def export_static(merger, tokenizer, method: str, out_dir, *, base: str, experts: dict[str, str],
-                  weights=None, force: bool = True, **options) -> Path:
+                  weights=None, seed: int = 0, force: bool = True, **options) -> Path:
     """Write a static merge (task_arithmetic, ties, dare) into the resident model and export it."""
     from evogm.merge import static_options
 
     options = static_options(method, **options)  # the recipe names every option the merge ran with
-    merger.static(method, weights=weights, **options)
+    merger.static(method, weights=weights, seed=seed, **options)
+    if method == "dare":
+        options["seed"] = seed  # its drops' seed: the same seed gives the same merge
     lam = np.ones((len(experts), 1)) if weights is None else np.asarray(weights, dtype=float)[:, None]
     recipe = make_recipe(method, lam, base=base, experts=experts, kinds=_kinds(merger), options=options,
                          group_rule=GROUP_RULES[merger.seq2seq])
@@ -83,42 +109,143 @@ def export_static(merger, tokenizer, method: str, out_dir, *, base: str, experts
 
 
 def export_model(model, tokenizer, out_dir, recipe: dict, *, force: bool = True) -> Path:
-    """Save model (safetensors) + tokenizer + recipe.yaml + mergekit.yaml into out_dir, atomically."""
+    """Save model (safetensors) + tokenizer + recipe.yaml + mergekit.yaml into out_dir, atomically
+    (see the module docstring); a failure to write is an `ExportFailed`."""
     out = check_output(out_dir, force)
-    recipe = {**recipe, **_mergekit_note(model.config)}
+    recipe = {**recipe, **_mergekit_note(model.config, recipe)}
     check_finite_model(model)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        with _partial_folder(out) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
             _write_yaml(tmp / "recipe.yaml", recipe)
             if "mergekit" not in recipe:
                 _write_yaml(tmp / "mergekit.yaml", mergekit_config(recipe), MERGEKIT_HEADER
                             + (DARE_NOTE if recipe["method"] == "dare" else ""))
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    except OSError as exc:
-        raise _unwritable(out, exc) from None
+            _umask_modes(tmp)
+            _put_in_place(tmp, out)
+    except Exception as exc:
+        why = write_failure(exc)
+        if why is None:
+            raise
+        raise ExportFailed(out, why) from None
     return out
 
 
 def check_output(out_dir, force: bool) -> Path:
-    """Refuse to replace a non-empty folder unless forced, and a place that cannot be written
+    """Refuse a file, a non-empty folder unless forced, and a place that cannot be written
     (call it before any long work)."""
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+    check_folder_path(out, "--out")
+    if out.exists() and any(out.iterdir()) and not force:
         raise EvogmError(f"{out} already exists and is not empty", "evogm does not overwrite outputs silently",
                          "choose another --out, or pass --force")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent).cleanup()
+        os.rmdir(tempfile.mkdtemp(prefix=_partial_prefix(out), dir=out.parent))
     except OSError as exc:
-        raise _unwritable(out, exc) from None
+        raise ExportFailed(out, write_failure(exc)) from None
     return out
+
+
+def check_folder_path(path, key: str) -> None:
+    """Refuse a path that should become a folder but cannot: an existing file, or a path under a
+    file. Reads only (a config loader can call it: `check_folder_path(cfg.output, "output")`).
+
+    >>> check_folder_path("/dev/null", "--out")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    evogm.export.ExportFailed: cannot write /dev/null: it is a file, not a folder; fix: choose another --out ...
+    """
+    path = Path(path)
+    for place in (path, *path.parents):
+        if place.is_dir():
+            return
+        if place.exists() or place.is_symlink():
+            why = "it is a file, not a folder" if place == path else f"{place} is a file, not a folder"
+            raise ExportFailed(path, why, f"choose another {key} (a file is never replaced, even with --force)")
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """The OS's reason why a write failed ("No space left on device"), or None when `exc` is no failure
+    to write. Python's OSError carries it as strerror; safetensors and tokenizers (Rust) raise their
+    own types (SafetensorError, Exception) whose text ends with "(os error 28)"."""
+    from safetensors import SafetensorError
+
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    code = re.search(r"\(os error (\d+)\)", str(exc))
+    if code:
+        return os.strerror(int(code[1]))
+    return str(exc) if isinstance(exc, SafetensorError) else None
+
+
+def _partial_prefix(out: Path) -> str:
+    return f".{out.name}{PARTIAL}"
+
+
+@contextlib.contextmanager
+def _partial_folder(out: Path):
+    """A new hidden folder next to `out` to write the export into, made by os.mkdir (the umask's mode)
+    and locked (flock) while this process writes it. The partial folders of earlier exports to `out`
+    whose lock died with their process (killed) are removed first; one another process still writes
+    is left alone. The folder is gone afterwards: renamed into place, or removed."""
+    _remove_leftovers(out)
+    tmp = out.parent / f"{_partial_prefix(out)}{secrets.token_hex(4)}"
+    os.mkdir(tmp)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove what killed exports to `out` left next to it (see `_partial_folder`)."""
+    prefix = _partial_prefix(out)
+    for entry in out.parent.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        if entry.is_symlink():
+            entry.unlink()
+        elif entry.is_dir():
+            try:
+                fd = os.open(entry, os.O_RDONLY)
+            except OSError:
+                continue  # not ours to read (another user's): left as it is
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another process is exporting there now
+            finally:
+                os.close(fd)  # (unlocks)
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _put_in_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder to `out`. A folder already there (--force) is renamed aside first
+    (a name `_remove_leftovers` knows) and removed after, so that `out` never mixes the two."""
+    if not (out.exists() or out.is_symlink()):
+        os.replace(tmp, out)
+        return
+    aside = tmp.with_name(f"{tmp.name}-replaced")
+    os.replace(out, aside)
+    os.replace(tmp, out)
+    if aside.is_symlink():
+        aside.unlink()
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _umask_modes(folder: Path) -> None:
+    """Give every file in `folder` the mode the umask gives a new file (0644 under umask 022), as
+    open() would: the folder's own mode (os.mkdir's, 0755 under 022) without the execute bits."""
+    mode = folder.stat().st_mode & 0o666
+    for root, _, files in os.walk(folder):
+        for name in files:
+            os.chmod(os.path.join(root, name), mode)
 
 
 def check_finite_model(model) -> None:
@@ -144,17 +271,24 @@ def all_finite(tensor, chunk: int = FINITE_CHUNK) -> bool:
     return all(bool(flat[start:start + chunk].isfinite().all()) for start in range(0, flat.numel(), chunk))
 
 
-def _unwritable(out: Path, exc: OSError) -> EvogmError:
-    return EvogmError(f"cannot write {out}", f"{type(exc).__name__}: {exc}",
-                      "choose an output folder you can write to (and free disk space); nothing already there was changed")
+def _mergekit_note(config, recipe: dict) -> dict:
+    """{"mergekit": why none is written} where mergekit could not run it: an encoder-decoder it has no
+    architecture for, or a path it would misread (it splits a model reference at '+' and '@'); {} otherwise."""
+    if getattr(config, "is_encoder_decoder", False) and config.model_type not in MERGEKIT_ENCODER_DECODERS:
+        return {"mergekit": f"not written: mergekit has no {config.model_type} architecture "
+                            f"(of encoder-decoders it supports {', '.join(MERGEKIT_ENCODER_DECODERS)})"}
+    paths = [recipe["base"], *(spec["path"] for spec in recipe["experts"].values())]
+    odd = next((p for p in map(mergekit_path, paths) if any(c in p for c in MERGEKIT_SEPARATORS)), None)
+    if odd:
+        return {"mergekit": f"not written: mergekit reads '+' in a model path as BASE+LORA and '@' as "
+                            f"PATH@REVISION, and {odd} holds one (rename the folder to write one)"}
+    return {}
 
 
-def _mergekit_note(config) -> dict:
-    """{"mergekit": why none is written} for an encoder-decoder mergekit cannot load; {} otherwise."""
-    if not getattr(config, "is_encoder_decoder", False) or config.model_type in MERGEKIT_ENCODER_DECODERS:
-        return {}
-    return {"mergekit": f"not written: mergekit has no {config.model_type} architecture "
-                        f"(of encoder-decoders it supports {', '.join(MERGEKIT_ENCODER_DECODERS)})"}
+def mergekit_path(path) -> str:
+    """A model path as mergekit.yaml holds it: absolute. mergekit reads a path that is not there
+    from where it runs as a Hugging Face Hub id (zoo/base would be one), so no path is left relative."""
+    return os.path.abspath(path)
 
 
 def make_recipe(method: str, lam: np.ndarray, *, base: str, experts: dict[str, str], kinds: dict[str, str],
@@ -183,19 +317,20 @@ def make_recipe(method: str, lam: np.ndarray, *, base: str, experts: dict[str, s
 
 def mergekit_config(recipe: dict) -> dict:
     """The same merge as a mergekit YAML config (LoRA experts as `base+adapter` references, which
-    need mergekit's `--lora-merge-cache DIR`).
+    need mergekit's `--lora-merge-cache DIR`), every path absolute (`mergekit_path`).
 
     Layer groups become per-layer weight filters (`layers.K.`). `normalize` is what evogm does: off
     for task arithmetic and DARE (λ are raw coefficients), on for TIES and DARE-TIES (the disjoint
     mean divides by the agreeing experts' weights); the density evogm used is written for every expert,
     since mergekit's default is 1 (no trimming).
     """
-    base, options = recipe["base"], recipe.get("options", {})
+    base, options = mergekit_path(recipe["base"]), recipe.get("options", {})
     method = "dare-ties" if recipe["method"] == "dare" and options.get("consensus") else recipe["method"]
     name, normalize = MERGEKIT_METHODS[method]
     models = []
     for spec in recipe["experts"].values():
-        reference = f"{base}+{spec['path']}" if spec["kind"] == "lora" else spec["path"]
+        path = mergekit_path(spec["path"])
+        reference = f"{base}+{path}" if spec["kind"] == "lora" else path
         parameters = {"weight": _mergekit_weight(spec["weight"], recipe.get("layers"))}
         if "density" in options:
             parameters["density"] = options["density"]

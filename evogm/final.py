@@ -92,10 +92,17 @@ def searched(entry: dict, scoring: Scoring) -> dict:
 
 
 def export(cfg: RunConfig, ws: Workspace, coefficients, out_dir: Path) -> None:
-    from evogm.export import export_merged
+    """Export the best merge; one that cannot be written (a full disk) is one line saying that a resume
+    exports it again: the log and best.json are kept, and final.json is written only after the export."""
+    from evogm.errors import EvogmError
+    from evogm.export import ExportFailed, export_merged
 
-    export_merged(ws.merger, ws.models.tokenizer, np.asarray(coefficients), out_dir,
-                  base=cfg.models.base, experts=dict(cfg.models.experts), groups=cfg.models.groups)
+    try:
+        export_merged(ws.merger, ws.models.tokenizer, np.asarray(coefficients), out_dir,
+                      base=cfg.models.base, experts=dict(cfg.models.experts), groups=cfg.models.groups)
+    except ExportFailed as exc:
+        raise EvogmError(f"cannot write {exc.out}", exc.why, f"free disk space, then `evogm run --resume {cfg.output}` "
+                         "exports it (the search is kept: evaluations.jsonl and best.json)") from None
 
 
 def write_summary(cfg: RunConfig, run_dir: RunDir) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
 from dataclasses import dataclass
 
@@ -114,16 +115,62 @@ def dare(deltas: torch.Tensor, weights: torch.Tensor, density: float = 0.5, scal
 STATIC_METHODS = {"task_arithmetic": task_arithmetic, "ties": ties, "dare": dare}
 
 
+def method_defaults(method: str) -> dict:
+    """A static merge's options and their defaults (density, scale, consensus), as its function declares them."""
+    params = inspect.signature(STATIC_METHODS[method]).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty and p.name != "generator"}
+
+
 def static_options(method: str, **options) -> dict:
-    """The options a static merge runs with: the given ones over the method's defaults (density, scale, …).
+    """The options a static merge runs with: the given ones, checked (`check_static_options`), over
+    the method's defaults.
 
     >>> static_options("ties", scale=0.5)
     {'density': 0.2, 'scale': 0.5}
     """
-    params = inspect.signature(STATIC_METHODS[method]).parameters.values()
-    defaults = {p.name: p.default for p in params
-                if p.default is not inspect.Parameter.empty and p.name != "generator"}
-    return {**defaults, **options}
+    check_static_options(method, options)
+    return {**method_defaults(method), **options}
+
+
+def check_static_options(method: str, options: dict, where: str = "") -> None:
+    """Refuse, in one line, options a static merge cannot run with: an unknown method, an option the
+    method does not take, a density outside (0, 1], a scale that is not a finite number, a consensus
+    that is not true or false. The one place of these rules: `evogm merge` calls it before loading
+    anything, every static merge (`Merger.static`) calls it, and a run config's `baselines.options`
+    can be checked with it when the config loads. `where` prefixes the option names in the message
+    (`"--"` for the command line, `"baselines.options.ties."` for a config).
+
+    A density of 0 keeps nothing (and DARE would divide by it); above 1 is no fraction: TIES would keep
+    every entry and DARE would scale every one by 1/density, a silently different merge.
+
+    >>> check_static_options("dare", {"density": 2}, "--")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    evogm.errors.EvogmError: --density 2 is not a number in (0, 1]: ...
+    """
+    if method not in STATIC_METHODS:
+        from evogm.registry import unknown_name
+        raise unknown_name("merge method", method, STATIC_METHODS)
+    defaults = method_defaults(method)
+    for name, value in options.items():
+        key = f"{where}{name}"
+        if name not in defaults:
+            takers = [m for m in STATIC_METHODS if name in method_defaults(m)]
+            raise EvogmError(f"{key} is not an option of {method}",
+                             f"{method} takes {', '.join(where + k for k in defaults)}",
+                             f"remove {key}" + (f", or merge with {' or '.join(takers)}" if takers else ""))
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if name == "density" and not (number and 0 < value <= 1):
+            raise EvogmError(f"{key} {value!r} is not a number in (0, 1]",
+                             "it is the fraction of each task vector TIES keeps, or the probability that DARE keeps "
+                             "an entry: 0 keeps nothing, and above 1 is no fraction",
+                             f"give a density above 0 and at most 1 ({defaults['density']} is {method}'s default)")
+        if name == "scale" and not (number and math.isfinite(value)):
+            raise EvogmError(f"{key} {value!r} is not a finite number", "it scales the merged update",
+                             f"give a finite {key} (1 adds the merged update as it is)")
+        if name == "consensus" and not isinstance(value, bool):
+            raise EvogmError(f"{key} {value!r} is not true or false", "it switches TIES' sign election on or off",
+                             f"give {key} true or false")
 
 
 # ----------------------------------------------------------------------------- in-place merger
@@ -245,9 +292,7 @@ class Merger:
         weights: (experts,) per-expert weights (default 1 each); options go to the method
         (scale, density, consensus). DARE's drops are seeded per parameter, so a seed gives one merge.
         """
-        if method not in STATIC_METHODS:
-            from evogm.registry import unknown_name
-            raise unknown_name("merge method", method, STATIC_METHODS)
+        options = static_options(method, **options)  # refuses a density outside (0, 1], …
         fn = STATIC_METHODS[method]
         w = torch.ones(len(self.experts)) if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float32))
         for index, slot in enumerate(self._slots):

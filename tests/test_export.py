@@ -98,6 +98,26 @@ def test_cli_merge_refuses_an_out_that_cannot_be_written(tiny_models, tmp_path, 
     assert f"cannot write {blocker / 'merged'}" in one_line_error(capsys) and blocker.read_text() == "not a folder"
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--method", "dare", "--density", "-0.5"], "--density -0.5 is not a number in (0, 1]"),  # exported the base
+    (["--method", "dare", "--density", "2"], "--density 2.0 is not a number in (0, 1]"),  # task arithmetic at λ=0.5
+    (["--method", "dare", "--density", "0"], "--density 0.0 is not a number in (0, 1]"),  # blamed on nan
+    (["--method", "ties", "--density", "0"], "fix: give a density above 0 and at most 1 (0.2 is ties's default)"),
+    (["--method", "ties", "--density", "1.5"], "--density 1.5 is not a number in (0, 1]"),
+    (["--density", "0.5"], "--density is not an option of task_arithmetic: task_arithmetic takes --scale; "
+                           "fix: remove --density, or merge with ties or dare"),
+    (["--method", "ties", "--scale", "nan"], "--scale nan is not a finite number"),
+])
+def test_cli_merge_refuses_bad_options_before_loading_anything(tiny_models, tmp_path, capsys, monkeypatch,
+                                                               flags, message):
+    import evogm.models
+
+    monkeypatch.setattr(evogm.models, "load_models", lambda *a, **k: pytest.fail("loaded models"))
+    out = tmp_path / "x"
+    assert main(merge_argv(tiny_models, out, *flags)) == 2
+    assert message in one_line_error(capsys) and not out.exists()
+
+
 def test_cli_merge_never_writes_a_non_finite_model(tiny_models, tmp_path, capsys):
     out = tmp_path / "overflow"  # finite λ, but float16 overflows: refused, and nothing is written
     argv = ["merge", "--base", str(tiny_models["base"]), "--expert", f"full={tiny_models['full_all']}",

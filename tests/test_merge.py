@@ -186,3 +186,39 @@ def test_experts_keep_their_factors_in_the_mergers_stacks(tiny_models, expert_pa
     for i, expert in enumerate(models.experts):
         for name in expert.factors:
             torch.testing.assert_close(expert.dense(name), vectors[i][name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method, options, message", [
+    ("dare", {"density": -0.5}, "density -0.5 is not a number in (0, 1]"),
+    ("dare", {"density": 2}, "density 2 is not a number in (0, 1]"),  # was task arithmetic at λ = 0.5
+    ("dare", {"density": 0}, "density 0 is not a number in (0, 1]"),  # was nan, blamed on the model
+    ("ties", {"density": 0.0}, "density 0.0 is not a number in (0, 1]"),
+    ("ties", {"density": 1.5}, "density 1.5 is not a number in (0, 1]"),
+    ("ties", {"density": float("nan")}, "density nan is not a number in (0, 1]"),
+    ("ties", {"density": "0.5"}, "density '0.5' is not a number in (0, 1]"),
+    ("dare", {"scale": float("inf")}, "scale inf is not a finite number"),
+    ("dare", {"consensus": "yes"}, "consensus 'yes' is not true or false"),
+    ("task_arithmetic", {"density": 0.5}, "density is not an option of task_arithmetic"),
+])
+def test_static_merges_refuse_options_they_cannot_run_with(loaded, make_merger, method, options, message):
+    merger = make_merger()
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    with pytest.raises(M.EvogmError, match=re.escape(message)):
+        merger.static(method, **options)
+    assert all(torch.equal(before[k], v) for k, v in loaded.model.state_dict().items())  # refused before writing
+    # a run config's baselines.options are checked by the same rule, in the config's key names
+    with pytest.raises(M.EvogmError, match=re.escape(f"baselines.options.{method}.{message}")):
+        M.check_static_options(method, options, f"baselines.options.{method}.")
+
+
+def test_an_unknown_static_merge_is_named(loaded, make_merger):
+    with pytest.raises(M.EvogmError, match="unknown merge method 'slerp': valid names are dare, task_arithmetic, ties"):
+        make_merger().static("slerp")
+
+
+def test_a_density_of_one_is_no_trimming_and_no_dropping(loaded, make_merger, reference):
+    merger = make_merger()
+    weights = np.array([1.0, 0.5, -0.5, 1.0, 2.0])
+    merger.static("dare", weights=weights, density=1.0, scale=0.3)  # keeps every entry, rescales by 1
+    assert_state(loaded.model, expected_state(reference, 0.3 * weights[:, None]))
+    M.check_static_options("ties", {"density": 1, "scale": 2})  # an int is a number

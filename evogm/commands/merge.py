@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from evogm.merge import STATIC_METHODS
+from evogm.merge import STATIC_METHODS, check_static_options
 from evogm.weights import parse_pairs, parse_weights
 
 
@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
                    help="λ of an expert (default 1); several comma-separated values = one per layer group")
     p.add_argument("--method", default="task_arithmetic", choices=sorted(STATIC_METHODS))
     p.add_argument("--scale", type=float, default=1.0, help="global scale of the merged update")
-    p.add_argument("--density", type=float, default=None, help="ties: fraction kept; dare: keep probability")
+    p.add_argument("--density", type=float, default=None, help="in (0, 1]; ties: fraction kept; dare: keep probability")
     p.add_argument("--consensus", action="store_true", help="dare: TIES sign consensus (DARE-TIES)")
     p.add_argument("--seed", type=int, default=0, help="dare: seed of the random drops")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
@@ -41,10 +41,11 @@ def run(args) -> int:
     if args.density is not None:
         options["density"] = args.density
     if args.method == "dare":
-        options |= {"seed": args.seed, "consensus": args.consensus}
+        options["consensus"] = args.consensus
+    check_static_options(args.method, options, "--")  # before loading anything, in the flags' names
     load = dict(dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle,
                 trust_remote_code=args.trust_remote_code)
     out = merge_and_export(args.base, experts, lam, args.out, method=args.method, force=args.force, load=load,
-                           **options)
+                           seed=args.seed, **options)
     print(f"merged {len(experts)} experts ({args.method}) into {out}")
     return 0
