@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -35,6 +34,7 @@ from evogm.config_files import parse_value
 from evogm.errors import EvogmError
 from evogm.rundir import RunDir
 from evogm.runlog import best_so_far
+from evogm.worker import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -176,10 +176,20 @@ def run_jobs(jobs: list[Job], workers: int, on_done) -> None:
         for job in jobs:
             on_done(job, run_job(job))
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(run_job, job): job for job in jobs}
-        for future in as_completed(futures):
-            on_done(futures[future], future.result())
+    pool = get_context("spawn").Pool(workers, initializer=die_with_parent, maxtasksperchild=1)
+    try:
+        for job, how in pool.imap_unordered(_run_one, jobs):
+            on_done(job, how)
+        pool.close()
+    except BaseException:  # ctrl-C or a failed run: nothing queued starts, the running ones stop
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+def _run_one(job: Job) -> tuple[Job, str]:
+    return job, run_job(job)
 
 
 def run_job(job: Job) -> str:

@@ -14,6 +14,7 @@ dataclass. `resolve` makes every default explicit, as a run's config.yaml saves 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from evogm.errors import EvogmError
 from evogm.executors import EXECUTORS
 from evogm.registry import did_you_mean
 from evogm.schema import build, plain
-from evogm.scoring import MULTI_TASK
+from evogm.scoring import MULTI_TASK, scored_tasks
 from evogm.search import POPSIZE, check_options, default_options, make_optimizer
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -190,7 +191,9 @@ def check(cfg: RunConfig, *, run: bool = True) -> None:
     _check_path("models.base", cfg.models.base, folder=True)
     for name, path in cfg.models.experts.items():
         _check_path(f"models.experts.{name}", path, folder=True)
-    _check_tasks(cfg.tasks, run)
+    _check_tasks(cfg.tasks, run, cfg.mode)
+    for method, options in cfg.baselines.options.items():
+        _check_baseline_options(method, options)
     check_options(cfg.search.optimizer, cfg.search.options)
 
 
@@ -232,6 +235,25 @@ def _check_path(key: str, path: str, *, folder: bool) -> None:
                          f"give the path of {want}" + (" (a model or adapter folder)" if folder else ""))
 
 
+def _check_baseline_options(method: str, options: dict) -> None:
+    """A static baseline's options: the merge's own for TIES and DARE (`evogm.merge`), a fixed
+    `scale` for task arithmetic, none for the uniform merge and the best expert."""
+    _check_choice("baselines.options", method, BASELINES)
+    if method in ("ties", "dare"):
+        from evogm.merge import check_static_options
+
+        check_static_options(method, options, f"baselines.options.{method}.")
+        return
+    allowed = ("scale",) if method == "task_arithmetic" else ()
+    for key, value in options.items():
+        if key not in allowed:
+            raise EvogmError(f"baselines.options.{method}.{key} is not an option of that baseline",
+                             f"{method} takes {', '.join(allowed) or 'no options'}", "remove it")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise EvogmError(f"baselines.options.{method}.scale is {value!r}", "it is the merge's global scale",
+                             "give a finite number, or leave it out to pick the scale on dev")
+
+
 def _check_output(cfg: RunConfig) -> None:
     """A run writes a directory of its own: not a file, and neither inside an input (the base, an
     expert, a task's folder of lm-eval YAML) nor holding one, which --force would clear."""
@@ -253,7 +275,7 @@ def _check_output(cfg: RunConfig) -> None:
                              "choose an output outside every model folder and task file")
 
 
-def _check_tasks(tasks: tuple[dict, ...], run: bool) -> None:
+def _check_tasks(tasks: tuple[dict, ...], run: bool, mode: str = MULTI_TASK) -> None:
     """Names usable as metric keys and folders, no test split, files present; then the task type's
     own keys and, for a run, its dev and test items, checked by evogm.tasks.load_task (which reads
     the file, cheaply: no tokenizing)."""
@@ -262,7 +284,7 @@ def _check_tasks(tasks: tuple[dict, ...], run: bool) -> None:
     splits = SPLITS if run else ()
     if not tasks:
         raise EvogmError("tasks is empty", "the search needs at least one task to score", "add a task")
-    seen = set()
+    seen, loaded = set(), []
     for i, task in enumerate(tasks):
         name = task.get("name")
         if not isinstance(name, str) or not TASK_NAME.match(name) or name in RESERVED:
@@ -277,7 +299,9 @@ def _check_tasks(tasks: tuple[dict, ...], run: bool) -> None:
         for key in ("path", "include_path"):
             if task.get(key) is not None:
                 _check_path(f"tasks.{i}.{key}", str(task[key]), folder=key == "include_path")
-        load_task(task, splits)
+        loaded.append(load_task(task, splits))
+    if mode == MULTI_TASK:
+        scored_tasks(loaded)  # the weights, together: a positive sum
 
 
 # --- resolving defaults -------------------------------------------------------------------------

@@ -105,7 +105,7 @@ class ProcessWorker:
 
 def serve(conn, setup: Callable[[], Any], threads: int | None) -> None:
     """The child's loop: build the context, then answer (ok, value) for every call until told to stop."""
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ctrl-C is the parent's to handle: it stops the child
     if threads:
         import torch
@@ -136,11 +136,17 @@ def _sendable(exc: BaseException) -> BaseException:
         return EvogmError(f"{type(exc).__name__}: {exc}")
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this process when its parent dies (even by SIGKILL)."""
+def die_with_parent() -> None:
+    """Linux: the kernel kills this process when its parent dies (even by SIGKILL); a parent gone
+    already (before this ran) ends it now."""
+    import os
+
+    parent = multiprocessing.parent_process()
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)

@@ -199,3 +199,56 @@ def test_a_full_disk_during_a_search_is_one_line_and_the_log_stays_whole(zoo_tin
     (moved / "inputs.json").write_text(json.dumps(inputs))
     assert cli(["run", "--resume", str(moved), "--quiet"]) == 0
     assert RunLog(moved / "evaluations.jsonl").records()[: len(records)] == records
+
+
+def children_of(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def gone(pids: set[int], seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{p}").exists() and "zombie" not in _state(p) for p in pids):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _state(pid: int) -> str:
+    try:
+        return "zombie" if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z" else "alive"
+    except OSError:
+        return "zombie"
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_a_stopped_comparison_starts_nothing_more_and_leaves_no_worker(zoo_tiny: Path, tmp_path: Path, how):
+    import signal
+
+    out = tmp_path / "cmp"
+    argv = [sys.executable, "-m", "evogm.cli", "compare", str(zoo_tiny / "run.yaml"), "search.optimizer=random",
+            "search.popsize=4", "baselines.methods=[]", "--optimizers", "random", "--seeds", "4", "--budget",
+            "100000", "--workers", "2", "--out", str(out)]
+    compare = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    logs = [out / "runs" / "random" / f"seed{s}" / "evaluations.jsonl" for s in range(4)]
+    deadline = time.monotonic() + 300
+    while sum(log.exists() for log in logs) < 2 and time.monotonic() < deadline:  # two runs under way
+        assert compare.poll() is None
+        time.sleep(0.1)
+    workers = children_of(compare.pid)
+    assert workers
+    os.kill(compare.pid, getattr(signal, how))
+    compare.wait(timeout=60)
+    assert gone(workers), "a worker outlived its comparison"
+    time.sleep(2)
+    assert sum(log.parent.exists() for log in logs) == 2  # the queued seeds never started
