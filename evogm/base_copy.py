@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 PLACES = ("device", "host", "disk")
 
@@ -55,7 +57,7 @@ class BaseCopy:
             return
         shape, dtype = self.shapes[index]
         direct = out.device.type == "cpu" and out.dtype == dtype and out.is_contiguous()
-        target = out if direct else torch.empty(shape, dtype=dtype)
+        target = out if direct else _torch().empty(shape, dtype=dtype)
         _read(self._file, self._offsets[index], target)
         if not direct:
             out.copy_(target)
@@ -65,14 +67,21 @@ class BaseCopy:
         if self.place != "disk":
             return self._tensors[index]
         shape, dtype = self.shapes[index]
-        target = torch.empty(shape, dtype=dtype)
+        target = _torch().empty(shape, dtype=dtype)
         _read(self._file, self._offsets[index], target)
         return target
 
 
+def _torch():
+    """torch, imported when a copy is made: the config reads PLACES without it."""
+    import torch
+
+    return torch
+
+
 def _bytes(t: torch.Tensor) -> memoryview:
     """The tensor's storage as writable bytes (CPU, contiguous)."""
-    return memoryview(t.view(-1).view(torch.uint8).numpy())
+    return memoryview(t.view(-1).view(_torch().uint8).numpy())
 
 
 def _spill(tensors: list[torch.Tensor]):

@@ -9,6 +9,7 @@ Each subcommand lives in `evogm/commands/<name>.py` with `add_parser(subparsers)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from evogm.commands import compare, demo, merge, run, zoo
@@ -30,7 +31,7 @@ def _quiet_libraries() -> None:
     """One-line warnings from evogm; no progress bars or info logs from transformers."""
     import warnings
 
-    from evogm.lora import EvogmWarning
+    from evogm.errors import EvogmWarning
 
     show = warnings.showwarning
 
@@ -41,13 +42,9 @@ def _quiet_libraries() -> None:
             show(message, category, *args, **kwargs)
 
     warnings.showwarning = one_line
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    # read by transformers and huggingface_hub when they are imported, which a command may never need
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def main(argv: list[str] | None = None) -> int:

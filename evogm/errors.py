@@ -17,3 +17,7 @@ class EvogmError(Exception):
         if fix:
             message += f"; fix: {fix}"
         super().__init__(message)
+
+
+class EvogmWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints it as one line)."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from evogm import baselines, report
 from evogm.config import RunConfig, to_dict
-from evogm.lora import EvogmWarning
+from evogm.errors import EvogmWarning
 from evogm.rundir import RunDir, best_entry
 from evogm.runlog import read_json
 from evogm.scoring import Scoring, failure

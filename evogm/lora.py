@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from evogm.errors import EvogmError
+from evogm.errors import EvogmError, EvogmWarning
 
 # base_model.model.<module>.lora_A[.<adapter>].weight  |  <module>.lora_embedding_B[.<adapter>]
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)\.lora_(?P<kind>A|B|embedding_A|embedding_B)(?:\.(?!weight$)[^.]+)?(?:\.weight)?$")
@@ -60,10 +60,6 @@ NOT_APPLIED = {
 # decomposition (LoraLayer.update_layer): such an adapter's update is relative to that rewritten base, not to this one.
 # PEFT saves a converted adapter (path_initial_model_for_weight_conversion) with init_lora_weights=true instead.
 BASE_REWRITING_INITS = ("pissa", "corda", "olora", "loftq", "lora_ga")
-
-
-class EvogmWarning(UserWarning):
-    """Something the user should know that does not stop the run."""
 
 
 @dataclass(frozen=True)

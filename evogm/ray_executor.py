@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 
 from evogm.errors import EvogmError
-from evogm.lora import EvogmWarning
+from evogm.errors import EvogmWarning
 from evogm.runlog import Result
 
 PATIENCE_S = 120  # a wait this long with no answer is worth a line in the log

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from conftest import auto_model, build_base, build_lora, build_t5_base
 from evogm.cli import main
 from evogm.errors import EvogmError
-from evogm.lora import EvogmWarning
+from evogm.errors import EvogmWarning
 from evogm.merge import Merger
 from evogm.models import load_models
 

@@ -19,7 +19,7 @@ import pytest
 from evogm.config import from_dict
 from evogm.errors import EvogmError
 from evogm.executors import LocalExecutor, make_executor
-from evogm.lora import EvogmWarning
+from evogm.errors import EvogmWarning
 from evogm.runlog import Result
 from evogm.ray_executor import RayExecutor, import_ray
 from evogm.workspace import objective_factory

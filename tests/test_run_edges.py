@@ -252,3 +252,15 @@ def test_a_stopped_comparison_starts_nothing_more_and_leaves_no_worker(zoo_tiny:
     assert gone(workers), "a worker outlived its comparison"
     time.sleep(2)
     assert sum(log.parent.exists() for log in logs) == 2  # the queued seeds never started
+
+
+def test_help_and_a_config_check_load_no_heavy_library(zoo_tiny: Path):
+    """`evogm --help` and checking a run config import neither torch nor transformers nor peft (they
+    load with the first model); benchmarks/startup.py prints the seconds."""
+    code = ("import sys; from evogm.cli import build_parser; from evogm.config import load_config; "
+            "build_parser().format_help(); load_config(sys.argv[1], ['output=/tmp/evogm-x']); "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'cma', 'optuna', 'matplotlib', 'lm_eval') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(zoo_tiny / "run.yaml")], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

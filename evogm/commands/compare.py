@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
-
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("compare", help="equal-budget comparison of optimizers over seeds",
@@ -30,6 +28,8 @@ def add_parser(subparsers) -> None:
 
 
 def main(args) -> int:
+    from rich.console import Console
+
     from evogm.compare import compare
 
     console = Console(stderr=True)

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evogm import run as runner
-from evogm.config import load_config
-from evogm.progress import RichProgress
-from evogm.rundir import fresh_dir
-from evogm.zoo.packaged import zoo_config
 
 
 def add_parser(subparsers) -> None:
@@ -28,6 +23,12 @@ def add_parser(subparsers) -> None:
 
 
 def main(args) -> int:
+    from evogm import run as runner
+    from evogm.config import load_config
+    from evogm.progress import RichProgress
+    from evogm.rundir import fresh_dir
+    from evogm.zoo.packaged import zoo_config
+
     output = Path(args.output) if args.output else fresh_dir(Path("runs") / "demo")
     cfg = load_config(zoo_config(args.zoo), [*args.overrides, f"output={output}"])
     display = RichProgress(quiet=args.quiet)

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 
-from evogm.evaluate import Evaluation, evaluate
-from evogm.weights import parse_pairs
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from evogm.evaluate import Evaluation
 
 
 def add_parser(sub) -> None:
@@ -44,6 +46,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from evogm.evaluate import evaluate
+    from evogm.weights import parse_pairs
+
     load = dict(dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle,
                 trust_remote_code=args.trust_remote_code)
     result = evaluate(args.model, tasks=args.tasks, split=args.split, base=args.base,

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-from evogm.merge import STATIC_METHODS, check_static_options
-from evogm.weights import parse_pairs, parse_weights
 
 
 def add_parser(sub) -> None:
@@ -18,7 +16,8 @@ def add_parser(sub) -> None:
                    help="an expert: PEFT LoRA adapter folder or full fine-tune folder (repeat)")
     p.add_argument("--weights", action="append", default=[], metavar="NAME=VALUE[,VALUE...]",
                    help="λ of an expert (default 1); several comma-separated values = one per layer group")
-    p.add_argument("--method", default="task_arithmetic", choices=sorted(STATIC_METHODS))
+    p.add_argument("--method", default="task_arithmetic",
+                   help="task_arithmetic (default), ties or dare (evogm.merge.STATIC_METHODS)")
     p.add_argument("--scale", type=float, default=1.0, help="global scale of the merged update")
     p.add_argument("--density", type=float, default=None, help="in (0, 1]; ties: fraction kept; dare: keep probability")
     p.add_argument("--consensus", action="store_true", help="dare: TIES sign consensus (DARE-TIES)")
@@ -34,6 +33,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from evogm.export import merge_and_export
+    from evogm.merge import check_static_options
+    from evogm.weights import parse_pairs, parse_weights
 
     experts = parse_pairs(args.expert, "--expert")
     lam = parse_weights(args.weights, list(experts))

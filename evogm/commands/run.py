@@ -8,12 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evogm import run as runner
-from evogm.config import load_config
 from evogm.errors import EvogmError
-from evogm.inputs import read_config
-from evogm.progress import RichProgress
-from evogm.rundir import RunDir
 
 
 def add_parser(subparsers) -> None:
@@ -33,6 +28,12 @@ def main(args) -> int:
                          f"run `evogm run --resume {args.resume}` alone")
     if not args.resume and not args.config:
         raise EvogmError("no config given", "", "run `evogm run CONFIG.yaml` or `evogm run --resume RUN_DIR`")
+    from evogm import run as runner
+    from evogm.config import load_config
+    from evogm.inputs import read_config
+    from evogm.progress import RichProgress
+    from evogm.rundir import RunDir
+
     display = RichProgress(quiet=args.quiet)
     if args.resume:
         cfg = read_config(RunDir(args.resume))

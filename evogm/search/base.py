@@ -27,6 +27,7 @@ from evogm.registry import did_you_mean
 
 Bounds = tuple[float, float]
 POPSIZE = 20  # P when the config leaves search.popsize out: the paper's (2N for its 10 experts)
+PAPER_HIDDEN_SIZES = (128, 256, 256, 256, 128)  # the paper's generators' hidden layers
 
 
 class Optimizer(Protocol):

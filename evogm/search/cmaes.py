@@ -19,7 +19,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-import cma
 import numpy as np
 
 from evogm.errors import EvogmError
@@ -32,6 +31,8 @@ class CMAESRound:
 
     def __init__(self, dim: int, *, popsize: int, seed: int, sigma0: float, x0: str, bounds: Bounds,
                  groups: int = 1):
+        import cma  # imported where it is used: it takes a while
+
         rng = np.random.default_rng(seed)
         self.dim = dim
         start = np.full(dim, groups / dim) if x0 == "uniform" else np.full(dim, (bounds[0] + bounds[1]) / 2)

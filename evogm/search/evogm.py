@@ -38,9 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evogm.search.base import (POPSIZE, check_choice, check_fraction, check_positive, child_seed,
-                               hybrid_population, ranking)
-from evogm.search.generators import PAPER_HIDDEN_SIZES, GeneratorPair
+from evogm.search.base import (PAPER_HIDDEN_SIZES, POPSIZE, check_choice, check_fraction, check_positive,
+                               child_seed, hybrid_population, ranking)
 from evogm.search.rounds import Rounds
 
 
@@ -74,7 +73,7 @@ class EvoGMRound:
         self.population = self.population_losses = None  # (P, k), (P,)
         self.history_rows, self.history_losses = np.empty((0, dim)), np.empty(0)  # H
         self.iteration = 0  # iterations proposed so far in this round
-        self.generators: GeneratorPair | None = None
+        self.generators = None  # a GeneratorPair
         self.last_loss: dict | None = None  # loss parts of the last training step
 
     def ask(self) -> np.ndarray:
@@ -96,7 +95,7 @@ class EvoGMRound:
         self.population, self.population_losses = truncate(
             np.vstack([self.population, xs]), np.concatenate([self.population_losses, losses]), self.popsize)
 
-    def _generators_for_iteration(self) -> GeneratorPair:
+    def _generators_for_iteration(self):
         if self.generators is None or self.reset == "iteration":
             reset_index = self.iteration if self.reset == "iteration" else 0
             self.generators = self.make_generators(child_seed(self.seed, 1, reset_index))
@@ -142,6 +141,8 @@ class EvoGM(Rounds):
     Options = EvoGMOptions
 
     def __init__(self, dim: int, *, popsize: int = POPSIZE, seed: int = 42, **options):
+        from evogm.search.generators import GeneratorPair  # torch, imported where it is used
+
         check_positive(popsize=popsize)
         o = self.options = EvoGMOptions(**options)
 

@@ -38,9 +38,7 @@ import numpy as np
 
 from evogm.search.base import POPSIZE, check_fraction, check_positive, child_seed, hybrid_population
 from evogm.search.evogm import split_winners_losers, truncate
-from evogm.search.generators import GeneratorPair
 from evogm.search.rounds import Rounds
-from evogm.search.surrogate import GaussianProcess
 
 # A screened generation's pool of n candidates (the rest of it: uniform draws in the box)
 POOL_PER_MEMBER = 50  # n = 50·P unless options.pool says otherwise
@@ -107,7 +105,9 @@ class EvoGMPlusRound:
         self.pool_size = max(options.pool or POOL_PER_MEMBER * popsize, popsize, options.batch)
         self.left = round_budget  # evaluations this round still plans
         self.rng = np.random.default_rng(seed)
-        self.generators: GeneratorPair = make_generators(child_seed(seed, 1, 0))
+        from evogm.search.surrogate import GaussianProcess  # torch, imported where it is used
+
+        self.generators = make_generators(child_seed(seed, 1, 0))
         self.gp = GaussianProcess()
         self.population = self.population_losses = None
         start = hybrid_population(dim, popsize, self.rng, (-1.0, 1.0), groups)
@@ -210,6 +210,8 @@ class EvoGMPlus(Rounds):
     Options = EvoGMPlusOptions
 
     def __init__(self, dim: int, *, popsize: int = POPSIZE, seed: int = 42, **options):
+        from evogm.search.generators import GeneratorPair  # torch, imported where it is used
+
         check_positive(popsize=popsize)
         o = self.options = EvoGMPlusOptions(**options)
         self.archive = Archive(dim)

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-PAPER_HIDDEN_SIZES = (128, 256, 256, 256, 128)
+from evogm.search.base import PAPER_HIDDEN_SIZES
+
 
 
 def make_generator(dim: int, hidden_sizes=PAPER_HIDDEN_SIZES) -> nn.Sequential:

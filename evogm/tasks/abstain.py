@@ -13,13 +13,10 @@ reliability: (answered correctly − answered wrongly) / total.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from evogm.tasks.batching import encode, left_pad, pad_id
 from evogm.tasks.data import TaskData
 from evogm.tasks.multiple_choice import MultipleChoiceTask
 from evogm.tasks.prompts import REFLECTION, answer_separator
-from evogm.tasks.scoring import OptionInputs, generate_texts, option_logprobs, split_options
 from evogm.tasks.text import effective_reliability, says_false
 
 TRUE, FALSE = ("true", "True"), ("false", "False")
@@ -46,6 +43,8 @@ class AbstainTask:
 
     def abstains(self, model, tokenizer, split: str, proposals: list[str]) -> list[bool]:
         """Pass 2: does the model call its own proposal false?"""
+        from evogm.tasks.batching import left_pad, pad_id
+        from evogm.tasks.scoring import generate_texts, option_logprobs
         sequences = self._reflections(tokenizer, split, proposals)
         where = f"task {self.name} (reflection)"
         if self.answerer.scoring == "generate":
@@ -59,6 +58,7 @@ class AbstainTask:
 
     def _reflections(self, tokenizer, split: str, proposals: list[str]) -> list[list[int]]:
         """Token ids of each pass-2 prompt, memoized: proposals repeat across candidates."""
+        from evogm.tasks.batching import encode
         if tokenizer is not self._memo_tokenizer or len(self._memo) > _MEMO_LIMIT:
             self._memo, self._memo_tokenizer = {}, tokenizer
         keys = [(split, i, proposal) for i, proposal in enumerate(proposals)]
@@ -70,6 +70,10 @@ class AbstainTask:
         return [self._memo[key] for key in keys]
 
     def _verdict_inputs(self, tokenizer, sequences: list[list[int]]) -> OptionInputs:
+        import torch
+
+        from evogm.tasks.batching import encode, left_pad, pad_id
+        from evogm.tasks.scoring import OptionInputs, split_options
         verdicts = tuple(answer_separator(REFLECTION) + word for word in TRUE + FALSE)
         common, firsts = split_options(verdicts, encode(tokenizer, list(verdicts), special_tokens=False))
         batches = left_pad([s + common for s in sequences], self.answerer.batch_size, pad_id(tokenizer))

@@ -117,14 +117,3 @@ def scatter(batches: Batches | list[Batch], values: list[list[Any]]) -> list[Any
     return out
 
 
-class EncodingCache:
-    """Memo of `build(tokenizer, split)` per (tokenizer, split); holds the tokenizer so its id stays unique."""
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[int, str], tuple[object, Any]] = {}
-
-    def get(self, tokenizer, split: str, build: Callable[[Any, str], Any]) -> Any:
-        key = (id(tokenizer), split)
-        if key not in self._entries:
-            self._entries[key] = (tokenizer, build(tokenizer, split))
-        return self._entries[key][1]

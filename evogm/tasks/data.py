@@ -18,7 +18,7 @@ import math
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -252,3 +252,16 @@ def _float(value: object) -> float | None:
 def _shown(value: object, width: int = 60) -> str:
     shown = repr(value)
     return shown if len(shown) <= width else shown[: width - 3] + "..."
+
+
+class EncodingCache:
+    """Memo of `build(tokenizer, split)` per (tokenizer, split); holds the tokenizer so its id stays unique."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, str], tuple[object, Any]] = {}
+
+    def get(self, tokenizer, split: str, build: Callable[[Any, str], Any]) -> Any:
+        key = (id(tokenizer), split)
+        if key not in self._entries:
+            self._entries[key] = (tokenizer, build(tokenizer, split))
+        return self._entries[key][1]

@@ -15,10 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from evogm.errors import EvogmError
-from evogm.tasks.batching import EncodingCache
-from evogm.tasks.data import TaskData, check_items, matched_answer, prompt_text
+from evogm.tasks.data import EncodingCache, TaskData, check_items, matched_answer, prompt_text
 from evogm.tasks.prompts import EXACT_MATCH, fewshot_prefix, render
-from evogm.tasks.scoring import encode_prompts, generate_texts
 from evogm.tasks.text import EXTRACT_MODES, match
 
 
@@ -55,11 +53,13 @@ class ExactMatchTask:
         return [self.is_correct(out, item) for out, item in zip(outputs, self.data.items(split))]
 
     def generate(self, model, tokenizer, split: str) -> list[str]:
+        from evogm.tasks.scoring import generate_texts
         batches = self._cache.get(tokenizer, split, self._encode)
         return generate_texts(model, tokenizer, batches, max_new_tokens=self.max_new_tokens, stop=self.stop,
                               where=f"task {self.name}")
 
     def _encode(self, tokenizer, split: str):
+        from evogm.tasks.scoring import encode_prompts
         return encode_prompts(tokenizer, self.prompts(split), self.batch_size)
 
     def is_correct(self, output: str, item: dict) -> bool:

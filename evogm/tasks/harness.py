@@ -34,7 +34,6 @@ import numpy as np
 
 from evogm.errors import EvogmError
 from evogm.registry import did_you_mean
-from evogm.tasks.harness_generate import route_greedy
 
 INSTALL = "pip install 'evogm[lm-eval]'"
 FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed, so few-shot prompts are those lm_eval picks
@@ -159,6 +158,7 @@ class LmEvalTask:
 
     def _wrapped(self, model, tokenizer):
         """lm-eval's HF model class over the resident model: built once, it sees every in-place merge."""
+        from evogm.tasks.harness_generate import route_greedy
         if self._lm is None or self._lm[0] is not model or self._lm[1] is not tokenizer:
             from lm_eval.models.huggingface import HFLM
 

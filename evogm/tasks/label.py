@@ -27,10 +27,8 @@ from __future__ import annotations
 import numpy as np
 
 from evogm.errors import EvogmError
-from evogm.tasks.batching import EncodingCache
-from evogm.tasks.data import TaskData, answer_text, check_items, label_target, prompt_text
+from evogm.tasks.data import EncodingCache, TaskData, answer_text, check_items, label_target, prompt_text
 from evogm.tasks.prompts import answer_separator, render
-from evogm.tasks.scoring import encode_prompts, generate_texts, option_inputs, option_logprobs
 from evogm.tasks.text import first_number, normalize
 
 METRICS = ("accuracy", "spearman")
@@ -89,6 +87,7 @@ class LabelTask:
 
     def predict(self, model, tokenizer, split: str) -> list[str]:
         """The predicted label (loglik) or the generated text (generate) of every item."""
+        from evogm.tasks.scoring import option_logprobs
         if self.scoring == "generate":
             return self.generate(model, tokenizer, split)
         inputs = self._cache.get(tokenizer, ("options", split), self._option_inputs)
@@ -96,13 +95,16 @@ class LabelTask:
         return [self.labels[k] for k in scores.argmax(axis=1)]
 
     def generate(self, model, tokenizer, split: str) -> list[str]:
+        from evogm.tasks.scoring import generate_texts
         batches = self._cache.get(tokenizer, ("prompts", split), self._encode)
         return generate_texts(model, tokenizer, batches, max_new_tokens=self.max_new_tokens, where=f"task {self.name}")
 
     def _encode(self, tokenizer, key: tuple[str, str]):
+        from evogm.tasks.scoring import encode_prompts
         return encode_prompts(tokenizer, self.prompts(key[1]), self.batch_size)
 
     def _option_inputs(self, tokenizer, key: tuple[str, str]):
+        from evogm.tasks.scoring import option_inputs
         prompts = self.prompts(key[1])
         options = [[answer_separator(p) + label for label in self.labels] for p in prompts]
         return option_inputs(tokenizer, prompts, options, self.batch_size)

@@ -14,10 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from evogm.errors import EvogmError
-from evogm.tasks.batching import EncodingCache
-from evogm.tasks.data import LETTERS, TaskData, check_items, choice_answer, choice_options, prompt_text
+from evogm.tasks.data import (LETTERS, EncodingCache, TaskData, check_items, choice_answer, choice_options,
+                              prompt_text)
 from evogm.tasks.prompts import MULTIPLE_CHOICE, answer_separator, fewshot_prefix, render
-from evogm.tasks.scoring import encode_prompts, generate_texts, option_inputs, option_logprobs
 from evogm.tasks.text import parse_choice
 
 SCORINGS = ("loglik", "generate")
@@ -74,6 +73,7 @@ class MultipleChoiceTask:
 
     def predict(self, model, tokenizer, split: str) -> tuple[list[str], list[str]]:
         """(chosen letter, the model's answer text) per item; the text is the letter under loglik."""
+        from evogm.tasks.scoring import generate_texts
         if self.scoring == "loglik":
             letters = self._choose_by_loglik(model, tokenizer, split)
             return letters, letters
@@ -83,14 +83,17 @@ class MultipleChoiceTask:
         return [parse_choice(t, list(x["choices"]), x["choices"]) for t, x in zip(texts, self.items(split))], texts
 
     def _encode(self, tokenizer, split: str):
+        from evogm.tasks.scoring import encode_prompts
         return encode_prompts(tokenizer, self.prompts(split), self.batch_size)
 
     def _choose_by_loglik(self, model, tokenizer, split: str) -> list[str]:
+        from evogm.tasks.scoring import option_logprobs
         inputs = self._cache.get(tokenizer, split, self._option_inputs)
         scores = option_logprobs(model, inputs, where=f"task {self.name}")  # (n, K)
         return [list(item["choices"])[k] for k, item in zip(scores.argmax(axis=1), self.items(split))]
 
     def _option_inputs(self, tokenizer, split: str):
+        from evogm.tasks.scoring import option_inputs
         prompts = self.prompts(split)
         items = self.items(split)
         options = [[answer_separator(p) + letter for letter in item["choices"]] for p, item in zip(prompts, items)]
