@@ -60,6 +60,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ZOO_CONFIG = ROOT / "configs" / "zoo.yaml"
 ZOO = ROOT / "evogm" / "zoo" / "data"
 LANDSCAPES = ("zoo", "zoo-groups", "zoo-seed1", "zoo-interior", "zoo-correlated")
+BUILDS = "landscape-builds"  # the archive (runs-archive branch) of the suite's built landscapes
+HASHES = Path(__file__).with_name("landscape_hashes.json")  # their models' hashes: what the suite's runs ran on
 OPTIMIZERS = "evogm,evogm-plus,pso,cmaes,cmaes-pycma,de,random,bo,tpe"
 # A baseline at the paper's P = 20 and at its library's own setting: ranked once, at the better one.
 SETTINGS = (("cmaes", "cmaes-pycma"), ("bo", "bo-seq"))
@@ -77,23 +79,57 @@ def correlated_matrix(norms: np.ndarray, share: float = 3.0) -> np.ndarray:
 
 
 def landscape_config(name: str, cache: Path) -> tuple[Path, list[str]]:
-    """The config file and overrides of one landscape, building what it needs into the cache once."""
+    """The config file and overrides of one landscape: the suite's own builds where the runs-archive
+    branch holds them (`BUILDS`), else built into the cache once; a build that differs from the
+    suite's (`HASHES`) is said in one line."""
     if name == "zoo":
         return ZOO_CONFIG, []
     if name == "zoo-groups":
         return ZOO_CONFIG, ["models.groups=4"]
+    if name not in LANDSCAPES:
+        raise SystemExit(f"unknown landscape {name!r}: the landscapes are {', '.join(LANDSCAPES)}")
+    folder = cache / name
+    if not folder.exists():
+        fetch_builds(cache)
     if name == "zoo-seed1":
         from evogm.zoo.build import build
 
-        build(cache / "zoo-seed1", seed=1, threads=1)
-        return _write_config(cache / "zoo-seed1.yaml", cache / "zoo-seed1" / "run.yaml", {}), []
-    if name in ("zoo-interior", "zoo-correlated"):
-        folder = cache / name
+        build(folder, seed=1, threads=1)
+        config = _write_config(cache / "zoo-seed1.yaml", folder / "run.yaml", {})
+    else:
         if not (folder / "experts.json").exists():
             derive_experts(folder, name)
-        experts = json.loads((folder / "experts.json").read_text())["experts"]
-        return _write_config(cache / f"{name}.yaml", ZOO / "run.yaml", {"models": {"experts": experts}}), []
-    raise SystemExit(f"unknown landscape {name!r}: the landscapes are {', '.join(LANDSCAPES)}")
+        experts = {e: str(folder / "experts" / e) for e in json.loads((folder / "experts.json").read_text())["experts"]}
+        config = _write_config(cache / f"{name}.yaml", ZOO / "run.yaml", {"models": {"experts": experts}})
+    check_build(name, config)
+    return config, []
+
+
+def fetch_builds(cache: Path) -> None:
+    """The suite's builds of the landscapes, from the runs-archive branch, where it has them."""
+    from benchmarks import archive
+
+    if archive.branch_exists() and BUILDS in archive.archives():
+        archive.fetch([BUILDS], into=cache)
+
+
+def build_hashes(config: Path) -> dict[str, str]:
+    """{"models.base" | "models.experts.NAME": hash} of a landscape's models, as a run records them."""
+    from evogm.config import load_config
+    from evogm.inputs import fingerprint
+
+    files = fingerprint(load_config(config, run=False))["files"]
+    return {key: value for key, value in files.items() if key.startswith("models.")}
+
+
+def check_build(name: str, config: Path) -> None:
+    """Say in one line when the models here are not the suite's (another machine's build trains to
+    other weights): this machine's runs of the landscape then do not compare with archived ones."""
+    suite = json.loads(HASHES.read_text()).get(name) if HASHES.exists() else None
+    if suite is not None and build_hashes(config) != suite:
+        print(f"  {name}: the models in the cache are not the suite's build ({HASHES.name}); its runs here do not "
+              f"compare with archived ones: `python -m benchmarks.archive fetch {BUILDS} --into CACHE` gives "
+              "the suite's build", flush=True)
 
 
 def _write_config(path: Path, include: Path, over: dict) -> Path:
@@ -325,7 +361,14 @@ def main() -> None:
                         help="also print each method's mean best dev so far every N evaluations")
     parser.add_argument("--report", action="store_true",
                         help="run nothing: the table of the runs already finished (a suite grown in steps)")
+    parser.add_argument("--save-hashes", action="store_true",
+                        help=f"record the cache's builds as the suite's ({HASHES.name}) and stop")
     args = parser.parse_args()
+    if args.save_hashes:
+        built = {name: build_hashes(landscape_config(name, args.cache)[0]) for name in LANDSCAPES[2:]}
+        HASHES.write_text(json.dumps(built, indent=1, sort_keys=True) + "\n")
+        print(f"{HASHES}: {', '.join(built)}")
+        return
 
     from evogm.compare import compare
 

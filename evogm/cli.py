@@ -42,9 +42,15 @@ def _quiet_libraries() -> None:
             show(message, category, *args, **kwargs)
 
     warnings.showwarning = one_line
-    # read by transformers and huggingface_hub when they are imported, which a command may never need
+    # read by transformers and huggingface_hub when they are imported, which a command may never need;
+    # where they already are (a caller imported them), set directly
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -252,6 +252,9 @@ def test_a_second_process_in_a_working_run_directory_is_refused(zoo: Path, tmp_p
             assert cli(["run", *second]) == 2
             err = capsys.readouterr().err.strip()
             assert f"{run_dir} is in use by another evogm process (pid {first.pid})" in err and len(err.splitlines()) == 1
+        (run_dir / ".lock").unlink()  # the lock is the folder's, not that file's
+        assert cli(["run", "--resume", str(run_dir), "--quiet"]) == 2
+        assert f"{run_dir} is in use by another evogm process" in capsys.readouterr().err
         assert first.poll() is None and (run_dir / "config.yaml").exists()  # --force removed nothing of the live run
     finally:
         first.kill()

@@ -145,25 +145,6 @@ def test_a_removed_model_folder_is_exported_again_on_resume(finished: Path, tmp_
     assert "already finished" in capsys.readouterr().err
 
 
-def test_deleting_the_lock_file_does_not_let_a_second_writer_in(zoo_tiny: Path, tmp_path: Path, capsys):
-    run_dir = tmp_path / "busy"
-    endless = [str(zoo_tiny / "run.yaml"), "search.optimizer=random", "search.budget=100000", "search.popsize=4",
-               "baselines.methods=[]", f"output={run_dir}", "--quiet"]
-    first = subprocess.Popen([sys.executable, "-m", "evogm.cli", "run", *endless], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.monotonic() + 300
-        while not (run_dir / "evaluations.jsonl").exists() and time.monotonic() < deadline:
-            assert first.poll() is None, "the first run ended before the second started"
-            time.sleep(0.05)
-        (run_dir / ".lock").unlink()
-        assert cli(["run", "--resume", str(run_dir), "--quiet"]) == 2
-        assert f"{run_dir} is in use by another evogm process" in one_line_error(capsys)
-    finally:
-        first.kill()
-        first.wait()
-
-
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A 1 MB tmpfs (needs the right to mount; skipped where there is none)."""
