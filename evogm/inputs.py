@@ -89,10 +89,14 @@ def fitness_sources(cfg: RunConfig) -> dict[str, Path]:
 
 
 def changes(saved: dict, now: dict) -> list[str]:
-    """What differs between two fingerprints, in words: changed files first, then config keys."""
+    """What differs between two fingerprints, in words: changed files first, then config keys. Where
+    the candidates are scored (`executor:`) is not a difference: every executor returns the local
+    executor's results, so a run may resume on Ray or with other workers."""
     files = sorted(set(saved["files"]) | set(now["files"]))
     changed = [f"the files of {key}" for key in files if saved["files"].get(key) != now["files"].get(key)]
-    return changed + _changed_keys(saved["config"], now["config"], "")
+    configs = ({k: v for k, v in fingerprint_config.items() if k != "executor"}
+               for fingerprint_config in (saved["config"], now["config"]))
+    return changed + _changed_keys(*configs, "")
 
 
 def _changed_keys(a, b, where: str) -> list[str]:

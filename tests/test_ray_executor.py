@@ -139,7 +139,8 @@ def test_a_run_on_ray_resumes_a_local_runs_log_and_ends_the_same(ray_instance, r
     on_ray.mkdir()
     lines = (local / "evaluations.jsonl").read_text().splitlines(keepends=True)
     (on_ray / "evaluations.jsonl").write_text("".join(lines[:5]))  # killed after 5 of 12 evaluations
-    shutil.copy(local / "config.yaml", on_ray / "config.yaml")
+    for record in ("config.yaml", "inputs.json"):
+        shutil.copy(local / record, on_ray / record)
     ray_cfg = from_dict({**run_config, "output": str(on_ray), "executor": {"kind": "ray", "workers": 2, "address": None}})
     assert ray_cfg.executor.options == {"workers": 2, "address": None}  # flat keys are the executor's options
     run(ray_cfg, run_dir=on_ray, resume=True)
