@@ -14,6 +14,10 @@ group g holds the g-th block of both stacks (so groups ≤ the shallower stack's
 >>> merger = Merger(models.model, models.experts, groups=2)          # doctest: +SKIP
 >>> model = merger(np.array([[1.0, 0.5], [-0.3, 0.0]]))               # doctest: +SKIP
 
+A search space's candidates (`evogm.space`: TIES, DARE-TIES, linear; weights and densities per
+module filter and layer group, or smooth across depth) are written in place by `Merger.candidate`,
+from the same θ₀ and task vectors (`Merger.merge`).
+
 Static merges (task arithmetic with a global scale, TIES, DARE) are pure functions over a stack of
 dense task vectors, applied per parameter by `Merger.static`.
 """
