@@ -423,8 +423,10 @@ def test_a_run_searches_a_space_and_exports_reports_and_scores_its_best(zoo_tiny
 
 
 def mergekit_yaml() -> Path | None:
-    """mergekit's command, where it is installed: EVOGM_MERGEKIT_YAML (another virtualenv's), or on PATH."""
-    for found in (os.environ.get("EVOGM_MERGEKIT_YAML"), shutil.which("mergekit-yaml")):
+    """mergekit's command, where it is installed: EVOGM_MERGEKIT_YAML (another virtualenv's), next to this
+    Python (`pip install mergekit` beside evogm: it changes none of evogm's dependencies), or on PATH."""
+    for found in (os.environ.get("EVOGM_MERGEKIT_YAML"), Path(sys.executable).with_name("mergekit-yaml"),
+                  shutil.which("mergekit-yaml")):
         if found and Path(found).is_file():
             return Path(found)
     return None
