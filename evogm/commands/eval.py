@@ -4,6 +4,7 @@
     evogm eval --base zoo/base --expert add=zoo/experts/add --expert sort=zoo/experts/sort \\
         --weights add=0.8 --weights sort=1.2 --tasks zoo/tasks/*.json --split test --json
     evogm eval zoo/run.yaml --weights add=0.5 --weights sort=0.5      # the config's models and tasks
+    evogm eval runs/zoo/config.yaml --candidate=0.5,-0.2,…           # a logged vector of the run's search space
 
 MODEL is a Hugging Face model folder (a base or a full fine-tune), a PEFT adapter folder (its base
 from adapter_config.json, or --base), or a run config YAML (its base, experts and tasks; the base
@@ -36,7 +37,8 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", action="append", default=[], metavar="NAME=VALUE[,VALUE...]",
                    help="λ of an expert; several comma-separated values = one per layer group")
     p.add_argument("--candidate", metavar="X1,X2,...",
-                   help="with a run config: a vector of its search space, as evaluations.jsonl logs it")
+                   help="with a run config: a vector of its search space, as evaluations.jsonl logs it "
+                        "(--candidate=-0.5,… when the first value is negative)")
     p.add_argument("--limit", type=int, help="score the first N items of each task")
     p.add_argument("--scoring", choices=["loglik", "generate"],
                    help="scorer (log-likelihood or generation) of every multiple-choice and label task")
