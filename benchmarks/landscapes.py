@@ -20,6 +20,17 @@ tasks (multi-task mode, 160 evaluations unless --budget):
   shares (ν the mean norm), as instruction-tuned adapters share one. Pairwise cosine 0.69 on
   average (0.02 in the zoo); the best merge needs negative weights to cancel c.
 
+Two landscapes search another space than λ (`space:`, docs/guide/merging.md), on the zoo's experts:
+
+- ``zoo-ties``: TIES merges, each expert's weight and density (in [0.1, 1]) searched: 16 dimensions.
+- ``zoo-filters``: task arithmetic with the attention modules (``self_attn``), the MLPs (``mlp``) and
+  the rest (embeddings, norms, head) each weighted on its own: 24 dimensions. (A filter is a part of
+  the tensors' names, as mergekit's; ``attention`` would take the zoo's ``post_attention_layernorm``
+  only.)
+
+They are not in the default suite (whose recorded results are the five above): name them with
+``--landscapes``.
+
 The derived experts are full fine-tunes written once, with evogm's own exact merge, into
 ``--cache`` (default ``~/.cache/evogm/landscapes``); ``zoo-seed1`` is built there once (about 8
 minutes). A build of ``zoo-seed1`` on another machine (another CPU) can train to other
@@ -59,7 +70,12 @@ from evogm.runlog import is_full
 ROOT = Path(__file__).resolve().parent.parent
 ZOO_CONFIG = ROOT / "configs" / "zoo.yaml"
 ZOO = ROOT / "evogm" / "zoo" / "data"
-LANDSCAPES = ("zoo", "zoo-groups", "zoo-seed1", "zoo-interior", "zoo-correlated")
+LANDSCAPES = ("zoo", "zoo-groups", "zoo-seed1", "zoo-interior", "zoo-correlated")  # the default suite
+BUILT = ("zoo-seed1", "zoo-interior", "zoo-correlated")  # landscapes with models of their own (`BUILDS`, `HASHES`)
+SPACES = {  # landscapes on the zoo's models that search another space than λ: their overrides
+    "zoo-ties": ["space.method=ties", "space.density=[0.1, 1.0]"],
+    "zoo-filters": ["space.filters=[self_attn, mlp]"],
+}
 BUILDS = "landscape-builds"  # the archive (runs-archive branch) of the suite's built landscapes
 HASHES = Path(__file__).with_name("landscape_hashes.json")  # their models' hashes: what the suite's runs ran on
 OPTIMIZERS = "evogm,evogm-plus,pso,cmaes,cmaes-pycma,de,random,bo,tpe"
@@ -86,8 +102,10 @@ def landscape_config(name: str, cache: Path) -> tuple[Path, list[str]]:
         return ZOO_CONFIG, []
     if name == "zoo-groups":
         return ZOO_CONFIG, ["models.groups=4"]
-    if name not in LANDSCAPES:
-        raise SystemExit(f"unknown landscape {name!r}: the landscapes are {', '.join(LANDSCAPES)}")
+    if name in SPACES:
+        return ZOO_CONFIG, list(SPACES[name])
+    if name not in BUILT:
+        raise SystemExit(f"unknown landscape {name!r}: the landscapes are {', '.join((*LANDSCAPES, *SPACES))}")
     folder = cache / name
     if not folder.exists():
         fetch_builds(cache)
@@ -254,11 +272,9 @@ def test_at(run_dir: Path, evaluations: int) -> dict:
         kept = json.loads(cache.read_text())  # another build can pick the same one-hot row)
         if kept.get("coefficients") == best["coefficients"] and kept.get("inputs") == inputs:
             return kept
-    experts = list(yaml.safe_load((run_dir / "config.yaml").read_text())["models"]["experts"])
-    lam = np.reshape(best["coefficients"], (len(experts), -1))
-    weights = [f"--weights={name}={','.join(map(repr, row.tolist()))}" for name, row in zip(experts, lam)]
+    candidate = f"--candidate={','.join(map(repr, best['coefficients']))}"  # merged as the search merged it
     evogm = Path(sys.executable).parent / "evogm"
-    shown = subprocess.run([str(evogm), "eval", str(run_dir / "config.yaml"), "--split", "test", "--json", *weights],
+    shown = subprocess.run([str(evogm), "eval", str(run_dir / "config.yaml"), "--split", "test", "--json", candidate],
                            check=True, capture_output=True, text=True).stdout
     out = {"dev": -best["loss"], "test": json.loads(shown)["score"], "evaluations": evaluations,
            "coefficients": best["coefficients"], "inputs": inputs}
@@ -348,7 +364,7 @@ def ranked_entries(methods: list[str]) -> dict[str, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--landscapes", nargs="+", default=list(LANDSCAPES), choices=LANDSCAPES)
+    parser.add_argument("--landscapes", nargs="+", default=list(LANDSCAPES), choices=[*LANDSCAPES, *SPACES])
     parser.add_argument("--optimizers", default=OPTIMIZERS,
                         help="comma-separated, as for evogm compare; names of benchmarks/variants.py too")
     parser.add_argument("--seeds", type=int, default=5)
@@ -365,7 +381,7 @@ def main() -> None:
                         help=f"record the cache's builds as the suite's ({HASHES.name}) and stop")
     args = parser.parse_args()
     if args.save_hashes:
-        built = {name: build_hashes(landscape_config(name, args.cache)[0]) for name in LANDSCAPES[2:]}
+        built = {name: build_hashes(landscape_config(name, args.cache)[0]) for name in BUILT}
         HASHES.write_text(json.dumps(built, indent=1, sort_keys=True) + "\n")
         print(f"{HASHES}: {', '.join(built)}")
         return

@@ -31,6 +31,7 @@ from evogm.registry import did_you_mean
 from evogm.schema import build, plain
 from evogm.scoring import MULTI_TASK, scored_tasks
 from evogm.search import POPSIZE, check_options, default_options, make_optimizer
+from evogm.space import Space, SpaceConfig, check_space
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 MODES = (MULTI_TASK, "single_task")
@@ -91,6 +92,7 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)  # what the searched vector means (evogm.space)
 
     @property
     def task_names(self) -> list[str]:
@@ -156,8 +158,13 @@ def executor_options(raw: dict) -> dict:
 
 
 def to_dict(cfg: RunConfig) -> dict:
-    """The plain-data form (tuples as lists), as saved in a run's config.yaml."""
-    return plain(dataclasses.asdict(cfg))
+    """The plain-data form (tuples as lists), as saved in a run's config.yaml. The default space (today's
+    task arithmetic) is left out, so that a run without a `space:` section saves the config it always did
+    (and runs from before the section resume)."""
+    data = plain(dataclasses.asdict(cfg))
+    if cfg.space == SpaceConfig():
+        del data["space"]
+    return data
 
 
 def dump_yaml(cfg: RunConfig) -> str:
@@ -188,6 +195,7 @@ def check(cfg: RunConfig, *, run: bool = True) -> None:
     _check_number("search.popsize", cfg.search.popsize)
     _check_number("search.timeout", cfg.search.timeout)
     _check_adaptive(cfg.search)
+    check_space(cfg.space, cfg.models.groups)
     _check_path("models.base", cfg.models.base, folder=True)
     for name, path in cfg.models.experts.items():
         _check_path(f"models.experts.{name}", path, folder=True)
@@ -315,7 +323,7 @@ def resolve(cfg: RunConfig, output) -> RunConfig:
     if "budget" in defaults and "budget" not in cfg.search.options and cfg.search.budget:
         options["budget"] = cfg.search.budget  # an optimizer that plans by budget plans for this one
     if "groups" in defaults and "groups" not in cfg.search.options:
-        options["groups"] = cfg.models.groups  # its start knows which coefficients belong to one expert
+        options["groups"] = search_space(cfg).per_expert  # its start knows which coordinates belong to one expert
     search = dataclasses.replace(cfg.search, popsize=cfg.search.popsize or POPSIZE, options=options)
     budget = search.budget or build_optimizer(dataclasses.replace(cfg, search=search)).budget
     if not budget:
@@ -324,8 +332,12 @@ def resolve(cfg: RunConfig, output) -> RunConfig:
     return dataclasses.replace(cfg, output=str(output), search=dataclasses.replace(search, budget=int(budget)))
 
 
+def search_space(cfg: RunConfig) -> Space:
+    """The run's search space: the searched vector ↔ the merge it is (evogm.space)."""
+    return Space(cfg.space, list(cfg.models.experts), cfg.models.groups, cfg.seed)
+
+
 def build_optimizer(cfg: RunConfig):
-    """The config's optimizer: one coefficient per expert and layer group."""
-    dim = len(cfg.models.experts) * cfg.models.groups
-    return make_optimizer(cfg.search.optimizer, dim, popsize=cfg.search.popsize, seed=cfg.seed,
+    """The config's optimizer, on the search space's vector (by default one λ per expert and layer group)."""
+    return make_optimizer(cfg.search.optimizer, search_space(cfg).dim, popsize=cfg.search.popsize, seed=cfg.seed,
                           options=cfg.search.options)

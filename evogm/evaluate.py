@@ -12,11 +12,12 @@ the runner's final report, this is the only way to score the test split.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from evogm.config import load_config
+from evogm.config import load_config, search_space
 from evogm.errors import EvogmError
 from evogm.scoring import fitness, metric_key, score_task, scored_tasks
 from evogm.tasks import load_tasks
@@ -38,13 +39,43 @@ class Evaluation:
 
 def evaluate(model: str | None = None, *, tasks=(), split: str = "dev", base: str | None = None,
              experts: dict[str, str] | None = None, weights=(), limit: int | None = None,
-             scoring: str | None = None, load: dict | None = None) -> Evaluation:
+             scoring: str | None = None, load: dict | None = None, candidate=None) -> Evaluation:
     """Score MODEL_OR_CONFIG (or `base` with `experts` merged by `weights`, NAME=V[,V…]) on `tasks`.
-    `load`: load_models' keywords (dtype, device, allow_pickle, trust_remote_code)."""
+    `load`: load_models' keywords (dtype, device, allow_pickle, trust_remote_code). `candidate`: a vector
+    of a run config's search space (as its evaluations.jsonl logs it), merged as the search merged it."""
+    if candidate is not None:
+        return evaluate_candidate(model, candidate, tasks=tasks, split=split, limit=limit, scoring=scoring,
+                                  load=load, extra=bool(experts or weights or base))
     base, experts, specs, weights = plan(model, base, dict(experts or {}), list(tasks), list(weights))
     task_list = build_tasks(specs, limit, scoring, split)
     loaded, tokenizer, label = load_merged(base, experts, weights, load or {})
     rows, seconds = score_each(loaded, tokenizer, task_list, split)
+    return Evaluation(label, split, task_list, rows, seconds, weighted_mean(task_list, rows))
+
+
+def evaluate_candidate(config: str | None, candidate, *, tasks, split: str, limit: int | None, scoring: str | None,
+                       load: dict | None, extra: bool = False) -> Evaluation:
+    """Score a candidate of a run config's search space on its tasks (or `tasks`)."""
+    from evogm.merge import Merger
+    from evogm.models import load_models
+
+    if not config or Path(config).suffix not in (".yaml", ".yml"):
+        raise EvogmError("--candidate without a run config", "a candidate is a vector of a config's search space",
+                         "give the run's config.yaml as MODEL_OR_CONFIG")
+    if extra:
+        raise EvogmError("--candidate with --base, --expert or --weights", "a candidate merges the config's experts "
+                         "as its search space says", "give either --candidate or --weights")
+    cfg = load_config(config, run=False)
+    space = search_space(cfg)
+    x = [float(v) for v in candidate]
+    if len(x) != space.dim or not all(map(math.isfinite, x)):
+        raise EvogmError(f"--candidate has {len(x)} values", f"the search space of {config} has {space.dim} "
+                         "finite coordinates", "give a vector as evaluations.jsonl logs it (comma-separated)")
+    task_list = build_tasks(list(tasks) or list(cfg.tasks), limit, scoring, split)
+    models = load_models(cfg.models.base, cfg.models.experts, **(load or {}))
+    merger = Merger(models.model, models.experts, groups=cfg.models.groups, space=space)
+    rows, seconds = score_each(merger.candidate(x), models.tokenizer, task_list, split)
+    label = f"{cfg.models.base} + a {cfg.space.method} candidate of {config}"
     return Evaluation(label, split, task_list, rows, seconds, weighted_mean(task_list, rows))
 
 

@@ -27,6 +27,7 @@ import yaml
 
 from evogm.errors import EvogmError
 from evogm.merge import GROUP_RULES, check_static_options
+from evogm.space import REST, SMOOTH_RULE, filter_matches, interpolate
 
 # evogm method → (mergekit method, its `normalize`): TIES and DARE-TIES divide by the agreeing experts'
 # weights (normalize: true), task arithmetic and DARE sum (normalize: false)
@@ -42,6 +43,13 @@ DARE_NOTE = """\
 # matches the kept entries' L1 norm to the task vector's where evogm (as the DARE paper, and older
 # mergekit) divides them by the density. Only evogm's recipe.yaml reproduces evogm's tensors exactly.
 """
+DARE_TIES_NOTE = """\
+# DARE-TIES: evogm's drops are seeded per parameter (recipe.yaml's seed), mergekit's are random; both keep
+# each entry with probability `density` and rescale the kept ones to the task vector's L1 norm (mergekit's
+# `rescale: true`), so this file gives a merge of the same distribution, not the same tensors. Only evogm's
+# recipe.yaml reproduces evogm's tensors exactly.
+"""
+FILTER_RULE = "a tensor takes the first filter that is a part of its name (mergekit's `filter`), else the rest"
 MERGEKIT_ENCODER_DECODERS = ("t5",)  # mergekit's architectures include T5ForConditionalGeneration, not BART & co.
 MERGEKIT_SEPARATORS = "+@"  # mergekit splits a model reference at '+' (BASE+LORA) and '@' (PATH@REVISION)
 PARTIAL = ".partial-"  # an export in progress is written as .NAME.partial-XXXXXXXX next to NAME
@@ -84,7 +92,15 @@ def merge_and_export(base: str, experts: dict[str, str], lam: np.ndarray, out_di
 
 def export_merged(merger, tokenizer, coefficients, out_dir, *, base: str, experts: dict[str, str],
                   groups: int = 1, force: bool = True, extra: dict | None = None) -> Path:
-    """Merge `coefficients` (task arithmetic) into the resident model and export it."""
+    """Merge `coefficients` into the resident model and export it: a candidate of the merger's search
+    space (`Merger.candidate`), which for the default space (none) is task arithmetic with λ."""
+    space = merger.space
+    if space is not None and not space.plain:
+        merger.candidate(coefficients)
+        recipe = space_recipe(space, space.decode(coefficients), base=base, experts=experts, kinds=_kinds(merger),
+                              layers=merger.depths if merger.seq2seq else merger.n_layers,
+                              group_rule=GROUP_RULES[merger.seq2seq], after_layers=merger.after_layers(), extra=extra)
+        return export_model(merger.model, tokenizer, out_dir, recipe, force=force)
     lam = merger.coefficients(coefficients)
     merger(lam)
     recipe = make_recipe("task_arithmetic", lam, base=base, experts=experts, kinds=_kinds(merger),
@@ -120,8 +136,8 @@ def export_model(model, tokenizer, out_dir, recipe: dict, *, force: bool = True)
             tokenizer.save_pretrained(tmp)
             _write_yaml(tmp / "recipe.yaml", recipe)
             if "mergekit" not in recipe:
-                _write_yaml(tmp / "mergekit.yaml", mergekit_config(recipe), MERGEKIT_HEADER
-                            + (DARE_NOTE if recipe["method"] == "dare" else ""))
+                note = {"dare": DARE_NOTE, "dare_ties": DARE_TIES_NOTE}.get(recipe["method"], "")
+                _write_yaml(tmp / "mergekit.yaml", mergekit_config(recipe), MERGEKIT_HEADER + note)
             _umask_modes(tmp)
             _put_in_place(tmp, out)
     except Exception as exc:
@@ -315,6 +331,50 @@ def make_recipe(method: str, lam: np.ndarray, *, base: str, experts: dict[str, s
     return recipe
 
 
+def space_recipe(space, candidate, *, base: str, experts: dict[str, str], kinds: dict[str, str],
+                 layers: int | dict[str, int], group_rule: str, after_layers: list[str], extra: dict | None = None) -> dict:
+    """A merge of a search space (`evogm.space`) as plain data: each expert's weight (and density) per
+    filter cell and group, the method's options, and the space that was searched. Values are a number
+    (one cell, one group), a list per group (with `smooth`: anchors across depth), or with filters a
+    mapping from each filter (and `rest`) to one of those."""
+    groups, cells = space.groups, space.cells
+
+    def values(array: np.ndarray, i: int):
+        per_cell = {cell: float(array[i, c, 0]) if groups == 1 else [float(v) for v in array[i, c]]
+                    for c, cell in enumerate(cells)}
+        return per_cell[REST] if len(cells) == 1 else per_cell
+
+    recipe = {"method": candidate.method, "base": str(base), "groups": groups,
+              "group_rule": SMOOTH_RULE if candidate.smooth else group_rule}
+    if groups > 1:
+        recipe["layers"] = layers
+    if len(cells) > 1:
+        recipe["filters"] = list(space.config.filters)
+        recipe["filter_rule"] = FILTER_RULE
+    if candidate.smooth:
+        recipe["smooth"] = True
+        recipe["after_layers"] = list(after_layers)  # tensors after the layers: t = 1
+    recipe["experts"] = {}
+    for i, (name, path) in enumerate(experts.items()):
+        spec = {"path": str(path), "kind": kinds.get(name, "full"), "weight": values(candidate.weight, i)}
+        if candidate.density is not None:
+            spec["density"] = values(candidate.density, i)
+        recipe["experts"][name] = spec
+    options = {}
+    if candidate.method in ("ties", "dare_ties"):
+        options["normalize"] = candidate.normalize
+    if candidate.method != "linear":
+        options["scale"] = candidate.scale
+    if candidate.method == "dare_ties":
+        options.update(rescale="l1", seed=candidate.seed)
+    if options:
+        recipe["options"] = options
+    recipe["space"] = space.describe()
+    if extra:
+        recipe.update(extra)
+    return recipe
+
+
 def mergekit_config(recipe: dict) -> dict:
     """The same merge as a mergekit YAML config (LoRA experts as `base+adapter` references, which
     need mergekit's `--lora-merge-cache DIR`), every path absolute (`mergekit_path`).
@@ -324,6 +384,8 @@ def mergekit_config(recipe: dict) -> dict:
     mean divides by the agreeing experts' weights); the density evogm used is written for every expert,
     since mergekit's default is 1 (no trimming).
     """
+    if "space" in recipe:
+        return space_mergekit_config(recipe)
     base, options = mergekit_path(recipe["base"]), recipe.get("options", {})
     method = "dare-ties" if recipe["method"] == "dare" and options.get("consensus") else recipe["method"]
     name, normalize = MERGEKIT_METHODS[method]
@@ -340,6 +402,90 @@ def mergekit_config(recipe: dict) -> dict:
         parameters["rescale"] = True
     return {"merge_method": name, "base_model": base, "models": models, "parameters": parameters,
             "dtype": "float32"}
+
+
+def space_mergekit_config(recipe: dict) -> dict:
+    """A search space's merge (`space_recipe`) as mergekit writes one: mergekit's method of the same name,
+    each expert's parameters as filter lists (`[{filter: F, value: V}, …, {value: REST}]`) where there are
+    filters, per-slice parameters for layer groups (one slice per group and stack, mergekit giving the
+    tensors before the layers the first slice's and those after them the last's, as evogm's groups do),
+    and for `smooth` gradients (mergekit interpolates a list of values across each stack's depth as
+    evogm does), the tensors after the layers named with the value they take at t = 1 (mergekit reads
+    them at t = 0)."""
+    base, method, options = mergekit_path(recipe["base"]), recipe["method"], recipe.get("options", {})
+    groups, layers, smooth = recipe["groups"], recipe.get("layers"), recipe.get("smooth", False)
+    gta = method != "linear"  # mergekit's generalized task arithmetic: a base model, its task vectors
+    parameters = {}
+    if method in ("ties", "dare_ties"):
+        parameters["normalize"] = options["normalize"]
+    elif method == "task_arithmetic":
+        parameters["normalize"] = False
+    if gta:
+        parameters["lambda"] = options.get("scale", 1.0)
+    if method == "dare_ties":
+        parameters["rescale"] = True
+    names = {name: mergekit_path(spec["path"]) for name, spec in recipe["experts"].items()}
+    refs = {name: f"{base}+{path}" if recipe["experts"][name]["kind"] == "lora" else path
+            for name, path in names.items()}
+
+    def settings(spec: dict, group: int | None) -> dict:
+        out = {"weight": _setting(spec["weight"], group, recipe)}
+        if "density" in spec:
+            out["density"] = _setting(spec["density"], group, recipe)
+        return out
+
+    config = {"merge_method": method}
+    if gta:
+        config["base_model"] = base
+    if groups == 1 or smooth:
+        config["models"] = [{"model": refs[name], "parameters": settings(spec, None)}
+                            for name, spec in recipe["experts"].items()]
+    else:
+        stacks = layers if isinstance(layers, dict) else {"": layers}
+        modules = {stack: {"slices": [
+            {"sources": [{"model": refs[name], "layer_range": list(span), "parameters": settings(spec, g)}
+                         for name, spec in recipe["experts"].items()]
+             + ([{"model": base, "layer_range": list(span)}] if gta else [])}
+            for g, span in enumerate(group_spans(depth, groups))]} for stack, depth in stacks.items()}
+        if "" in modules:
+            config["slices"] = modules[""]["slices"]
+        else:
+            config["modules"] = modules
+    config["parameters"] = parameters
+    config["dtype"] = "float32"
+    return config
+
+
+def group_spans(depth: int, groups: int) -> list[tuple[int, int]]:
+    """Each layer group's [start, end) in a stack of `depth` layers: layer k is in group k·groups // depth.
+
+    >>> group_spans(5, 2)
+    [(0, 3), (3, 5)]
+    """
+    starts = [min(k for k in range(depth) if k * groups // depth == g) for g in range(groups)]
+    return list(zip(starts, [*starts[1:], depth]))
+
+
+def _setting(value, group: int | None, recipe: dict):
+    """One parameter of one expert in mergekit's terms: a number or a gradient, or a filter list over the
+    cells; with `smooth`, the tensors after the layers first, each with its value at t = 1."""
+    def at(v):
+        return v[group] if group is not None and isinstance(v, list) else v
+
+    if not isinstance(value, dict):
+        cells = {REST: at(value)}
+    else:
+        cells = {cell: at(v) for cell, v in value.items()}
+    entries = []
+    if recipe.get("smooth"):
+        filters = recipe.get("filters", [])
+        for name in recipe.get("after_layers", []):
+            cell = next((f for f in filters if filter_matches(f, name)), REST)
+            entries.append({"filter": name, "value": interpolate(cells[cell], 1.0)})
+    entries += [{"filter": cell, "value": v} for cell, v in cells.items() if cell != REST]
+    if not entries:
+        return cells[REST]
+    return entries + [{"value": cells[REST]}]
 
 
 def _mergekit_weight(weight, layers: int | dict[str, int] | None):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from evogm import baselines, report
-from evogm.config import RunConfig, to_dict
+from evogm.config import RunConfig, search_space, to_dict
 from evogm.errors import EvogmWarning
 from evogm.rundir import RunDir, best_entry
 from evogm.runlog import read_json
@@ -40,10 +40,11 @@ def finalize(cfg: RunConfig, run_dir: RunDir, target: str, records: list[dict], 
             candidates[method] = baselines.evaluate(method, cfg, scoring)
     progress.stage("export")
     export(cfg, workspace(cfg), best["coefficients"], run_dir.model)
+    space = search_space(cfg)
     run_dir.write_final({
         "target": target, "tasks": scoring.primary, "experts": list(cfg.models.experts),
         "groups": cfg.models.groups, "evaluations": len(records), "dev_items": scoring.dev_items(),
-        "candidates": candidates})
+        "candidates": candidates, **({} if space.plain else {"space": space.describe()})})
     report.write_report(run_dir.path)
     failures = report.final_failures(candidates)
     if failures:
@@ -88,7 +89,7 @@ def searched(entry: dict, scoring: Scoring) -> dict:
     """A searched candidate: its logged dev score, and its test score."""
     return {"evaluation": entry["evaluation"], "coefficients": entry["coefficients"],
             "dev": {"score": entry["fitness"], "metrics": entry["metrics"]},
-            "test": scoring.merged(entry["coefficients"], "test")}
+            "test": scoring.candidate(entry["coefficients"], "test")}
 
 
 def export(cfg: RunConfig, ws: Workspace, coefficients, out_dir: Path) -> None:

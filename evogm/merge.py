@@ -14,6 +14,10 @@ group g holds the g-th block of both stacks (so groups ≤ the shallower stack's
 >>> merger = Merger(models.model, models.experts, groups=2)          # doctest: +SKIP
 >>> model = merger(np.array([[1.0, 0.5], [-0.3, 0.0]]))               # doctest: +SKIP
 
+A search space's candidates (`evogm.space`: TIES, DARE-TIES, linear; weights and densities per
+module filter and layer group, or smooth across depth) are written in place by `Merger.candidate`,
+from the same θ₀ and task vectors (`Merger.merge`).
+
 Static merges (task arithmetic with a global scale, TIES, DARE) are pure functions over a stack of
 dense task vectors, applied per parameter by `Merger.static`.
 """
@@ -32,22 +36,7 @@ import torch
 from evogm.base_copy import BaseCopy
 from evogm.errors import EvogmError
 from evogm.models import Expert
-
-_LAYER = re.compile(r"\.(?:layers|h|blocks|block|layer)\.(\d+)\.")
-_DECODER = re.compile(r"(?:^|\.)decoder\.")
-GROUP_RULES = {
-    False: "layers split into contiguous blocks; embeddings follow the first group, final norm and head the last",
-    True: "encoder and decoder layers each split into contiguous blocks by depth, group g holding the g-th block of "
-          "both; embeddings follow the first group, final norms and head the last",
-}
-
-
-def stack_of(name: str, match: re.Match, seq2seq: bool) -> str:
-    """Which layer stack a layer's parameter is in: "" in a decoder-only model, else "encoder" or "decoder"."""
-    if not seq2seq:
-        return ""
-    return "decoder" if _DECODER.search(name[: match.start() + 1]) else "encoder"
-
+from evogm.space import GROUP_RULES, LAYER, SPARSE, Candidate, Space, stack_of  # noqa: F401 (GROUP_RULES: export's)
 
 def stack_depths(model: torch.nn.Module) -> dict[str, int]:
     """Layers per stack: {"": n} for a decoder-only model, {"encoder": n, "decoder": m} for an encoder-decoder."""
@@ -55,7 +44,7 @@ def stack_depths(model: torch.nn.Module) -> dict[str, int]:
         return {"": model.config.num_hidden_layers}
     depths: dict[str, int] = {}
     for name, _ in model.named_parameters():
-        match = _LAYER.search(name)
+        match = LAYER.search(name)
         if match:
             stack = stack_of(name, match, True)
             depths[stack] = max(depths.get(stack, 0), int(match[1]) + 1)
@@ -68,26 +57,73 @@ def task_arithmetic(deltas: torch.Tensor, weights: torch.Tensor, scale: float = 
     return scale * torch.tensordot(weights.to(deltas.dtype), deltas, dims=1)
 
 
-def trim(deltas: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep each expert's top `density` fraction of entries by magnitude, zero the rest (TIES step 1).
-    k = ⌊density · entries⌋ (at least 1), as mergekit counts, so that an exported TIES merge matches."""
-    flat = deltas.reshape(len(deltas), -1)
-    k = max(1, int(density * flat.shape[1]))
-    if k >= flat.shape[1]:
+def trim(deltas: torch.Tensor, density) -> torch.Tensor:
+    """Keep each expert's top entries by magnitude, zero the rest (TIES step 1). `density`: one for every
+    expert, or one per expert; deltas: (E, ...).
+
+    Exactly mergekit's trim (`sparsify.magnitude`), so that an exported TIES merge matches: a density of 1
+    or more keeps every entry, else k = max(1, ⌊density · n⌋) entries are kept, the first k of
+    `torch.argsort(|τ|, descending=True)`. That ordering is the tie-break: entries tied in magnitude with
+    the k-th (common in bfloat16 checkpoints, whose task vectors take few values) are kept in the order
+    torch's sort gives them, so that exactly k are kept, as mergekit keeps them. The sort itself is only
+    needed for a task vector with such a tie among nonzero entries (which zeros are kept changes nothing):
+    otherwise the k largest are one set, found in linear time (`_kth_largest`).
+    """
+    densities = list(density) if isinstance(density, (list, tuple)) else [density] * len(deltas)
+    if all(d >= 1 for d in densities):
         return deltas
-    threshold = flat.abs().kthvalue(flat.shape[1] - k + 1, dim=1, keepdim=True).values
-    return torch.where(flat.abs() >= threshold, flat, 0).reshape(deltas.shape)
+    flat = deltas.reshape(len(deltas), -1)
+    n = flat.shape[1]
+    ks = [max(1, int(d * n)) for d in densities]
+    magnitude = flat.abs().float()  # mergekit sorts float32 magnitudes on the CPU
+    threshold = [_kth_largest(m, k) if d < 1 else -1.0 for m, k, d in zip(magnitude, ks, densities)]
+    keep = magnitude >= torch.tensor(threshold, device=magnitude.device).unsqueeze(1)
+    for j, count in enumerate(keep.sum(1).tolist()):
+        if densities[j] < 1 and count != ks[j] and threshold[j] != 0:  # nonzero ties with the k-th: mergekit's order
+            keep[j] = False
+            keep[j, torch.argsort(magnitude[j], descending=True)[:ks[j]]] = True
+    return (flat * keep).view(deltas.shape)
 
 
-def disjoint_merge(weighted: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def _kth_largest(values: torch.Tensor, k: int) -> float:
+    """The k-th largest of a 1-D tensor, in linear time: numpy's introselect on the CPU (a tenth of the time of
+    torch's kthvalue there), torch's kthvalue on a GPU."""
+    n = values.numel()
+    if values.device.type == "cpu":
+        return float(np.partition(values.numpy(), n - k)[n - k])
+    return float(values.kthvalue(n - k + 1).values)
+
+
+def dare_drop(deltas: torch.Tensor, densities, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DARE-TIES' drops as mergekit makes them (`sparsify.bernoulli` with `rescale: true`): each entry kept
+    with probability density, the kept ones rescaled so that each task vector keeps its L1 norm (none
+    rescaled when either norm is below 1e-7); a density of 1 or more keeps every entry. One uniform draw
+    per entry of every row, whatever the densities, so that a seed gives every candidate the same drops
+    (nested: a higher density keeps a superset)."""
+    draws = torch.rand(deltas.shape, generator=generator, device=deltas.device)
+    rows = []
+    for row, draw, d in zip(deltas, draws, densities):
+        if d >= 1:
+            rows.append(row)
+            continue
+        kept = row * (draw < d)
+        before, after = row.abs().sum(), kept.abs().sum()
+        rows.append(kept if before < 1e-7 or after < 1e-7 else kept * (before / after))
+    return torch.stack(rows)
+
+
+def disjoint_merge(weighted: torch.Tensor, weights: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """Elect each entry's sign by the weighted sum, then average the agreeing entries (TIES steps 2–3).
 
     weighted: (E, ...) = wᵢ τᵢ; weights: (E,). Dividing by the agreeing experts' weights makes this the
     disjoint mean when every weight is 1. A zero sum elects +, and a zero divisor is 1, as in mergekit
-    (its `normalize: true`), so that an exported TIES merge matches.
+    (its `normalize: true`), so that an exported TIES merge matches; `normalize=False` sums the agreeing
+    entries (mergekit's DARE-TIES default).
     """
-    sign = torch.where(weighted.sum(0) >= 0, 1.0, -1.0).to(weighted.dtype)
-    agree = torch.sign(weighted) == sign  # zero entries agree with neither sign
+    positive = weighted.sum(0) >= 0  # the elected sign: +, or − (a zero sum elects +)
+    agree = torch.where(positive, weighted > 0, weighted < 0)  # zero entries agree with neither sign
+    if not normalize:
+        return (weighted * agree).sum(0)
     w = weights.to(weighted.dtype).view(-1, *[1] * (weighted.dim() - 1))
     divisor = (w * agree).sum(0)
     divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
@@ -188,6 +224,33 @@ class _Slot:
     lora_scale: torch.Tensor | None = None  # (R,) each column's LoRA scaling s
     A: torch.Tensor | None = None  # (R, d_in) stacked A factors
     B: torch.Tensor | None = None  # (d_out, R) stacked B factors
+    before_layers: bool = False  # outside the layers, before them (embeddings)
+    place: object = None  # evogm.space.Place: where it takes a search space's values (None: no space)
+    lora_columns: dict | None = None  # expert → (start, end, s): its columns of the stacked factors
+
+    def experts(self) -> list[int]:
+        """The experts that change this parameter, in order."""
+        full = [] if self.full is None else self.full_experts.tolist()
+        return sorted(full + list(self.lora_columns or {}))
+
+    def dense(self) -> torch.Tensor:
+        """(k, *shape) float32: the task vectors of `experts()` as dense tensors, LoRA experts' made
+        from their factors here (s · B A), so that they are dense only while a merge needs their entries."""
+        full = {} if self.full is None else dict(zip(self.full_experts.tolist(), self.full))
+        rows = []
+        for e in self.experts():
+            if e in full:
+                rows.append(full[e].float().view(self.param.shape))
+            else:
+                start, end, scaling = self.lora_columns[e]
+                rows.append(scaling * (self.B[:, start:end].float() @ self.A[start:end].float()))
+        return torch.stack(rows)
+
+    def write_update(self, update: torch.Tensor, base: BaseCopy) -> None:
+        """param ← θ₀ + update (float32), rounded once to the parameter's dtype."""
+        acc = torch.empty_like(self.param.data, dtype=torch.float32)
+        base.restore(self.index, acc)
+        self.param.data.copy_(acc.add_(update))
 
     def write(self, lam: torch.Tensor, base: BaseCopy) -> None:
         """param ← θ₀ + Σ_full λ τ + B · diag(λ s) · A.  lam: (E,) this parameter's group's coefficients.
@@ -222,10 +285,11 @@ class Merger:
     >>> merger(np.array([0.7, -0.2, 1.5]))          # doctest: +SKIP
     """
 
-    def __init__(self, model: torch.nn.Module, experts: list[Expert], groups: int = 1, base_copy: str = "device"):
+    def __init__(self, model: torch.nn.Module, experts: list[Expert], groups: int = 1, base_copy: str = "device",
+                 space: Space | None = None):
         if groups < 1:
             raise ValueError(f"groups must be ≥ 1, got {groups}")
-        self.model, self.experts, self.groups = model, list(experts), groups
+        self.model, self.experts, self.groups, self.space = model, list(experts), groups, None
         self.seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         self.depths = stack_depths(model)
         self.n_layers = min(self.depths.values())  # the most groups this model takes
@@ -235,11 +299,25 @@ class Merger:
                              f"use at most {self.n_layers} groups (models.groups, or fewer comma-separated --weights)")
         order = [name for name, _ in model.named_parameters()]
         touched = set().union(*(e.params for e in experts)) if experts else set()
-        first_layer = next((i for i, n in enumerate(order) if _LAYER.search(n)), len(order))
+        first_layer = next((i for i, n in enumerate(order) if LAYER.search(n)), len(order))
         params = dict(model.named_parameters())
         names = [(i, n) for i, n in enumerate(order) if n in touched]
         self._slots = [self._slot(k, n, params[n], i < first_layer) for k, (i, n) in enumerate(names)]
+        if space is not None:
+            self.use_space(space)  # before θ₀ is copied: a bad filter is refused at once
         self.base = BaseCopy.of(base_copy, [params[n] for _, n in names])  # θ₀ of the touched parameters
+
+    def use_space(self, space: Space | None) -> None:
+        """Merge the candidates of `space` (`candidate`): each parameter's place in it, found once. A
+        filter that takes no parameter the experts change is refused (`Space.check_filters`)."""
+        if space is not None:
+            if space.groups != self.groups or len(space.experts) != len(self.experts):
+                raise ValueError(f"a space of {len(space.experts)} experts × {space.groups} groups for a Merger of "
+                                 f"{len(self.experts)} × {self.groups}")
+            space.check_filters([slot.name for slot in self._slots])
+            for slot in self._slots:
+                slot.place = space.place(slot.name, self.layer_of(slot.name), slot.before_layers)
+        self.space = space
 
     @property
     def names(self) -> list[str]:
@@ -251,10 +329,21 @@ class Merger:
 
     def group_of(self, name: str, before_layers: bool = False) -> int:
         """Which coefficient group a parameter follows (see the module docstring)."""
-        match = _LAYER.search(name)
-        if match:
-            return int(match[1]) * self.groups // self.depths[stack_of(name, match, self.seq2seq)]
+        layer = self.layer_of(name)
+        if layer:
+            return layer[0] * self.groups // layer[1]
         return 0 if before_layers else self.groups - 1
+
+    def layer_of(self, name: str) -> tuple[int, int] | None:
+        """(the index of a parameter's layer, its stack's depth), or None outside the layers."""
+        match = LAYER.search(name)
+        if match:
+            return int(match[1]), self.depths[stack_of(name, match, self.seq2seq)]
+        return None
+
+    def after_layers(self) -> list[str]:
+        """The parameters the experts change that come after the layers (final norm, head)."""
+        return [slot.name for slot in self._slots if self.layer_of(slot.name) is None and not slot.before_layers]
 
     def coefficients(self, coefficients) -> np.ndarray:
         """Any accepted shape → (experts, groups). A flat vector is expert-major: index = e·groups + g."""
@@ -277,6 +366,53 @@ class Merger:
         for slot in self._slots:
             slot.write(columns[slot.group], self.base)
         return self.model
+
+    @torch.no_grad()
+    def candidate(self, x) -> torch.nn.Module:
+        """Write a candidate of the search space (the vector an optimizer asked) into the model: the
+        Merger's own task arithmetic for the default space (x is λ), else `merge(space.decode(x))`."""
+        if self.space is None or self.space.plain:
+            return self(x)
+        return self.merge(self.space.decode(x))
+
+    @torch.no_grad()
+    def merge(self, candidate: Candidate) -> torch.nn.Module:
+        """Write a merge of the search space into the model, in place, from θ₀.
+
+        Task arithmetic and linear merges go through the factored path (`_Slot.write`: LoRA experts stay
+        factored): λ = scale · w, or for linear w / Σw (mergekit's normalized average). TIES and
+        DARE-TIES need each task vector's entries: per parameter, its experts' task vectors are stacked
+        densely (LoRA ones made from their factors), trimmed (`trim`) or dropped (`dare_drop`, seeded per
+        parameter), weighted, and merged by sign election and disjoint mean (`disjoint_merge`), on the
+        model's device, then scaled and added to θ₀ in float32 and rounded once.
+        """
+        values = [candidate.at(slot.place) for slot in self._slots]
+        if candidate.method in SPARSE:
+            for index, (slot, (weights, densities)) in enumerate(zip(self._slots, values)):
+                self._write_sparse(index, slot, weights, densities, candidate)
+            return self.model
+        rows = [_linear(weights, slot.name) if candidate.method == "linear" else
+                [candidate.scale * w for w in weights] for slot, (weights, _) in zip(self._slots, values)]
+        table = torch.tensor(rows, dtype=torch.float32, device=self._device())
+        for slot, lam in zip(self._slots, table):
+            slot.write(lam, self.base)
+        return self.model
+
+    def _write_sparse(self, index: int, slot: _Slot, weights: list[float], densities: list[float],
+                      candidate: Candidate) -> None:
+        experts = slot.experts()
+        deltas = slot.dense()  # (k, *shape) float32, transient
+        d = [densities[e] for e in experts]
+        if candidate.method == "ties":
+            kept = trim(deltas, d)
+        else:
+            generator = torch.Generator(device=deltas.device).manual_seed(candidate.seed * 1_000_003 + index)
+            kept = dare_drop(deltas, d, generator)
+        w = torch.tensor([weights[e] for e in experts], dtype=torch.float32, device=deltas.device)
+        merged = disjoint_merge(kept * w.view(-1, *[1] * (kept.dim() - 1)), w, normalize=candidate.normalize)
+        if candidate.scale != 1:
+            merged = merged * candidate.scale
+        slot.write_update(merged, self.base)
 
     @torch.no_grad()
     def reset(self) -> torch.nn.Module:
@@ -307,7 +443,7 @@ class Merger:
 
     # -- construction ----------------------------------------------------------------------
     def _slot(self, index: int, name: str, param: torch.nn.Parameter, before_layers: bool) -> _Slot:
-        slot = _Slot(name, param, index, self.group_of(name, before_layers))
+        slot = _Slot(name, param, index, self.group_of(name, before_layers), before_layers=before_layers)
         full = [(i, e.deltas[name]) for i, e in enumerate(self.experts) if name in e.deltas]
         if full:
             slot.full_experts = torch.tensor([i for i, _ in full], device=param.device)
@@ -319,6 +455,8 @@ class Merger:
                                            device=param.device, dtype=torch.float32)
             slot.A = torch.cat([f.A for _, f in lora], dim=0)
             slot.B = torch.cat([f.B for _, f in lora], dim=1)
+            ends = np.cumsum([f.rank for _, f in lora]).tolist()
+            slot.lora_columns = {i: (end - f.rank, end, f.scaling) for (i, f), end in zip(lora, ends)}
             self._share_factors(name, lora, slot)
         return slot
 
@@ -338,6 +476,14 @@ class Merger:
 
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+
+def _linear(weights: list[float], name: str) -> list[float]:
+    """λ of a linear merge (mergekit's normalized average): each weight over their sum."""
+    total = sum(weights)
+    if total == 0:
+        raise FloatingPointError(f"the linear merge's weights of {name} sum to 0 (the average is undefined)")
+    return [w / total for w in weights]
 
 
 def _or(value, default):

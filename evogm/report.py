@@ -36,7 +36,7 @@ def write_report(run_dir) -> Path:
              "coefficients": plot_coefficients(final, run.plots / "coefficients.png"),
              "tasks": plot_tasks(final, run.plots / "tasks.png")}
     text = "\n".join([header(run.path, config, final, records), results_table(final),
-                      coefficients_table(final), plots_section(plots)])
+                      coefficients_table(final, config), plots_section(plots)])
     write_atomic(run.report, text)
     return run.report
 
@@ -74,6 +74,7 @@ def header(run_dir: Path, config: dict, final: dict, records: list[dict]) -> str
         f"- optimizer: `{config['search']['optimizer']}`, seed {config['seed']}, budget {config['search']['budget']}",
         f"- evaluations: {len(records)} ({failed} failed), {np.mean(seconds) if seconds else 0:.2f} s each on average",
         f"- experts: {', '.join(final['experts'])}; {final['groups']} coefficient group(s) each",
+        *([space_line(final["space"])] if "space" in final else []),
         f"- best: evaluation {best['evaluation']} — dev {_fmt(best['dev']['score'])}, "
         f"test {_fmt(best['test']['score'])}; exported to [model/](model/)",
         search_gain(config, final), items_line(records, final), ""])
@@ -141,11 +142,42 @@ def final_failures(candidates: dict) -> list[str]:
             for split in ("dev", "test") if entry[split].get("error")]
 
 
-def coefficients_table(final: dict) -> str:
+def space_line(space: dict) -> str:
+    """What the search searched, for a run with a `space:` section."""
+    parts = [f"method {space['method']}", f"weight {space['weight'].split(': ')[0]}"]
+    if "density" in space:
+        parts.append(f"density {space['density'] if isinstance(space['density'], float) else space['density'].split(':')[0]}")
+    if len(space["cells"]) > 1:
+        parts.append(f"cells {', '.join(space['cells'])}")
+    if space["smooth"]:
+        parts.append("groups are anchors interpolated across depth (smooth)")
+    return f"- search space: {'; '.join(parts)} ({space['dim']} coordinates)"
+
+
+def coefficients_table(final: dict, config: dict | None = None) -> str:
+    if "space" in final and config is not None:
+        return space_table(final, config)
     lam = np.asarray(final["candidates"]["best"]["coefficients"]).reshape(len(final["experts"]), -1)
     rows = [["expert", *(f"group {g}" for g in range(lam.shape[1]))]]
     rows += [[name, *(f"{v:+.3f}" for v in lam[i])] for i, name in enumerate(final["experts"])]
     return "\n".join(["## Best coefficients λ (θ = θ₀ + Σ λ τ)\n", markdown_table(rows), ""])
+
+
+def space_table(final: dict, config: dict) -> str:
+    """The best merge of a search space, decoded: each expert's weight (and density) per cell and group."""
+    from evogm.schema import build
+    from evogm.space import Space, SpaceConfig
+
+    space = Space(build(SpaceConfig, config["space"], "space."), final["experts"], final["groups"], config["seed"])
+    best = space.decode(final["candidates"]["best"]["coefficients"])
+    arrays = [best.weight] + ([best.density] if best.density is not None else [])
+    params = ["weight"] + (["density"] if best.density is not None else [])
+    columns = [f"{p}{'' if len(space.cells) == 1 else ' ' + c}{'' if space.groups == 1 else f' g{g}'}"
+               for p in params for c in space.cells for g in range(space.groups)]
+    rows = [["expert", *columns]]
+    for i, name in enumerate(space.experts):
+        rows.append([name, *(f"{v:+.3f}" for a in arrays for v in a[i].reshape(-1))])
+    return "\n".join([f"## Best merge ({best.method}): each expert's values per cell and group\n", markdown_table(rows), ""])
 
 
 def plots_section(plots: dict[str, str]) -> str:

@@ -140,6 +140,14 @@ class Scoring:
             self._memo[key] = self._run(score_merge, self.target, list(key[0]), split, limit=self.limit(split))
         return self._memo[key]
 
+    def candidate(self, coefficients, split: str) -> dict:
+        """The score of a candidate of the search space (a vector the search logged; for the default
+        space, the task-arithmetic λ themselves); one scored before is not scored again."""
+        key = ("candidate", tuple(float(c) for c in coefficients), split)
+        if key not in self._memo:
+            self._memo[key] = self._run(score_candidate, self.target, list(key[1]), split, limit=self.limit(split))
+        return self._memo[key]
+
     def static(self, method: str, split: str, **options) -> dict:
         """The score of a static merge (`evogm.merge.Merger.static`: TIES, DARE, …)."""
         return self._run(score_static, self.target, method, options, split, limit=self.limit(split))
@@ -155,6 +163,12 @@ class Scoring:
 def score_merge(ws, target: str, coefficients, split: str) -> dict:
     """Merge `coefficients` into the workspace's resident model, then score it (`score_resident`)."""
     ws.merger(np.asarray(coefficients, dtype=np.float64))
+    return score_resident(ws, target, split)
+
+
+def score_candidate(ws, target: str, coefficients, split: str) -> dict:
+    """Merge a candidate of the search space into the resident model (`Merger.candidate`), then score it."""
+    ws.merger.candidate(np.asarray(coefficients, dtype=np.float64))
     return score_resident(ws, target, split)
 
 

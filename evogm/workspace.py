@@ -7,7 +7,7 @@ own resident model.
 
 >>> ws = workspace(cfg)                                       # doctest: +SKIP
 >>> objective = objective_factory(cfg, MULTI_TASK)()             # doctest: +SKIP
->>> objective(np.full(ws.merger.dim, 0.5)).fitness              # doctest: +SKIP
+>>> objective(np.full(search_space(cfg).dim, 0.5)).fitness        # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import functools
 import json
 from dataclasses import dataclass
 
-from evogm.config import RunConfig, from_dict, to_dict
+from evogm.config import RunConfig, from_dict, search_space, to_dict
 
 @dataclass
 class Workspace:
@@ -39,10 +39,14 @@ def workspace(cfg: RunConfig) -> Workspace:
     if key not in _CACHE:
         _CACHE.clear()  # one resident model per process: free the old one first
         _CACHE[key] = build_workspace(cfg)
-    return _CACHE[key]
+    ws = _CACHE[key]
+    ws.merger.use_space(search_space(cfg))  # this config's space and seed, on the same resident model
+    return ws
 
 
 def build_workspace(cfg: RunConfig) -> Workspace:
+    """Load the models and tasks, and bind the search space to the model (a filter that matches no
+    module the experts change is refused here, before any evaluation)."""
     from evogm.merge import Merger
     from evogm.models import load_models
     from evogm.tasks import load_task
@@ -51,7 +55,8 @@ def build_workspace(cfg: RunConfig) -> Workspace:
     models = load_models(m.base, m.experts, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle,
                          trust_remote_code=m.trust_remote_code)
     tasks = {spec["name"]: load_task(spec) for spec in cfg.tasks}
-    return Workspace(models, Merger(models.model, models.experts, groups=m.groups, base_copy=m.base_copy), tasks)
+    merger = Merger(models.model, models.experts, groups=m.groups, base_copy=m.base_copy, space=search_space(cfg))
+    return Workspace(models, merger, tasks)
 
 
 def workspace_of(cfg_data: dict) -> Workspace:
@@ -73,5 +78,5 @@ def make_objective(cfg_data: dict, target: str):
     if cfg.search.evaluation == "adaptive":
         adaptive = {"chunks": cfg.search.chunks, "confidence": cfg.search.confidence, "seed": cfg.seed,
                     "bound": cfg.search.bound}
-    return Objective(ws.merger, ws.models.tokenizer, list(ws.tasks.values()), target=target,
+    return Objective(ws.merger.candidate, ws.models.tokenizer, list(ws.tasks.values()), target=target,
                      adaptive=adaptive)

@@ -20,3 +20,14 @@ def test_a_build_that_is_not_the_suites_is_said(zoo_tiny, tmp_path, monkeypatch,
     landscapes.check_build("zoo-seed1", config)
     out = capsys.readouterr().out
     assert "zoo-seed1: the models in the cache are not the suite's build" in out and len(out.splitlines()) == 1
+
+
+def test_the_space_landscapes_are_the_zoo_searching_another_space(tmp_path):
+    from evogm.config import load_config, search_space
+
+    dims = {}
+    for name in landscapes.SPACES:
+        config, overrides = landscapes.landscape_config(name, tmp_path)
+        assert config == landscapes.ZOO_CONFIG and name not in landscapes.LANDSCAPES  # named, not in the default suite
+        dims[name] = search_space(load_config(config, [*overrides, f"output={tmp_path / name}"])).dim
+    assert dims == {"zoo-ties": 16, "zoo-filters": 24}  # 8 experts × (weight, density); × (self_attn, mlp, rest)

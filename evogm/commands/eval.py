@@ -4,6 +4,7 @@
     evogm eval --base zoo/base --expert add=zoo/experts/add --expert sort=zoo/experts/sort \\
         --weights add=0.8 --weights sort=1.2 --tasks zoo/tasks/*.json --split test --json
     evogm eval zoo/run.yaml --weights add=0.5 --weights sort=0.5      # the config's models and tasks
+    evogm eval runs/zoo/config.yaml --candidate=0.5,-0.2,…           # a logged vector of the run's search space
 
 MODEL is a Hugging Face model folder (a base or a full fine-tune), a PEFT adapter folder (its base
 from adapter_config.json, or --base), or a run config YAML (its base, experts and tasks; the base
@@ -35,6 +36,9 @@ def add_parser(sub) -> None:
     p.add_argument("--expert", action="append", default=[], metavar="NAME=PATH", help="an expert to merge (repeat)")
     p.add_argument("--weights", action="append", default=[], metavar="NAME=VALUE[,VALUE...]",
                    help="λ of an expert; several comma-separated values = one per layer group")
+    p.add_argument("--candidate", metavar="X1,X2,...",
+                   help="with a run config: a vector of its search space, as evaluations.jsonl logs it "
+                        "(--candidate=-0.5,… when the first value is negative)")
     p.add_argument("--limit", type=int, help="score the first N items of each task")
     p.add_argument("--scoring", choices=["loglik", "generate"],
                    help="scorer (log-likelihood or generation) of every multiple-choice and label task")
@@ -53,9 +57,22 @@ def run(args) -> int:
                 trust_remote_code=args.trust_remote_code)
     result = evaluate(args.model, tasks=args.tasks, split=args.split, base=args.base,
                       experts=parse_pairs(args.expert, "--expert"), weights=args.weights, limit=args.limit,
-                      scoring=args.scoring, load=load)
+                      scoring=args.scoring, load=load, candidate=parse_vector(args.candidate))
     print(json.dumps(as_json(result), indent=2) if args.json else table(result))
     return 0
+
+
+def parse_vector(text: str | None) -> list[float] | None:
+    """--candidate's comma-separated numbers (None when not given)."""
+    from evogm.errors import EvogmError
+
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise EvogmError(f"--candidate {text!r} is not a list of numbers", "it is a vector of the search space",
+                         "write --candidate 0.5,-0.2,1.0") from None
 
 
 def as_json(result: Evaluation) -> dict:
