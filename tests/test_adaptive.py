@@ -162,8 +162,8 @@ def test_a_task_whose_metric_is_not_a_mean_is_scored_whole_at_the_first_look(obj
             return {"value": 0.25}
 
     chunked = ChunkedScorer([*scorer.tasks[:1], Whole()], MULTI_TASK, chunks=4, confidence=0.9, seed=0)
-    adaptive.merger(np.full(8, 0.3))
-    metrics, items, partial, outcomes = chunked(adaptive.merger.model, adaptive.tokenizer, UNREACHABLE)
+    model = adaptive.merger(np.full(8, 0.3))
+    metrics, items, partial, outcomes = chunked(model, adaptive.tokenizer, UNREACHABLE)
     assert partial and metrics["whole/value"] == 0.25 and items == {scorer.tasks[0].name: 6}
     assert list(outcomes) == [scorer.tasks[0].name] and len(outcomes[scorer.tasks[0].name]) == 6
 
