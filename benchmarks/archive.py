@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs"
 BRANCH = "runs-archive"
+LEFT_OUT = {"model", "plots", ".lock"}  # a run's exported weights, its plots and its lock: remade, not records
 
 
 def git(*args: str, data: bytes | None = None) -> bytes:
@@ -65,14 +66,15 @@ def fetch(names: list[str], into: Path | None = None) -> None:
 
 def save(name: str, folder: Path | None = None) -> None:
     """A folder's contents (runs/NAME by default) packed as NAME.tar.xz and committed onto the branch
-    (which is made if missing)."""
+    (which is made if missing); runs leave out their exported model, plots and lock (`LEFT_OUT`)."""
     folder = folder or RUNS / name
     if not folder.is_dir():
         raise SystemExit(f"{folder} is not a folder")
     with tempfile.NamedTemporaryFile(suffix=".tar.xz") as tmp:
         with tarfile.open(tmp.name, "w:xz") as tar:
             for child in sorted(folder.iterdir()):
-                tar.add(child, arcname=child.name)
+                tar.add(child, arcname=child.name,
+                        filter=lambda member: None if Path(member.name).name in LEFT_OUT else member)
         blob = git("hash-object", "-w", tmp.name).decode().strip()
     entries = git("ls-tree", BRANCH).decode().splitlines() if branch_exists() else []
     entries = [e for e in entries if not e.endswith(f"\t{name}.tar.xz")] + [f"100644 blob {blob}\t{name}.tar.xz"]
