@@ -78,7 +78,8 @@ def score_task(model, tokenizer, task, split: str) -> dict[str, float]:
 def fitness(metrics: dict[str, float], tasks: Sequence, target: str = MULTI_TASK) -> float:
     """Weighted mean of the tasks' primary metrics (one task's target: its metric, whatever its weight)."""
     scores = np.array([metrics[primary_key(task)] for task in tasks], dtype=np.float64)
-    return float(task_weights(tasks, target) @ scores)
+    weights = scaled_weights([task.weight if target == MULTI_TASK else 1.0 for task in tasks])
+    return float(weights @ scores / weights.sum())
 
 
 # --- task weights: the one rule ---------------------------------------------------------------------
@@ -102,18 +103,24 @@ def task_weights(tasks: Sequence, target: str = MULTI_TASK) -> np.ndarray:
 
 
 def normalized_weights(weights: Sequence[float]) -> np.ndarray:
-    """Weights scaled to sum to 1: divided by the largest first, so no weight, sum or product overflows
-    (1e308 and 1 give 1 and 1e-308). Refused: a weight not finite or below 0, or none above 0.
+    """Weights scaled to sum to 1, without overflow (`scaled_weights` first).
 
     >>> normalized_weights([1e308, 1e308]).tolist(), normalized_weights([3, 1]).tolist()
     ([0.5, 0.5], [0.75, 0.25])
     """
+    values = scaled_weights(weights)
+    return values / values.sum()
+
+
+def scaled_weights(weights: Sequence[float]) -> np.ndarray:
+    """Weights times the power of two that puts the largest in [0.5, 1): no weight, sum or product
+    overflows (1e308), and since the scaling is exact a weighted mean Σ w·s / Σ w is the same to the last
+    bit as with the weights given. Refused: a weight not finite or below 0, or none above 0."""
     values = np.asarray(weights, dtype=np.float64)
     if not values.size or not np.isfinite(values).all() or (values < 0).any() or not (values > 0).any():
         raise EvogmError("task weights must be finite and ≥ 0 with a positive sum", f"got {list(weights)}",
                          "fix the tasks' weights")
-    values = values / values.max()
-    return values / values.sum()
+    return np.ldexp(values, -math.frexp(float(values.max()))[1])
 
 
 class Scoring:
