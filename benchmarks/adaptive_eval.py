@@ -72,8 +72,9 @@ def suite_runs(args, base: list[str]) -> dict:
     jobs = make_jobs(str(ZOO_CONFIG), base, specs, list(range(args.seeds)), args.budget, args.full_from.resolve(), 1)
     for job in jobs:
         run_dir = RunDir(job.run_dir)
-        if not run_dir.finished() or changed_inputs(run_dir, resolve(load_config(job.config, list(job.overrides)),
-                                                                     run_dir.path)):
+        changed = changed_inputs(run_dir, resolve(load_config(job.config, list(job.overrides)), run_dir.path))
+        changed = [key for key in changed if not key.startswith("baselines.")]  # static merges: not the search
+        if not run_dir.finished() or changed:
             sys.exit(f"{job.run_dir}: not a finished run of this config; run python -m benchmarks.landscapes "
                      f"--seeds {args.seeds}{' --quick' if args.quick else ''} first, or leave out --full-from")
         print(f"  {job.method} seed {job.seed}: read from {job.run_dir}", flush=True)
