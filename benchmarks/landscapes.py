@@ -218,7 +218,7 @@ def quick_overrides(config: Path, overrides: list[str]) -> list[str]:
 # --- the table -----------------------------------------------------------------------------------
 
 
-def finished(config: Path, overrides: list[str], methods: list[str], seeds: int, budget: int, out: Path) -> dict:
+def finished(config: Path, overrides: list[str], methods: list[str], seeds: int, budget: int, out: Path) -> dict | None:
     """The comparison's summary over the runs already finished (the first method's seed 0 among
     them: it holds the static baselines), without running anything; its comparison.md, .json and
     plots are redrawn for those runs. A finished run made with other settings than its method's
@@ -242,6 +242,9 @@ def finished(config: Path, overrides: list[str], methods: list[str], seeds: int,
                   "run the suite without --report to run it again")
             continue
         jobs.append(job)
+    if not jobs:
+        print(f"  {out.name}: no finished run to report")
+        return None
     summary = summarize(jobs, [m for m in specs if any(j.method == m.label for j in jobs)], budget)
     report_compare.write(out.resolve(), summary)
     return summary
@@ -396,8 +399,9 @@ def main() -> None:
             overrides += quick_overrides(config, overrides)
         print(f"== {name}: {config} {' '.join(overrides)}", flush=True)
         if args.report:
-            summaries[name] = finished(config, overrides, variant_methods(args.optimizers), args.seeds,
-                                       args.budget, out / name)
+            summary = finished(config, overrides, variant_methods(args.optimizers), args.seeds, args.budget, out / name)
+            if summary is not None:
+                summaries[name] = summary
             continue
         summaries[name] = compare(
             str(config), methods=variant_methods(args.optimizers), seeds=list(range(args.seeds)), out=out / name,
