@@ -43,10 +43,19 @@ def fingerprint(cfg: RunConfig) -> dict:
 
 def settings(cfg: RunConfig) -> dict:
     """The part of a run's fingerprint that is its resolved config (reads no file)."""
-    config = {k: v for k, v in to_dict(cfg).items() if k != "output"}
-    # where the merger keeps θ₀ changes no score (the copies are exact): a resume may move it
-    config["models"] = {k: v for k, v in config["models"].items() if k != "base_copy"}
-    if cfg.search.evaluation == "full":  # the adaptive knobs change nothing then (and runs from before them resume)
+    return comparable(to_dict(cfg))
+
+
+def comparable(config: dict) -> dict:
+    """A resolved config without what changes no score, the one rule for a fingerprint's config:
+    its output; where the candidates are scored (`executor`: every executor returns the local
+    executor's results, so a run may resume on Ray or with other workers); where the merger keeps θ₀
+    (`models.base_copy`: the copies are exact); the adaptive knobs when evaluation is full. Applied to
+    a saved record too, so one written before a rule existed compares the same."""
+    config = {k: v for k, v in config.items() if k not in ("output", "executor")}
+    if "models" in config:
+        config["models"] = {k: v for k, v in config["models"].items() if k != "base_copy"}
+    if config.get("search", {}).get("evaluation", "full") == "full" and "search" in config:
         config["search"] = {k: v for k, v in config["search"].items() if k not in ADAPTIVE_KEYS}
     return config
 
@@ -89,14 +98,11 @@ def fitness_sources(cfg: RunConfig) -> dict[str, Path]:
 
 
 def changes(saved: dict, now: dict) -> list[str]:
-    """What differs between two fingerprints, in words: changed files first, then config keys. Where
-    the candidates are scored (`executor:`) is not a difference: every executor returns the local
-    executor's results, so a run may resume on Ray or with other workers."""
+    """What differs between two fingerprints, in words: changed files first, then config keys
+    (compared as `comparable` says)."""
     files = sorted(set(saved["files"]) | set(now["files"]))
     changed = [f"the files of {key}" for key in files if saved["files"].get(key) != now["files"].get(key)]
-    configs = ({k: v for k, v in fingerprint_config.items() if k != "executor"}
-               for fingerprint_config in (saved["config"], now["config"]))
-    return changed + _changed_keys(*configs, "")
+    return changed + _changed_keys(comparable(saved["config"]), comparable(now["config"]), "")
 
 
 def _changed_keys(a, b, where: str) -> list[str]:

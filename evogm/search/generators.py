@@ -35,7 +35,6 @@ from torch import nn
 from evogm.search.base import PAPER_HIDDEN_SIZES
 
 
-
 def make_generator(dim: int, hidden_sizes=PAPER_HIDDEN_SIZES) -> nn.Sequential:
     """dim → hidden… → dim, ReLU between layers, Tanh on the output (so proposals lie in (−1, 1))."""
     sizes = [dim, *hidden_sizes]
