@@ -67,31 +67,42 @@ def trim(deltas: torch.Tensor, density) -> torch.Tensor:
     the k-th (common in bfloat16 checkpoints, whose task vectors take few values) are kept in the order
     torch's sort gives them, so that exactly k are kept, as mergekit keeps them. The sort itself is only
     needed for a task vector with such a tie among nonzero entries (which zeros are kept changes nothing):
-    otherwise the k largest are one set, found in linear time (`_kth_largest`).
+    otherwise the k largest are the entries at or above the k-th largest magnitude (`_kth_largest`, linear
+    time), kept by one pass of `hardshrink` below it.
     """
     densities = list(density) if isinstance(density, (list, tuple)) else [density] * len(deltas)
     if all(d >= 1 for d in densities):
         return deltas
     flat = deltas.reshape(len(deltas), -1)
     n = flat.shape[1]
-    ks = [max(1, int(d * n)) for d in densities]
-    magnitude = flat.abs().float()  # mergekit sorts float32 magnitudes on the CPU
-    threshold = [_kth_largest(m, k) if d < 1 else -1.0 for m, k, d in zip(magnitude, ks, densities)]
-    keep = magnitude >= torch.tensor(threshold, device=magnitude.device).unsqueeze(1)
-    for j, count in enumerate(keep.sum(1).tolist()):
-        if densities[j] < 1 and count != ks[j] and threshold[j] != 0:  # nonzero ties with the k-th: mergekit's order
-            keep[j] = False
-            keep[j, torch.argsort(magnitude[j], descending=True)[:ks[j]]] = True
-    return (flat * keep).view(deltas.shape)
+    rows = [row if d >= 1 else _top(row, max(1, int(d * n))) for row, d in zip(flat, densities)]
+    return torch.stack(rows).view(deltas.shape)
 
 
-def _kth_largest(values: torch.Tensor, k: int) -> float:
-    """The k-th largest of a 1-D tensor, in linear time: numpy's introselect on the CPU (a tenth of the time of
-    torch's kthvalue there), torch's kthvalue on a GPU."""
+def _top(row: torch.Tensor, k: int) -> torch.Tensor:
+    """`row` with all but its k largest entries by magnitude zeroed, mergekit's tie-break (see `trim`)."""
+    magnitude = row.abs().float()  # mergekit sorts float32 magnitudes
+    threshold, tied = _kth_largest(magnitude, k)
+    if tied and threshold != 0:  # nonzero entries tie with the k-th: mergekit's order picks which are kept
+        keep = torch.zeros_like(magnitude, dtype=torch.bool)
+        keep[torch.argsort(magnitude.cpu(), descending=True)[:k].to(keep.device)] = True
+        return row * keep
+    # |x| > the float32 just below the k-th magnitude ⇔ |x| ≥ it: hardshrink keeps those in one float pass
+    below = float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+    return torch.nn.functional.hardshrink(row.float(), below).to(row.dtype)
+
+
+def _kth_largest(values: torch.Tensor, k: int) -> tuple[float, bool]:
+    """The k-th largest of a 1-D tensor, and whether a smaller-ranked entry ties with it, in linear time:
+    numpy's introselect on the CPU (a tenth of the time of torch's kthvalue there), torch's kthvalue on a
+    GPU."""
     n = values.numel()
     if values.device.type == "cpu":
-        return float(np.partition(values.numpy(), n - k)[n - k])
-    return float(values.kthvalue(n - k + 1).values)
+        parted = np.partition(values.numpy(), n - k)
+        kth = parted[n - k]
+        return float(kth), bool(n > k and parted[:n - k].max() == kth)
+    kth = values.kthvalue(n - k + 1).values
+    return float(kth), int((values >= kth).sum()) != k
 
 
 def dare_drop(deltas: torch.Tensor, densities, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -119,15 +130,20 @@ def disjoint_merge(weighted: torch.Tensor, weights: torch.Tensor, normalize: boo
     disjoint mean when every weight is 1. A zero sum elects +, and a zero divisor is 1, as in mergekit
     (its `normalize: true`), so that an exported TIES merge matches; `normalize=False` sums the agreeing
     entries (mergekit's DARE-TIES default).
+
+    Computed in float passes only (CPU comparisons into bool tensors cost several times a float pass):
+    with e = ±1 the elected sign, the agreeing entries are those of relu(e · wτ) above 0, their sum is
+    e · Σ relu(e · wτ) (exact: ±1 scales exactly), and an entry agrees where sign(relu(e · wτ)) is 1.
     """
-    positive = weighted.sum(0) >= 0  # the elected sign: +, or − (a zero sum elects +)
-    agree = torch.where(positive, weighted > 0, weighted < 0)  # zero entries agree with neither sign
+    elected = weighted.sum(0).sign_().add_(0.5).sign_()  # +1 where the sum is ≥ 0 (−0 included), else −1
+    agreeing = (weighted * elected).clamp_(min=0)  # |wᵢτᵢ| where it agrees with the elected sign, else 0
+    total = agreeing.sum(0).mul_(elected)
     if not normalize:
-        return (weighted * agree).sum(0)
+        return total
     w = weights.to(weighted.dtype).view(-1, *[1] * (weighted.dim() - 1))
-    divisor = (w * agree).sum(0)
-    divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
-    return (weighted * agree).sum(0) / divisor
+    divisor = (w * agreeing.sign_()).sum(0)
+    divisor.add_(divisor.abs().sign_().neg_().add_(1))  # a zero divisor becomes 1; the others gain exactly 0
+    return total.div_(divisor)
 
 
 def ties(deltas: torch.Tensor, weights: torch.Tensor, density: float = 0.2, scale: float = 1.0) -> torch.Tensor:
@@ -237,14 +253,15 @@ class _Slot:
         """(k, *shape) float32: the task vectors of `experts()` as dense tensors, LoRA experts' made
         from their factors here (s · B A), so that they are dense only while a merge needs their entries."""
         full = {} if self.full is None else dict(zip(self.full_experts.tolist(), self.full))
-        rows = []
-        for e in self.experts():
+        experts = self.experts()
+        out = torch.empty((len(experts), *self.param.shape), dtype=torch.float32, device=self.param.device)
+        for row, e in zip(out, experts):
             if e in full:
-                rows.append(full[e].float().view(self.param.shape))
+                row.copy_(full[e].view(self.param.shape))
             else:
                 start, end, scaling = self.lora_columns[e]
-                rows.append(scaling * (self.B[:, start:end].float() @ self.A[start:end].float()))
-        return torch.stack(rows)
+                torch.matmul(self.B[:, start:end].float(), self.A[start:end].float(), out=row).mul_(scaling)
+        return out
 
     def write_update(self, update: torch.Tensor, base: BaseCopy) -> None:
         """param ← θ₀ + update (float32), rounded once to the parameter's dtype."""
@@ -409,7 +426,7 @@ class Merger:
             generator = torch.Generator(device=deltas.device).manual_seed(candidate.seed * 1_000_003 + index)
             kept = dare_drop(deltas, d, generator)
         w = torch.tensor([weights[e] for e in experts], dtype=torch.float32, device=deltas.device)
-        merged = disjoint_merge(kept * w.view(-1, *[1] * (kept.dim() - 1)), w, normalize=candidate.normalize)
+        merged = disjoint_merge(kept.mul_(w.view(-1, *[1] * (kept.dim() - 1))), w, normalize=candidate.normalize)
         if candidate.scale != 1:
             merged = merged * candidate.scale
         slot.write_update(merged, self.base)
