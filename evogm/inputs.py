@@ -50,11 +50,19 @@ def comparable(config: dict) -> dict:
     """A resolved config without what changes no score, the one rule for a fingerprint's config:
     its output; where the candidates are scored (`executor`: every executor returns the local
     executor's results, so a run may resume on Ray or with other workers); where the merger keeps θ₀
-    (`models.base_copy`: the copies are exact); the adaptive knobs when evaluation is full. Applied to
-    a saved record too, so one written before a rule existed compares the same."""
+    (`models.base_copy`: the copies are exact); the adaptive knobs when evaluation is full; and where
+    the inputs lie (models.base, the experts' and the tasks' paths: their contents are the
+    fingerprint's files, so a run moved with its inputs, or made in another checkout, is the same run).
+    The experts stay as their names in order, the coordinates of λ. Applied to a saved record too, so
+    one written before a rule existed compares the same."""
     config = {k: v for k, v in config.items() if k not in ("output", "executor")}
-    if "models" in config:
-        config["models"] = {k: v for k, v in config["models"].items() if k != "base_copy"}
+    if isinstance(config.get("models"), dict):
+        config["models"] = {k: v for k, v in config["models"].items() if k not in ("base_copy", "base")}
+        if isinstance(config["models"].get("experts"), dict):
+            config["models"]["experts"] = list(config["models"]["experts"])
+    if isinstance(config.get("tasks"), list):
+        config["tasks"] = [{k: v for k, v in task.items() if k not in ("path", "include_path")}
+                           if isinstance(task, dict) else task for task in config["tasks"]]
     if config.get("search", {}).get("evaluation", "full") == "full" and "search" in config:
         config["search"] = {k: v for k, v in config["search"].items() if k not in ADAPTIVE_KEYS}
     return config

@@ -309,3 +309,24 @@ def config_error(run: Path) -> str:
     except EvogmError as exc:
         return str(exc)
     return ""
+
+
+def test_a_run_is_the_same_run_where_its_inputs_moved_but_not_with_its_experts_reordered(stopped_run: Path, tmp_path):
+    """Where the inputs lie is no input (their contents are hashed): a run made in another checkout is
+    reused there. The experts' order is: it is what each coordinate of λ means."""
+    import shutil
+
+    from evogm.config import load_config, resolve
+    from evogm.inputs import changed_inputs
+    from evogm.rundir import RunDir
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(stopped_run.parent / "zoo", moved)
+    overrides = ["search.budget=4", *SHORT, f"output={stopped_run}"]
+    assert changed_inputs(RunDir(stopped_run), resolve(load_config(moved / "run.yaml", overrides), stopped_run)) == []
+    run = yaml.safe_load((moved / "run.yaml").read_text())
+    run["models"]["experts"] = dict(reversed(list(run["models"]["experts"].items())))
+    (moved / "run.yaml").write_text(yaml.safe_dump(run, sort_keys=False))
+    cfg = resolve(load_config(moved / "run.yaml", overrides), stopped_run)
+    changed = changed_inputs(RunDir(stopped_run), cfg)
+    assert changed and all(key.startswith("models.experts.") for key in changed)  # which positions changed
