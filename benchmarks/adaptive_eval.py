@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.landscapes import ZOO_CONFIG, _mean_std, quick_overrides
+from benchmarks.landscapes import FULL, ZOO_CONFIG, _mean_std, quick_overrides
 from benchmarks.variants import methods as variant_methods
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ MODES = ("full", "adaptive")
 def mode_overrides(mode: str, args) -> list[str]:
     """The overrides of one arm; the adaptive knobs only where the command line sets them."""
     if mode == "full":
-        return ["baselines.methods=[]"]
+        return ["baselines.methods=[]", *FULL]
     knobs = {"confidence": args.confidence, "chunks": args.chunks, "keep": args.keep, "bound": args.bound}
     return ["baselines.methods=[]", "search.evaluation=adaptive",
             *(f"search.{k}={v}" for k, v in knobs.items() if v is not None)]
@@ -69,7 +69,7 @@ def suite_runs(args, base: list[str]) -> dict:
     from evogm.rundir import RunDir
 
     specs = parse_methods(variant_methods(args.optimizers))
-    jobs = make_jobs(str(ZOO_CONFIG), base, specs, list(range(args.seeds)), args.budget, args.full_from.resolve(), 1)
+    jobs = make_jobs(str(ZOO_CONFIG), [*FULL, *base], specs, list(range(args.seeds)), args.budget, args.full_from.resolve(), 1)
     for job in jobs:
         run_dir = RunDir(job.run_dir)
         changed = changed_inputs(run_dir, resolve(load_config(job.config, list(job.overrides)), run_dir.path))

@@ -76,6 +76,7 @@ SPACES = {  # landscapes on the zoo's models that search another space than λ: 
     "zoo-ties": ["space.method=ties", "space.density=[0.1, 1.0]"],
     "zoo-filters": ["space.filters=[self_attn, mlp]"],
 }
+FULL = ["search.evaluation=full"]  # the suite scores every candidate in full (adaptive evaluation: adaptive_eval.py)
 BUILDS = "landscape-builds"  # the archive (runs-archive branch) of the suite's built landscapes
 HASHES = Path(__file__).with_name("landscape_hashes.json")  # their models' hashes: what the suite's runs ran on
 OPTIMIZERS = "evogm,evogm-plus,pso,cmaes,cmaes-pycma,de,random,bo,tpe"
@@ -395,6 +396,7 @@ def main() -> None:
     summaries = {}
     for name in args.landscapes:
         config, overrides = landscape_config(name, args.cache)
+        overrides = [*FULL, *overrides]
         if args.quick:
             overrides += quick_overrides(config, overrides)
         print(f"== {name}: {config} {' '.join(overrides)}", flush=True)

@@ -192,6 +192,11 @@ def test_demo_runs_a_zoo_and_prints_where_the_report_is(zoo: Path, tmp_path: Pat
     assert cli(["demo", "--zoo", str(zoo), "--quiet", *small]) == 0
     assert capsys.readouterr().out.strip().endswith(f"report: {tmp_path / 'runs' / 'demo-2' / 'report.md'}")
     assert (tmp_path / "runs" / "demo-2" / "model" / "recipe.yaml").is_file()
+    assert load_config(tmp_path / "runs" / "demo-2" / "config.yaml").search.evaluation == "adaptive"
+    paper = ["search.optimizer=evogm", "search.options.rounds=1", "search.options.iterations=1", "search.popsize=4",
+             "search.budget=4", "baselines.methods=[]"]
+    assert cli(["demo", "--zoo", str(zoo), "--quiet", "--output", str(tmp_path / "paper"), *paper]) == 0
+    assert load_config(tmp_path / "paper" / "config.yaml").search.evaluation == "full"  # reproduced as published
 
 
 def test_the_packaged_zoo_config_reads(monkeypatch):
