@@ -63,6 +63,7 @@ class SearchConfig:
     options: dict[str, Any] = field(default_factory=dict)  # the optimizer constructor's keywords
     timeout: float | None = None  # seconds per evaluation; a longer one fails (loss inf) and the search goes on
     evaluation: str = "full"  # full | adaptive (stop scoring a candidate once it cannot enter the kept set)
+    asynchronous: bool = True  # several workers: EvoGM+ and random search ask a row whenever one frees up (false: by generation)
     confidence: float = 0.95  # adaptive: the chance that no candidate which would have been kept is stopped
     chunks: int = 8  # adaptive: looks per candidate, each scoring 1/chunks of every task's dev items
     keep: int | None = 1  # adaptive: the kept set's size (cut-off: the keep-th best full evaluation); None: popsize

@@ -29,8 +29,14 @@ ObjectiveFactory = Callable[[], Callable[[np.ndarray], Result]]
 
 
 class Executor(Protocol):
+    workers: int  # candidates it evaluates at once; more than 1 makes an asynchronous search possible
+
     def map(self, xs: np.ndarray, on_result: OnResult | None = None,
             threshold: "Cutoff | None" = None) -> list[Result]: ...
+
+    def submit(self, key, x: np.ndarray, threshold: "Cutoff | None" = None) -> None: ...  # one candidate
+
+    def next(self) -> tuple[object, Result]: ...  # (key, Result) of the first submitted one to finish
 
     def close(self) -> None: ...
 
@@ -45,9 +51,12 @@ class LocalExecutor:
     limit (`search.timeout`), in one worker process that is stopped and replaced when a row runs
     past it (`evogm.worker`)."""
 
+    workers = 1
+
     def __init__(self, make_objective: ObjectiveFactory, *, timeout: float | None = None):
         self._make_objective, self._objective, self.timeout = make_objective, None, timeout
         self._worker = None
+        self._queued: dict = {}  # submitted, not yet evaluated: key → (candidate, threshold), first first
         if timeout is not None:
             import torch
 
@@ -68,6 +77,14 @@ class LocalExecutor:
                 on_result(row, result)
             results.append(result)
         return results
+
+    def submit(self, key, x: np.ndarray, threshold: "Cutoff | None" = None) -> None:
+        self._queued[key] = (np.asarray(x, dtype=np.float64), threshold)
+
+    def next(self) -> tuple[object, Result]:
+        """The first submitted candidate, evaluated now (one worker: they finish in order)."""
+        key = next(iter(self._queued))
+        return key, self._evaluate(*self._queued.pop(key))
 
     def _evaluate(self, x: np.ndarray, threshold) -> Result:
         if self._worker is None:

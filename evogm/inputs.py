@@ -49,7 +49,9 @@ def settings(cfg: RunConfig) -> dict:
 def comparable(config: dict) -> dict:
     """A resolved config without what changes no score, the one rule for a fingerprint's config:
     its output; where the candidates are scored (`executor`: every executor returns the local
-    executor's results, so a run may resume on Ray or with other workers); where the merger keeps θ₀
+    executor's results, so a run may resume on Ray or with other workers) and whether several
+    workers search asynchronously (`search.asynchronous`: a run resumes in the order its log holds,
+    synchronous or not); where the merger keeps θ₀
     (`models.base_copy`: the copies are exact); the adaptive knobs when evaluation is full; and where
     the inputs lie (models.base, the experts' and the tasks' paths: their contents are the
     fingerprint's files, so a run moved with its inputs, or made in another checkout, is the same run).
@@ -63,6 +65,8 @@ def comparable(config: dict) -> dict:
     if isinstance(config.get("tasks"), list):
         config["tasks"] = [{k: v for k, v in task.items() if k not in ("path", "include_path")}
                            if isinstance(task, dict) else task for task in config["tasks"]]
+    if isinstance(config.get("search"), dict):  # asynchronous: the log holds the schedule a run follows
+        config["search"] = {k: v for k, v in config["search"].items() if k != "asynchronous"}
     if config.get("search", {}).get("evaluation", "full") == "full" and "search" in config:
         config["search"] = {k: v for k, v in config["search"].items() if k not in ADAPTIVE_KEYS}
     return config

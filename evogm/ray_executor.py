@@ -5,9 +5,12 @@ device (base model, expert task vectors or LoRA factors, tokenized tasks), then 
 candidate it is sent by merging in place. Only a candidate's coefficients go out and only its
 Result comes back: no model weights travel through Ray's object store.
 
-Dispatch: a free worker gets the next waiting candidate at once (one call in flight per worker);
-each Result is reported through `on_result` as it arrives; `map` returns them in row order, so a
-search on Ray gives the same losses and the same best as the local executor. A worker that dies
+Dispatch: a free worker gets the next waiting candidate at once (one call in flight per worker).
+`map` evaluates a generation: each Result is reported through `on_result` as it arrives, and they are
+returned in row order, so a search on Ray gives the same losses and the same best as the local
+executor. `submit` and `next` evaluate candidates one at a time, for the asynchronous search
+(`evogm.search.loop`): a candidate is submitted as soon as a worker frees up, and `next` answers
+whichever finishes first. A worker that dies
 (killed, out of memory) is replaced, and its candidate tried once more on whichever worker is free
 next; a candidate whose worker died twice is recorded as a failed Result and the search goes on.
 A worker that dies while starting twice stops the run (its models do not load there), unless a node
@@ -96,6 +99,9 @@ class RayExecutor:
         self._start_deaths: Counter = Counter()
         self._alive_at_launch: dict[int, set[str]] = {}  # slot → the nodes alive when its worker was launched
         self._idle: deque[int] = deque()
+        self._queued: dict = {}  # key → (candidate, threshold): submitted, not yet answered
+        self._waiting: deque = deque()  # keys submitted and waiting for a free worker, first first
+        self._deaths_of: Counter = Counter()  # key → its workers' deaths so far
         errors = ray.exceptions  # how Ray reports a worker process gone (killed, out of memory, node lost)
         self._deaths = (errors.RayActorError, errors.WorkerCrashedError, errors.OutOfMemoryError)
         alive = alive_nodes(ray)
@@ -107,26 +113,45 @@ class RayExecutor:
         """Every row evaluated once (a row whose worker died: twice at most); Results in row order.
         `threshold`: adaptive evaluation's cut-off, sent with every row."""
         xs = np.asarray(xs, dtype=np.float64)
-        waiting, deaths, results = deque(range(len(xs))), Counter(), {}
-        while waiting or any(row is not None for _, row in self._calls.values()):
-            self._dispatch(xs, waiting, threshold)
-            row, outcome = self._next()
-            if row is None:
-                continue  # a worker started (or was replaced): it is idle now
-            if isinstance(outcome, TimedOut):
-                outcome = failed(xs[row], f"TimeoutError: {outcome}", seconds=self.timeout)
-            elif isinstance(outcome, WorkerDied):
-                deaths[row] += 1
-                if deaths[row] <= RETRIES:
-                    waiting.appendleft(row)  # first in line for the next free worker
-                    continue
-                outcome = failed(xs[row], f"its Ray worker died on each of {RETRIES + 1} tries: {outcome}")
-            elif isinstance(outcome, Exception):
-                outcome = failed(xs[row], first_line(outcome))
-            results[row] = outcome
+        for row, x in enumerate(xs):
+            self.submit(row, x, threshold)
+        results = {}
+        while len(results) < len(xs):
+            row, result = self.next()
+            results[row] = result
             if on_result is not None:
-                on_result(row, outcome)
+                on_result(row, result)
         return [results[row] for row in range(len(xs))]
+
+    def submit(self, key, x: np.ndarray, threshold: "Cutoff | None" = None) -> None:
+        """Queue one candidate under `key` (hashable, not None, unique among those in flight); it goes to
+        the first free worker. `next` answers it."""
+        self._queued[key] = (np.asarray(x, dtype=np.float64), threshold)
+        self._waiting.append(key)
+        self._dispatch()
+
+    def next(self) -> tuple[object, Result]:
+        """(key, Result) of the first submitted candidate to finish; a worker's death retries it once
+        on the next free worker, a timeout or a second death is a failed Result."""
+        while True:
+            self._dispatch()
+            key, outcome = self._next()
+            if key is None:
+                continue  # a worker started (or was replaced): it is idle now
+            x = self._queued[key][0]
+            if isinstance(outcome, TimedOut):
+                outcome = failed(x, f"TimeoutError: {outcome}", seconds=self.timeout)
+            elif isinstance(outcome, WorkerDied):
+                self._deaths_of[key] += 1
+                if self._deaths_of[key] <= RETRIES:
+                    self._waiting.appendleft(key)  # first in line for the next free worker
+                    continue
+                outcome = failed(x, f"its Ray worker died on each of {RETRIES + 1} tries: {outcome}")
+            elif isinstance(outcome, Exception):
+                outcome = failed(x, first_line(outcome))
+            del self._queued[key]
+            self._deaths_of.pop(key, None)
+            return key, outcome
 
     def ready(self) -> dict[int, int]:
         """Wait until every worker has built its objective; {slot: process id}. (`map` need not wait:
@@ -143,14 +168,16 @@ class RayExecutor:
         self._calls.clear()
         self._deadlines.clear()
         self._idle.clear()
+        self._queued.clear()
+        self._waiting.clear()
 
     # --- dispatch ---------------------------------------------------------------------------------
 
-    def _dispatch(self, xs: np.ndarray, waiting: deque, threshold: "Cutoff | None" = None) -> None:
-        while waiting and self._idle:
-            slot, row = self._idle.popleft(), waiting.popleft()
-            ref = self._actors[slot].evaluate.remote(xs[row], threshold)
-            self._calls[ref] = (slot, row)
+    def _dispatch(self) -> None:
+        while self._waiting and self._idle:
+            slot, key = self._idle.popleft(), self._waiting.popleft()
+            ref = self._actors[slot].evaluate.remote(*self._queued[key])
+            self._calls[ref] = (slot, key)
             if self.timeout is not None:
                 self._deadlines[ref] = time.monotonic() + self.timeout
 

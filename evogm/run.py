@@ -20,6 +20,7 @@ from evogm.progress import Progress
 from evogm.rundir import RunDir
 from evogm.runlog import RunLog
 from evogm.scoring import MULTI_TASK
+from evogm.search.base import POPSIZE
 from evogm.search.loop import search
 from evogm.workspace import objective_factory
 
@@ -78,7 +79,8 @@ def run_search(cfg: RunConfig, run_dir: RunDir, target: str, log: RunLog, progre
         search(build_optimizer(cfg), executor, log, cfg.search.budget, progress=progress,
                title="search" if target == MULTI_TASK else f"search {target}",
                on_generation=lambda: run_dir.write_best(experts, log.records()),
-               keep=(cfg.search.keep or cfg.search.popsize) if cfg.search.evaluation == "adaptive" else None)
+               keep=(cfg.search.keep or cfg.search.popsize) if cfg.search.evaluation == "adaptive" else None,
+               generation=cfg.search.popsize or POPSIZE, asynchronous_ok=cfg.search.asynchronous)
     finally:
         log.close()
         executor.close()

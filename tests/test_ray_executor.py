@@ -154,6 +154,33 @@ def test_a_run_on_ray_resumes_a_local_runs_log_and_ends_the_same(ray_instance, r
     assert best[0]["loss"] == best[1]["loss"]
 
 
+def test_evogm_plus_on_two_workers_searches_asynchronously_and_a_resume_replays_it(ray_instance, run_config,
+                                                                                   tmp_path: Path):
+    """Two Ray workers kept busy: EvoGM+ is asked a row whenever one frees up; the log is in completion
+    order, and a run killed after 5 results resumes (here on the local executor) by replaying it."""
+    from evogm.run import run
+
+    search = {**run_config["search"], "optimizer": "evogm-plus",
+              "options": {"rounds": 2, "iterations": 1, "steps": 3, "hidden_sizes": [8], "pool": 40, "batch": 2}}
+    cfg = {**run_config, "search": search, "baselines": {"methods": []}}
+    whole = tmp_path / "whole"
+    run(from_dict({**cfg, "output": str(whole), "executor": {"kind": "ray", "workers": 2, "address": None}}))
+    done = lambda d: sorted((json.loads(line) for line in (d / "evaluations.jsonl").read_text().splitlines()),
+                            key=lambda r: r["done"])
+    records = done(whole)
+    assert [r["done"] for r in records] == list(range(12)) and [r["inflight"] for r in records][:10] == [2] * 10
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:5]))
+    for record in ("config.yaml", "inputs.json"):
+        shutil.copy(whole / record, cut / record)
+    run(from_dict({**cfg, "output": str(cut)}), run_dir=cut, resume=True)
+    resumed = done(cut)
+    assert resumed[:5] == records[:5] and len(resumed) == 12
+    asked = {r["asked"]: r["coefficients"] for r in records if r["asked"] < 7}  # the 5 done, 1 in flight, 1 more
+    assert {r["asked"]: r["coefficients"] for r in resumed if r["asked"] < 7} == asked
+
+
 def test_workers_score_lm_eval_tasks_as_the_local_executor(ray_instance, zoo_tiny, tmp_path: Path):
     """An lm-eval task (type: lm_eval) on a worker: set up there once, scored as the local executor scores it."""
     pytest.importorskip("lm_eval")

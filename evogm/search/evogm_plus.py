@@ -36,7 +36,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from evogm.search.base import POPSIZE, check_fraction, check_positive, child_seed, hybrid_population
+from evogm.search.base import POPSIZE, check_fraction, check_positive, child_seed, failed_as_inf, hybrid_population
 from evogm.search.evogm import split_winners_losers, truncate
 from evogm.search.rounds import Rounds
 
@@ -117,21 +117,66 @@ class EvoGMPlusRound:
         self.start = np.vstack([start[np.isnan(known)], extra])  # round 1: the hybrid population
         if len(self.history_losses):  # a later round starts from its elites, already evaluated
             self.population, self.population_losses = truncate(self.history_rows, self.history_losses, popsize)
+        self._next_start, self._open_pool, self._told_since_pool = 0, None, 0  # the asynchronous search's place
 
     def ask(self) -> np.ndarray:
         if self.population is None:
             return self.start
+        pool, screened = self._candidates()
+        batch = min(self.options.batch, self.left) if self.left > 0 else self.options.batch  # the round's last rows
+        if not screened:
+            return self._to_round(pool[self.rng.choice(len(pool), batch, replace=False)])
+        return self._to_round(pool[self.gp.thompson(pool, batch, self.rng)])
+
+    def _candidates(self) -> tuple[np.ndarray, bool]:
+        """A generation's pool (original coordinates), made after training the generators on H, and
+        whether the GP screens it: then the GP is fitted to every evaluation so far, and the pool
+        holds the most promising rows moved downhill on its mean too."""
         winners, losers = split_winners_losers(self.history_rows, self.history_losses, self.options.winner_portion)
         if len(winners):
             self.generators.train(winners, losers, steps=self.options.steps, rng=self.rng)
-        pool = self._pool()  # original coordinates
-        batch = min(self.options.batch, self.left) if self.left > 0 else self.options.batch  # the round's last rows
+        pool = self._pool()
         if not self.options.screen or np.isfinite(self.archive.losses).sum() < 2:
-            return self._to_round(pool[self.rng.choice(len(pool), batch, replace=False)])
+            return pool, False
         self.gp.fit(self.archive.rows, self.archive.losses)
         mean, _ = self.gp.predict(pool)
-        pool = np.vstack([pool, self.gp.descend(pool[np.argsort(mean)[: self.popsize // 2]])])
-        return self._to_round(pool[self.gp.thompson(pool, batch, self.rng)])
+        return np.vstack([pool, self.gp.descend(pool[np.argsort(mean)[: self.popsize // 2]])]), True
+
+    # --- asynchronous: one row at a time, aware of the rows still being evaluated ---------------
+
+    def ask_one(self, pending: np.ndarray) -> np.ndarray:
+        """One row (round coordinates) while the rows `pending` (original coordinates) are evaluated:
+        the start's rows in order, then rows of a pool made as a synchronous generation makes it, and
+        made again after every `batch` results (the generators trained, the GP fitted, as often as
+        the synchronous search does). Each row is the minimizer of one Thompson draw from the GP that
+        believes the pending rows score its mean there (`GaussianProcess.believing`), and leaves the pool."""
+        if self._next_start < len(self.start):
+            self._next_start += 1
+            return self.start[self._next_start - 1]
+        if self.population is None:  # nothing told yet (more workers than the start has rows)
+            return self.rng.uniform(-1.0, 1.0, size=self.dim)
+        if self._open_pool is None or self._told_since_pool >= self.options.batch or not len(self._open_pool[0]):
+            self._open_pool, self._told_since_pool = self._candidates(), 0
+        pool, screened = self._open_pool
+        if screened:
+            pick = int(self.gp.believing(pending).thompson(pool, 1, self.rng)[0])
+        else:
+            pick = int(self.rng.integers(len(pool)))
+        self._open_pool = (np.delete(pool, pick, axis=0), screened)
+        return self._to_round(pool[pick][None])[0]
+
+    def tell_one(self, row: np.ndarray, loss: float) -> None:
+        """One result of `ask_one`'s rows (round coordinates), in any order: into H and the (μ+λ) population."""
+        self.left -= 1
+        self._told_since_pool += 1
+        row, losses = np.asarray(row, dtype=np.float64)[None], np.array([loss])
+        self.history_rows = np.vstack([self.history_rows, row])
+        self.history_losses = np.concatenate([self.history_losses, losses])
+        if self.population is None:
+            self.population, self.population_losses = row, losses
+        else:
+            self.population, self.population_losses = truncate(
+                np.vstack([self.population, row]), np.concatenate([self.population_losses, losses]), self.popsize)
 
     def _to_round(self, xs: np.ndarray) -> np.ndarray:
         """Original coordinates → this round's, by least squares: exact when the basis is invertible
@@ -231,3 +276,8 @@ class EvoGMPlus(Rounds):
     def _finish_generation(self) -> None:
         self.archive.add(self._generation @ self.basis, np.array(self._told))
         super()._finish_generation()
+
+    def tell_one(self, x: np.ndarray, loss: float) -> None:
+        loss = float(failed_as_inf([loss])[0])
+        self.archive.add(np.asarray(x, dtype=np.float64)[None], np.array([loss]))  # the GP sees every round's rows
+        super().tell_one(x, loss)

@@ -33,6 +33,12 @@ class RandomRound:
     def tell(self, xs: np.ndarray, losses: np.ndarray) -> None:
         pass  # memoryless
 
+    def ask_one(self, pending: np.ndarray) -> np.ndarray:
+        return self.rng.uniform(*self.bounds, size=self.dim)
+
+    def tell_one(self, row: np.ndarray, loss: float) -> None:
+        pass
+
 
 @dataclass(frozen=True)
 class RandomOptions:

@@ -29,6 +29,8 @@ Bookkeeping lives here too, so strategies only see whole generations and clean l
   ``round_groups``: a strategy's structured start ("each expert alone") uses it; later rounds'
   experts are whole merges, one coefficient each. ``resolve`` sets it from ``models.groups`` for
   every optimizer that takes it (all but ``random``; with one group every start is as before).
+- Asynchronously (``ask_one`` / ``tell_one``, for a strategy that has them): one row at a time, told
+  in any order; a round ends once it has asked its budget, from the elites told by then.
 - Elites are the best finite rows of the round (failed rows are never experts). If the round had
   fewer than K finite rows the next round has fewer experts; with none, the basis stays as it was.
 """
@@ -62,6 +64,7 @@ class Rounds:
         self.basis = np.eye(dim)  # (k, dim): round coordinates -> original-expert coordinates
         self.best_x: np.ndarray | None = None  # best row seen in any round, original coordinates
         self.best_loss = np.inf
+        self._pending: list[tuple[np.ndarray, np.ndarray, int]] = []  # ask_one's rows awaiting losses: (x, row, round)
         self._begin_round()
 
     @property
@@ -102,6 +105,44 @@ class Rounds:
         if len(self._told) == len(self._generation):
             self._finish_generation()
 
+    # --- asynchronous: one row at a time ------------------------------------------------------
+
+    @property
+    def asynchronous(self) -> bool:
+        """Whether it can be asked one row at a time while others are evaluated (`ask_one`): its
+        strategy says how (EvoGM+ and random search do; the others are asked whole generations)."""
+        return hasattr(self._strategy, "ask_one")
+
+    def ask_one(self, pending: np.ndarray) -> np.ndarray:
+        """One row in original coordinates while the rows `pending` (n, dim) are still being evaluated.
+
+        A round ends once it has asked its budget: the next ask starts the next round from the elites
+        among the round's rows told by then. A row of an earlier round told later reaches the
+        optimizer's own records (`tell_one`), not the round it came from."""
+        if self._asked >= self.round_budget and self.round < self.rounds - 1:
+            self._shift_basis()
+        pending = np.asarray(pending, dtype=np.float64).reshape(-1, self.dim)
+        row = np.asarray(self._strategy.ask_one(pending), dtype=np.float64)
+        self._asked += 1
+        x = row @ self.basis
+        self._pending.append((x, row, self.round))
+        return x
+
+    def tell_one(self, x: np.ndarray, loss: float) -> None:
+        """The loss of one row `ask_one` returned (the same array values), in any order."""
+        x = np.asarray(x, dtype=np.float64)
+        match = next((i for i, (asked, _, _) in enumerate(self._pending) if np.array_equal(asked, x)), None)
+        if match is None:
+            raise ValueError("tell_one() got a row that ask_one() did not return, or one already told")
+        _, row, round_ = self._pending.pop(match)
+        loss = float(failed_as_inf([loss])[0])
+        if round_ == self.round:
+            self._strategy.tell_one(row, loss)
+            self._history_rows = np.vstack([self._history_rows, row[None]])
+            self._history_losses = np.append(self._history_losses, loss)
+        if loss < self.best_loss:
+            self.best_x, self.best_loss = x, loss
+
     # --- steps ---------------------------------------------------------------------------------
 
     def _begin_round(self) -> None:
@@ -109,6 +150,7 @@ class Rounds:
         self._strategy = self._start_round(k, child_seed(self.seed, self.round))
         self._history_rows, self._history_losses = np.empty((0, k)), np.empty(0)
         self._generation, self._told = None, []
+        self._asked = 0  # rows the round's strategy was asked one at a time (`ask_one`)
 
     def _finish_generation(self) -> None:
         rows, losses = self._generation, np.array(self._told)

@@ -122,6 +122,22 @@ class GaussianProcess:
             var = (sf2 - (v * v).sum(0)).clamp_min(1e-12)
         return (mean.numpy() * self.scale + self.shift, var.sqrt().numpy() * self.scale)
 
+    def believing(self, pending: np.ndarray) -> "GaussianProcess":
+        """A copy of the fit that also holds the rows still being evaluated, each believed to score
+        the posterior mean there (the kriging believer): its variance there collapses, so that a
+        draw from it looks elsewhere. The fitted hyperparameters are kept; this GP is unchanged."""
+        if len(pending) == 0:
+            return self
+        copy = GaussianProcess(self.steps, self.threads)
+        vars(copy).update(vars(self))
+        with torch_threads(self.threads), torch.no_grad():
+            ls, sf2, _ = self._params(self.raw)
+            X = self._inputs(torch.as_tensor(np.asarray(pending, dtype=np.float64)))
+            believed = (sf2 * matern52(X, self.X, ls)) @ self.alpha  # standardized, as self.y
+            copy.X, copy.y = torch.cat([self.X, X]), torch.cat([self.y, believed])
+            copy._factorize()
+        return copy
+
     def thompson(self, Xc: np.ndarray, n: int, rng: np.random.Generator, shortlist: int = 300) -> np.ndarray:
         """Indices of ``n`` distinct candidates: each the minimizer of one joint posterior sample.
 
