@@ -28,6 +28,10 @@ Two landscapes search another space than λ (`space:`, docs/guide/merging.md), o
   the tensors' names, as mergekit's; ``attention`` would take the zoo's ``post_attention_layernorm``
   only.)
 
+Two more are the large spaces: ``zoo-64``, task arithmetic per expert, layer group (4) and module
+family (the attention modules, and the rest): 64 dimensions; ``zoo-128``, the same as TIES merges,
+each weight and density searched: 128 dimensions.
+
 They are not in the default suite (whose recorded results are the five above): name them with
 ``--landscapes``.
 
@@ -75,6 +79,8 @@ BUILT = ("zoo-seed1", "zoo-interior", "zoo-correlated")  # landscapes with model
 SPACES = {  # landscapes on the zoo's models that search another space than λ: their overrides
     "zoo-ties": ["space.method=ties", "space.density=[0.1, 1.0]"],
     "zoo-filters": ["space.filters=[self_attn, mlp]"],
+    "zoo-64": ["models.groups=4", "space.filters=[self_attn]"],
+    "zoo-128": ["models.groups=4", "space.filters=[self_attn]", "space.method=ties", "space.density=[0.1, 1.0]"],
 }
 FULL = ["search.evaluation=full"]  # the suite scores every candidate in full (adaptive evaluation: adaptive_eval.py)
 BUILDS = "landscape-builds"  # the archive (runs-archive branch) of the suite's built landscapes
