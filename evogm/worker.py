@@ -137,16 +137,25 @@ def _sendable(exc: BaseException) -> BaseException:
 
 
 def die_with_parent() -> None:
-    """Linux: the kernel kills this process when its parent dies (even by SIGKILL); a parent gone
-    already (before this ran) ends it now."""
+    """End this process when its parent process dies, even by SIGKILL: a daemon thread checks twice a
+    second that the parent is still the one that started it (the kernel hands an orphan to another
+    process); a parent gone already (before this ran) ends it now.
+
+    Not Linux's PR_SET_PDEATHSIG: that follows the parent *thread*, and a multiprocessing pool starts
+    its replacement workers from a thread that ends before they do. Killed then, a worker waiting
+    for a task dies holding the pool's queue lock, and the pool hangs when it is finalized."""
     import os
+    import threading
+    import time
 
     parent = multiprocessing.parent_process()
-    try:
-        import ctypes
+    pid = parent.pid if parent is not None else os.getppid()
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if parent is not None and os.getppid() != parent.pid:
+    def watch() -> None:
+        while os.getppid() == pid:
+            time.sleep(0.5)
         os._exit(1)
+
+    if os.getppid() != pid:
+        os._exit(1)
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()

@@ -245,3 +245,16 @@ def test_help_and_a_config_check_load_no_heavy_library(zoo_tiny: Path):
     out = subprocess.run([sys.executable, "-c", code, str(zoo_tiny / "run.yaml")], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_pool_whose_workers_die_with_their_parent_closes_cleanly():
+    """compare's pool starts replacement workers (one run each) from a thread of its own: tying a
+    worker's life to that thread would kill it mid-read of the task queue and hang the pool."""
+    code = ("import gc\nfrom multiprocessing import get_context\nfrom evogm.worker import die_with_parent\n"
+            "for _ in range(5):\n"
+            "    pool = get_context('spawn').Pool(2, initializer=die_with_parent, maxtasksperchild=1)\n"
+            "    assert sorted(pool.imap_unordered(abs, range(-3, 3))) == [0, 1, 1, 2, 2, 3]\n"
+            "    pool.close(); pool.join(); del pool; gc.collect()\n"
+            "print('closed')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "closed"
