@@ -203,7 +203,7 @@ def landscapes(args) -> None:
             simulated = [*overrides, "baselines.methods=[]", "executor.kind=simulated",
                          f"executor.options={{workers: {WORKERS}, seed: {seed}}}"]
             jobs += [(name, job) for job in make_jobs(str(config), simulated, parse_methods("evogm-plus"), [seed],
-                                                      args.budget, out / name, 1)]
+                                                      args.budget, out / name, args.workers)]
         sync[name] = [suite / name / "runs" / "evogm-plus" / f"seed{seed}" for seed in range(args.seeds)]
     pool = get_context("spawn").Pool(args.workers, maxtasksperchild=1)
     try:

@@ -30,4 +30,5 @@ def test_the_space_landscapes_are_the_zoo_searching_another_space(tmp_path):
         config, overrides = landscapes.landscape_config(name, tmp_path)
         assert config == landscapes.ZOO_CONFIG and name not in landscapes.LANDSCAPES  # named, not in the default suite
         dims[name] = search_space(load_config(config, [*overrides, f"output={tmp_path / name}"])).dim
-    assert dims == {"zoo-ties": 16, "zoo-filters": 24}  # 8 experts × (weight, density); × (self_attn, mlp, rest)
+    # 8 experts × (weight, density); × (self_attn, mlp, rest); × 4 groups × (self_attn, rest); and × (weight, density)
+    assert dims == {"zoo-ties": 16, "zoo-filters": 24, "zoo-64": 64, "zoo-128": 128}
