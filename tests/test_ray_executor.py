@@ -168,8 +168,7 @@ def test_evogm_plus_on_two_workers_searches_asynchronously_and_a_resume_replays_
     done = lambda d: sorted((json.loads(line) for line in (d / "evaluations.jsonl").read_text().splitlines()),
                             key=lambda r: r["done"])
     records = done(whole)
-    assert [r["done"] for r in records] == list(range(12))
-    assert [r["inflight"] for r in records] == [2] * 7 + [1] + [2] * 3 + [1]  # each round (8, then 4 rows) drained at its end
+    assert [r["done"] for r in records] == list(range(12)) and [r["inflight"] for r in records][:10] == [2] * 10
     cut = tmp_path / "cut"
     cut.mkdir()
     (cut / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:5]))

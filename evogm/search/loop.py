@@ -83,12 +83,11 @@ def search_async(optimizer, executor, log: RunLog, budget: int, *, progress: Pro
     """Keep every worker busy: ask one row whenever a worker frees up, aware of the rows in flight.
 
     Each record holds its ask's number (`asked`; `gen`, `row` = divmod(asked, generation)), its place
-    in completion order (`done`), the rows in flight when it finished (`inflight`) and the rows the
-    loop then asked to have in flight (`refill`; fewer are where the optimizer waits for more results,
-    `ask_one` returning None): replaying the log in completion order, asking until `inflight` rows are
-    pending before each tell and until `refill` after it, repeats the optimizer's asks and tells
-    exactly, wherever the run stopped. Adaptive evaluation's cut-off is taken from the results known
-    when a row is asked."""
+    in completion order (`done`), the rows in flight when it finished (`inflight`) and once the asks
+    its result led to were made (`refill`): replaying the log in completion order, asking until
+    `inflight` rows are pending before each tell and until `refill` after it, repeats the optimizer's
+    asks and tells exactly, wherever the run stopped. Adaptive evaluation's cut-off is taken from the
+    results known when a row is asked."""
     records = sorted(log.records(), key=lambda rec: rec["done"])
     progress = progress or Progress()
     progress.start(title, budget, len(records))
@@ -99,20 +98,15 @@ def search_async(optimizer, executor, log: RunLog, budget: int, *, progress: Pro
     def asked() -> int:
         return len(pending) + len(history)
 
-    def ask() -> int | None:
+    def ask() -> int:
         rows = np.array(list(pending.values())) if pending else np.empty((0, 0))
-        x = optimizer.ask_one(rows)
-        if x is None:  # it waits for a result first (a round's last rows: `Rounds.ask_one`)
-            return None
-        number = asked()
-        pending[number], cutoffs[number] = np.asarray(x, dtype=np.float64), cutoff(history, keep) if keep else None
+        number, x = asked(), np.asarray(optimizer.ask_one(rows), dtype=np.float64)
+        pending[number], cutoffs[number] = x, cutoff(history, keep) if keep else None
         return number
 
     def fill(count: int, submit: bool = False) -> None:
         while len(pending) < count and asked() < budget:
             number = ask()
-            if number is None:
-                return
             if submit:
                 executor.submit(number, pending[number], cutoffs[number])
 

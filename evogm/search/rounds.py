@@ -30,9 +30,7 @@ Bookkeeping lives here too, so strategies only see whole generations and clean l
   experts are whole merges, one coefficient each. ``resolve`` sets it from ``models.groups`` for
   every optimizer that takes it (all but ``random``; with one group every start is as before).
 - Asynchronously (``ask_one`` / ``tell_one``, for a strategy that has them): one row at a time, told
-  in any order. A round that has asked its budget waits (``ask_one`` returns None) until its last
-  rows are told, so that its elites are chosen from all of its rows, as in a synchronous search: the
-  workers idle once per round boundary, for the round's slowest last row.
+  in any order; a round ends once it has asked its budget, from the elites told by then.
 - Elites are the best finite rows of the round (failed rows are never experts). If the round had
   fewer than K finite rows the next round has fewer experts; with none, the basis stays as it was.
 """
@@ -66,7 +64,7 @@ class Rounds:
         self.basis = np.eye(dim)  # (k, dim): round coordinates -> original-expert coordinates
         self.best_x: np.ndarray | None = None  # best row seen in any round, original coordinates
         self.best_loss = np.inf
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # ask_one's rows awaiting losses: (x, round row)
+        self._pending: list[tuple[np.ndarray, np.ndarray, int]] = []  # ask_one's rows awaiting losses: (x, row, round)
         self._begin_round()
 
     @property
@@ -115,32 +113,33 @@ class Rounds:
         strategy says how (EvoGM+ and random search do; the others are asked whole generations)."""
         return hasattr(self._strategy, "ask_one")
 
-    def ask_one(self, pending: np.ndarray) -> np.ndarray | None:
-        """One row in original coordinates while the rows `pending` (n, dim) are still being evaluated;
-        None while a round that has asked its budget waits for its last rows: once they are told, the
-        next ask starts the next round from the elites among all of the round's rows."""
+    def ask_one(self, pending: np.ndarray) -> np.ndarray:
+        """One row in original coordinates while the rows `pending` (n, dim) are still being evaluated.
+
+        A round ends once it has asked its budget: the next ask starts the next round from the elites
+        among the round's rows told by then. A row of an earlier round told later reaches the
+        optimizer's own records (`tell_one`), not the round it came from."""
         if self._asked >= self.round_budget and self.round < self.rounds - 1:
-            if self._pending:
-                return None
             self._shift_basis()
         pending = np.asarray(pending, dtype=np.float64).reshape(-1, self.dim)
         row = np.asarray(self._strategy.ask_one(pending), dtype=np.float64)
         self._asked += 1
         x = row @ self.basis
-        self._pending.append((x, row))
+        self._pending.append((x, row, self.round))
         return x
 
     def tell_one(self, x: np.ndarray, loss: float) -> None:
         """The loss of one row `ask_one` returned (the same array values), in any order."""
         x = np.asarray(x, dtype=np.float64)
-        match = next((i for i, (asked, _) in enumerate(self._pending) if np.array_equal(asked, x)), None)
+        match = next((i for i, (asked, _, _) in enumerate(self._pending) if np.array_equal(asked, x)), None)
         if match is None:
             raise ValueError("tell_one() got a row that ask_one() did not return, or one already told")
-        _, row = self._pending.pop(match)
+        _, row, round_ = self._pending.pop(match)
         loss = float(failed_as_inf([loss])[0])
-        self._strategy.tell_one(row, loss)
-        self._history_rows = np.vstack([self._history_rows, row[None]])
-        self._history_losses = np.append(self._history_losses, loss)
+        if round_ == self.round:
+            self._strategy.tell_one(row, loss)
+            self._history_rows = np.vstack([self._history_rows, row[None]])
+            self._history_losses = np.append(self._history_losses, loss)
         if loss < self.best_loss:
             self.best_x, self.best_loss = x, loss
 
