@@ -126,3 +126,16 @@ def test_the_gp_believing_pending_rows_draws_elsewhere():
     after = believing.predict(pending)
     assert after[1][0] < 0.5 * before[1][0] and abs(after[0][0] - before[0][0]) < 0.1 * before[1][0]
     assert np.allclose(gp.predict(pending)[1], before[1])  # the fit itself is unchanged
+
+
+def test_each_asynchronous_row_is_drawn_from_a_gp_that_knows_every_result_told():
+    opt = optimizer("evogm-plus")
+    pending, screened = [opt.ask_one(np.empty((0, 4))) for _ in range(4)], 0
+    for _ in range(12):  # 4 in flight: tell the oldest, ask one more (the pool is made every 3 results)
+        x = pending.pop(0)
+        opt.tell_one(x, bowl(x).loss)
+        pending.append(opt.ask_one(np.array(pending)))
+        if opt.strategy._open_pool is not None and opt.strategy._open_pool[1]:
+            screened += 1
+            assert len(opt.strategy.gp.X) == len(opt.archive.losses)
+    assert screened >= 6

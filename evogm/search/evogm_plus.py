@@ -117,7 +117,7 @@ class EvoGMPlusRound:
         self.start = np.vstack([start[np.isnan(known)], extra])  # round 1: the hybrid population
         if len(self.history_losses):  # a later round starts from its elites, already evaluated
             self.population, self.population_losses = truncate(self.history_rows, self.history_losses, popsize)
-        self._next_start, self._open_pool, self._told_since_pool = 0, None, 0  # the asynchronous search's place
+        self._next_start, self._open_pool, self._told_since_pool, self._fitted = 0, None, 0, 0  # the asynchronous search's place
 
     def ask(self) -> np.ndarray:
         if self.population is None:
@@ -147,17 +147,23 @@ class EvoGMPlusRound:
     def ask_one(self, pending: np.ndarray) -> np.ndarray:
         """One row (round coordinates) while the rows `pending` (original coordinates) are evaluated:
         the start's rows in order, then rows of a pool made as a synchronous generation makes it, and
-        made again after every `batch` results (the generators trained, the GP fitted, as often as
-        the synchronous search does). Each row is the minimizer of one Thompson draw from the GP that
-        believes the pending rows score its mean there (`GaussianProcess.believing`), and leaves the pool."""
+        made again after every `batch` results (the generators trained as often as the synchronous
+        search trains them). Each row is the minimizer of one Thompson draw from the GP, fitted again
+        to every result told so far and believing the pending rows score its mean there
+        (`GaussianProcess.believing`); the row leaves the pool. (Fitted only with each pool, the GP
+        would miss up to `batch` + workers results at a draw, against at most `batch` in a synchronous
+        generation: 4 test points lower on the zoo at 8 workers; fitted for every row, 1.7.)"""
         if self._next_start < len(self.start):
             self._next_start += 1
             return self.start[self._next_start - 1]
         if self.population is None:  # nothing told yet (more workers than the start has rows)
             return self.rng.uniform(-1.0, 1.0, size=self.dim)
         if self._open_pool is None or self._told_since_pool >= self.options.batch or not len(self._open_pool[0]):
-            self._open_pool, self._told_since_pool = self._candidates(), 0
+            self._open_pool, self._told_since_pool, self._fitted = self._candidates(), 0, len(self.archive.losses)
         pool, screened = self._open_pool
+        if screened and len(self.archive.losses) > self._fitted:
+            self.gp.fit(self.archive.rows, self.archive.losses)
+            self._fitted = len(self.archive.losses)
         if screened:
             pick = int(self.gp.believing(pending).thompson(pool, 1, self.rng)[0])
         else:
