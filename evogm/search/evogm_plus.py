@@ -152,7 +152,7 @@ class EvoGMPlusRound:
         to every result told so far and believing the pending rows score its mean there
         (`GaussianProcess.believing`); the row leaves the pool. (Fitted only with each pool, the GP
         would miss up to `batch` + workers results at a draw, against at most `batch` in a synchronous
-        generation: 4 test points lower on the zoo at 8 workers; fitted for every row, 1.7.)"""
+        generation.)"""
         if self._next_start < len(self.start):
             self._next_start += 1
             return self.start[self._next_start - 1]
