@@ -32,6 +32,7 @@ def finalize(cfg: RunConfig, run_dir: RunDir, target: str, records: list[dict], 
     experts = list(cfg.models.experts)
     best = run_dir.write_best(experts, records)
     with final_scoring(cfg, target) as scoring:
+        scoring.remember(records)
         progress.stage("test: best and initial best")
         candidates = {"best": searched(best, scoring),
                       "initial_best": searched(best_entry([r for r in records if r["gen"] == 0], experts), scoring)}
@@ -59,7 +60,7 @@ def final_scoring(cfg: RunConfig, target: str):
     failure the report lists, and the stage goes on)."""
     if cfg.search.timeout is None:
         ws = workspace(cfg)
-        yield Scoring(ws.tasks.values(), target, lambda fn, *args, limit: fn(ws, *args))
+        yield Scoring(ws.tasks.values(), target, lambda fn, *args, limit: fn(ws, *args), plain=search_space(cfg).plain)
         return
     import torch
 
@@ -74,7 +75,7 @@ def final_scoring(cfg: RunConfig, target: str):
             return failure(f"{type(exc).__name__}: {exc}")
 
     try:
-        yield Scoring(load_tasks(list(cfg.tasks)), target, run, timeout=cfg.search.timeout)
+        yield Scoring(load_tasks(list(cfg.tasks)), target, run, timeout=cfg.search.timeout, plain=search_space(cfg).plain)
     finally:
         worker.close()
 

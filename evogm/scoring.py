@@ -30,7 +30,7 @@ import numpy as np
 
 from evogm.errors import EvogmError
 from evogm.registry import did_you_mean
-from evogm.runlog import stored_metrics
+from evogm.runlog import is_full, stored_metrics
 
 MULTI_TASK = "multi_task"  # the target that scores every task; any other target is one task's name
 
@@ -130,8 +130,8 @@ class Scoring:
     `tasks` are the run's tasks (`evogm.tasks`), `timeout` the search's seconds per dev evaluation: a
     test evaluation gets as much more as its split has more items."""
 
-    def __init__(self, tasks, target: str, run: Callable, timeout: float | None = None):
-        self.tasks, self.target, self.timeout = scored_tasks(tasks, target), target, timeout
+    def __init__(self, tasks, target: str, run: Callable, timeout: float | None = None, plain: bool = True):
+        self.tasks, self.target, self.timeout, self.plain = scored_tasks(tasks, target), target, timeout, plain
         self.primary = {t.name: primary_key(t) for t in self.tasks}
         self._run, self._memo = run, {}
 
@@ -139,17 +139,27 @@ class Scoring:
         """Items each scored task has on dev (tasks from a data file; a Python fitness has none)."""
         return {t.name: len(t.data.items("dev")) for t in self.tasks if hasattr(t, "data")}
 
+    def remember(self, records: list[dict]) -> None:
+        """Take the search's full dev evaluations as scored: the best single expert's one-hots and the
+        uniform merge are in the first population, so the dev sweeps of the final stage find them here."""
+        for rec in records:
+            if is_full(rec):
+                key = (*(() if self.plain else ("candidate",)), tuple(float(c) for c in rec["coefficients"]), "dev")
+                self._memo.setdefault(key, {"score": -rec["loss"], "metrics": rec["metrics"]})
+
     def merged(self, coefficients, split: str) -> dict:
         """The score of a task-arithmetic merge; a merge scored before (the best may be the initial
-        best, the uniform vector is in the first population) is not scored again."""
+        best, the best single expert is one of the first population) is not scored again."""
         key = (tuple(float(c) for c in coefficients), split)
         if key not in self._memo:
             self._memo[key] = self._run(score_merge, self.target, list(key[0]), split, limit=self.limit(split))
         return self._memo[key]
 
     def candidate(self, coefficients, split: str) -> dict:
-        """The score of a candidate of the search space (a vector the search logged; for the default
-        space, the task-arithmetic λ themselves); one scored before is not scored again."""
+        """The score of a candidate of the search space (a vector the search logged); in the default
+        space it is the task-arithmetic merge of those λ (`merged`); one scored before is not scored again."""
+        if self.plain:
+            return self.merged(coefficients, split)
         key = ("candidate", tuple(float(c) for c in coefficients), split)
         if key not in self._memo:
             self._memo[key] = self._run(score_candidate, self.target, list(key[1]), split, limit=self.limit(split))

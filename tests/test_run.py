@@ -95,6 +95,32 @@ def test_the_best_single_expert_is_picked_on_dev_and_matches_the_logged_one_hots
     assert entry["coefficients"] == [1.0 if e == entry["expert"] else 0.0 for e in experts]
 
 
+def test_the_final_stage_takes_the_searchs_full_dev_scores_which_equal_scoring_again(multi: Path):
+    """The best single expert's dev sweep and the uniform merge come from the log (the first population
+    holds them), and they are what scoring those merges again gives."""
+    from evogm import baselines
+    from evogm.scoring import MULTI_TASK, Scoring
+    from evogm.workspace import workspace
+
+    cfg, log = load_config(multi / "config.yaml"), records(multi)
+    ws = workspace(cfg)
+    scored = []
+
+    def run(fn, *args, limit):
+        scored.append((args[-2], args[-1]))  # (coefficients, split)
+        return fn(ws, *args)
+
+    fresh = Scoring(ws.tasks.values(), MULTI_TASK, run)
+    for rec in [r for r in log if r["gen"] == 0][:3]:
+        assert fresh.merged(rec["coefficients"], "dev") == {"score": -rec["loss"], "metrics": rec["metrics"]}
+    scored.clear()
+    remembering = Scoring(ws.tasks.values(), MULTI_TASK, run)
+    remembering.remember(log)
+    entry = baselines.evaluate("best_expert", cfg, remembering)
+    assert scored == [(entry["coefficients"], "test")]  # no one-hot scored again on dev: only the pick, on test
+    assert entry == json.loads((multi / "final.json").read_text())["candidates"]["best_expert"]
+
+
 def test_the_report_has_the_tables_and_plots(multi: Path):
     report = (multi / "report.md").read_text()
     for text in ("## Results", "| best (search)", "| initial best", "| best single expert (", "| TIES", "## Best coefficients",
