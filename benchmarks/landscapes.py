@@ -229,7 +229,8 @@ def finished(config: Path, overrides: list[str], methods: list[str], seeds: int,
     """The comparison's summary over the runs already finished (the first method's seed 0 among
     them: it holds the static baselines), without running anything; its comparison.md, .json and
     plots are redrawn for those runs. A finished run made with other settings than its method's
-    today (an optimizer default changed since) is left out, with a line saying so."""
+    today (an optimizer default changed since), or on other models than the cache's (another build
+    of the landscape: another landscape), is left out, with a line saying so."""
     from evogm import report_compare
     from evogm.compare import make_jobs, parse_methods, summarize
     from evogm.config import load_config, resolve
@@ -237,9 +238,15 @@ def finished(config: Path, overrides: list[str], methods: list[str], seeds: int,
     from evogm.rundir import RunDir
 
     specs = parse_methods(methods)
-    jobs = []
+    models, jobs = build_hashes(config), []
     for job in make_jobs(str(config), overrides, specs, list(range(seeds)), budget, out.resolve(), 1):
         if not (job.run_dir / "final.json").exists():
+            continue
+        files = json.loads((job.run_dir / "inputs.json").read_text())["files"]
+        other = [key for key, value in models.items() if files.get(key) != value]
+        if other:
+            print(f"  left out {job.run_dir}: made on other models ({', '.join(other)}); "
+                  "run the suite without --report to run it again on these")
             continue
         changed = [key for key in changed_settings(
             RunDir(job.run_dir), resolve(load_config(job.config, list(job.overrides)), job.run_dir))

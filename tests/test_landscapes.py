@@ -32,3 +32,22 @@ def test_the_space_landscapes_are_the_zoo_searching_another_space(tmp_path):
         dims[name] = search_space(load_config(config, [*overrides, f"output={tmp_path / name}"])).dim
     # 8 experts × (weight, density); × (self_attn, mlp, rest); × 4 groups × (self_attn, rest); and × (weight, density)
     assert dims == {"zoo-ties": 16, "zoo-filters": 24, "zoo-64": 64, "zoo-128": 128}
+
+
+def test_a_run_made_on_other_models_is_left_out_of_the_report(zoo_tiny, tmp_path, capsys):
+    """Builds of a landscape differ from machine to machine: a run on another build searched another
+    landscape, and a table that mixed them would compare optimizers on different problems."""
+    from evogm.compare import compare
+
+    config, out = zoo_tiny / "run.yaml", tmp_path / "suite"
+    overrides = ["search.optimizer=random", "search.options={}", "search.popsize=4", "baselines.methods=[]"]
+    compare(str(config), methods="random", seeds=[0, 1], out=out, budget=4, overrides=overrides)
+    assert len(landscapes.finished(config, overrides, "random", 2, 4, out)["methods"]["random"]["runs"]) == 2
+    capsys.readouterr()
+    inputs = out / "runs" / "random" / "seed1" / "inputs.json"
+    record = json.loads(inputs.read_text())
+    record["files"]["models.base"] = "0" * 64  # seed 1 ran on another build of the base
+    inputs.write_text(json.dumps(record))
+    summary = landscapes.finished(config, overrides, "random", 2, 4, out)
+    assert [r["seed"] for r in summary["methods"]["random"]["runs"]] == [0]
+    assert "seed1: made on other models (models.base)" in capsys.readouterr().out
