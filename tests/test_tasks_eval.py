@@ -68,3 +68,17 @@ def test_the_table_and_the_one_line_errors(capsys, tiny_models, task_files, tmp_
     assert "no tasks to score" in capsys.readouterr().err
     assert main(["eval", "--tasks", task_files[0]]) == 2
     assert "no model to score" in capsys.readouterr().err
+
+
+def test_the_json_is_strict_when_a_metric_is_not_finite():
+    """A perplexity that overflowed is null in --json, as the run's files store it, never `Infinity`."""
+    from types import SimpleNamespace
+
+    from evogm.commands.eval import as_json
+    from evogm.evaluate import Evaluation
+
+    task = SimpleNamespace(name="lm", primary="perplexity", weight=1.0)
+    result = Evaluation("m", "dev", [task], {"lm": {"perplexity": float("inf"), "tokens": 3.0}}, {"lm": 0.1},
+                        float("-inf"))
+    shown = json.loads(json.dumps(as_json(result), allow_nan=False))
+    assert shown["score"] is None and shown["tasks"]["lm"]["metrics"] == {"perplexity": None, "tokens": 3.0}

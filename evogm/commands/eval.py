@@ -58,7 +58,7 @@ def run(args) -> int:
     result = evaluate(args.model, tasks=args.tasks, split=args.split, base=args.base,
                       experts=parse_pairs(args.expert, "--expert"), weights=args.weights, limit=args.limit,
                       scoring=args.scoring, load=load, candidate=parse_vector(args.candidate))
-    print(json.dumps(as_json(result), indent=2) if args.json else table(result))
+    print(json.dumps(as_json(result), indent=2, allow_nan=False) if args.json else table(result))
     return 0
 
 
@@ -76,10 +76,15 @@ def parse_vector(text: str | None) -> list[float] | None:
 
 
 def as_json(result: Evaluation) -> dict:
+    """The result as strict JSON: a value that is not finite (a perplexity that overflowed) is null,
+    as the run's files store it."""
+    from evogm.runlog import stored_metrics
+
     rows, seconds = result.rows, result.seconds
-    return {"model": result.label, "split": result.split, "score": result.score,
+    return {"model": result.label, "split": result.split, "score": stored_metrics({"score": result.score})["score"],
             "tasks": {t.name: {"type": type(t).__name__, "primary": t.primary, "weight": t.weight,
-                               "metrics": rows[t.name], "seconds": round(seconds[t.name], 4)} for t in result.tasks}}
+                               "metrics": stored_metrics(rows[t.name]), "seconds": round(seconds[t.name], 4)}
+                      for t in result.tasks}}
 
 
 def table(result: Evaluation) -> str:
