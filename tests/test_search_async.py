@@ -139,3 +139,23 @@ def test_each_asynchronous_row_is_drawn_from_a_gp_that_knows_every_result_told()
             screened += 1
             assert len(opt.strategy.gp.X) == len(opt.archive.losses)
     assert screened >= 6
+
+
+def test_a_later_asynchronous_round_asks_screened_rows_as_a_synchronous_one_does():
+    """A later round starts from its elites, already evaluated: its first rows are screened by the GP,
+    not random combinations of the elites (which reach far outside the box), in either mode."""
+    opt = optimizer("evogm-plus")
+    draws = []
+    pending = [opt.ask_one(np.empty((0, 4))) for _ in range(4)]
+    while opt.round == 0 or len(draws) < 8:
+        x = pending.pop(0)
+        opt.tell_one(x, bowl(x).loss)
+        pending.append(opt.ask_one(np.array(pending)))
+        if opt.round == 1:  # no row of the round's start was asked; the row came from a screened pool
+            draws.append(opt.strategy._next_start == 0 and opt.strategy._open_pool[1])
+    assert all(draws)  # every row of round 2 came from the screened pool
+    sync = optimizer("evogm-plus")
+    while sync.round == 0:
+        xs = sync.ask()
+        sync.tell(xs, [bowl(x).loss for x in xs])
+    assert len(sync.ask()) == SMALL["evogm-plus"]["batch"]  # round 2's first ask: a screened batch
