@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import sys
 import tempfile
@@ -222,11 +223,21 @@ def landscapes(args) -> None:
         if any(v is None for v in s):
             print(f"| {name} | the suite has no finished EvoGM+ run of every seed: run benchmarks.landscapes first |")
             continue
+        if len({_models(path) for path in sync[name]} | {_models(job.run_dir) for n, job in jobs if n == name}) > 1:
+            print(f"| {name} | the suite's runs were made on other models (another build): run benchmarks.landscapes "
+                  "again here |")
+            continue
         diff = np.mean([t for _, t in a]) - np.mean([t for _, t in s])
         se = math.sqrt(np.var([t for _, t in a], ddof=1) / len(a) + np.var([t for _, t in s], ddof=1) / len(s))
         print(f"| {name} | {_mean_sd([d for d, _ in s])} | {_mean_sd([t for _, t in s])} | "
               f"{_mean_sd([d for d, _ in a])} | {_mean_sd([t for _, t in a])} | {diff:+.4f} | "
               f"{'yes' if diff >= -se else 'no'} (SE {se:.4f}) |")
+
+
+def _models(run_dir) -> str:
+    """The hashes of the models a run was made on, as one string."""
+    files = json.loads((Path(run_dir) / "inputs.json").read_text())["files"]
+    return json.dumps({key: value for key, value in files.items() if key.startswith("models.")}, sort_keys=True)
 
 
 def _best(run_dir) -> tuple[float, float] | None:
