@@ -63,6 +63,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -229,8 +230,9 @@ def finished(config: Path, overrides: list[str], methods: list[str], seeds: int,
     """The comparison's summary over the runs already finished (the first method's seed 0 among
     them: it holds the static baselines), without running anything; its comparison.md, .json and
     plots are redrawn for those runs. A finished run made with other settings than its method's
-    today (an optimizer default changed since), or on other models than the cache's (another build
-    of the landscape: another landscape), is left out, with a line saying so."""
+    today (an optimizer default changed since) is left out, with a line saying so; runs made on
+    other models than the cache's (another build of the landscape, which can score differently) are
+    kept and named in one line, so that a table comparing optimizers across builds says so."""
     from evogm import report_compare
     from evogm.compare import make_jobs, parse_methods, summarize
     from evogm.config import load_config, resolve
@@ -238,16 +240,13 @@ def finished(config: Path, overrides: list[str], methods: list[str], seeds: int,
     from evogm.rundir import RunDir
 
     specs = parse_methods(methods)
-    models, jobs = build_hashes(config), []
+    models, jobs, elsewhere = build_hashes(config), [], []
     for job in make_jobs(str(config), overrides, specs, list(range(seeds)), budget, out.resolve(), 1):
         if not (job.run_dir / "final.json").exists():
             continue
         files = json.loads((job.run_dir / "inputs.json").read_text())["files"]
-        other = [key for key, value in models.items() if files.get(key) != value]
-        if other:
-            print(f"  left out {job.run_dir}: made on other models ({', '.join(other)}); "
-                  "run the suite without --report to run it again on these")
-            continue
+        if any(files.get(key) != value for key, value in models.items()):
+            elsewhere.append(f"{job.method} seed {job.seed}")
         changed = [key for key in changed_settings(
             RunDir(job.run_dir), resolve(load_config(job.config, list(job.overrides)), job.run_dir))
             if not key.startswith("baselines.")]  # the static merges are scored in whichever run came first
@@ -261,7 +260,10 @@ def finished(config: Path, overrides: list[str], methods: list[str], seeds: int,
         return None
     summary = summarize(jobs, [m for m in specs if any(j.method == m.label for j in jobs)], budget)
     report_compare.write(out.resolve(), summary)
-    return summary
+    if elsewhere:
+        print(f"  {out.name}: {len(elsewhere)} of {len(jobs)} runs were made on other models than the cache's "
+              f"(another build): {', '.join(elsewhere)}; the suite without --report runs them again on these")
+    return {**summary, "other_models": elsewhere}
 
 
 def at_budget(summary: dict, evaluations: int) -> dict:
@@ -278,12 +280,13 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def test_at(run_dir: Path, evaluations: int) -> dict:
+def test_at(run_dir: Path, evaluations: int, whole: bool = False) -> dict:
     """The best of a run's first ``evaluations`` evaluations: its dev score, and its test score
-    from ``evogm eval`` on the run's own config (computed once, kept in the run directory)."""
+    from ``evogm eval`` on the run's own config (``whole``: with its tasks' item limits lifted, so a
+    quick run's pick is scored on the whole split), computed once, kept in the run directory."""
     records = [json.loads(line) for line in (run_dir / "evaluations.jsonl").open()][:evaluations]
     best = min(filter(is_full, records), key=lambda r: r["loss"])
-    cache = run_dir / f"test_at_{evaluations}.json"
+    cache = run_dir / f"test_at_{evaluations}{'_whole' if whole else ''}.json"
     inputs = run_inputs(run_dir)
     if cache.exists():  # reused only for the same candidate of the same inputs (a run made again on
         kept = json.loads(cache.read_text())  # another build can pick the same one-hot row)
@@ -291,12 +294,33 @@ def test_at(run_dir: Path, evaluations: int) -> dict:
             return kept
     candidate = f"--candidate={','.join(map(repr, best['coefficients']))}"  # merged as the search merged it
     evogm = Path(sys.executable).parent / "evogm"
-    shown = subprocess.run([str(evogm), "eval", str(run_dir / "config.yaml"), "--split", "test", "--json", candidate],
-                           check=True, capture_output=True, text=True).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        config = run_dir / "config.yaml"
+        if whole:
+            raw = yaml.safe_load(config.read_text())
+            raw["tasks"] = [{k: v for k, v in task.items() if k != "limit"} for task in raw["tasks"]]
+            config = Path(tmp) / "config.yaml"
+            config.write_text(yaml.safe_dump(raw, sort_keys=False))
+        shown = subprocess.run([str(evogm), "eval", str(config), "--split", "test", "--json", candidate],
+                               check=True, capture_output=True, text=True).stdout
     out = {"dev": -best["loss"], "test": json.loads(shown)["score"], "evaluations": evaluations,
            "coefficients": best["coefficients"], "inputs": inputs}
     cache.write_text(json.dumps(out))
     return out
+
+
+def whole_test_table(summaries: dict[str, dict]) -> str:
+    """Per landscape, each method's best at the full budget scored on the landscape's whole test
+    split (a quick run's test has 50 items per task: its noise hides differences of a point)."""
+    lines = ["\n### The best at the full budget on the whole test split (mean ± std over seeds)\n",
+             "| landscape | method | seeds | test, quick split | test, whole split |", "|---|---|---|---|---|"]
+    for landscape, summary in summaries.items():
+        for name, method in summary["methods"].items():
+            quick = [r["test"] for r in method["runs"]]
+            full = [test_at(Path(r["run_dir"]), summary["budget"], whole=True)["test"] for r in method["runs"]]
+            lines.append(f"| {landscape} | {name} | {len(quick)} | {'%.4f ± %.4f' % _mean_std(quick)} | "
+                         f"{'%.4f ± %.4f' % _mean_std(full)} |")
+    return "\n".join(lines)
 
 
 def run_inputs(run_dir: Path) -> str:
@@ -338,6 +362,8 @@ def suite_table(summaries: dict[str, dict]) -> tuple[str, dict]:
         static = summary["static"]
         lines.append("\nstatic merges (dev / test): " + ", ".join(
             f"{k} {v['dev']:.4f} / {v['test']:.4f}" for k, v in static.items()))
+        if summary.get("other_models"):
+            lines.append("\nmade on another build of the models than the cache's: " + ", ".join(summary["other_models"]))
     head = ["| method | mean rank of mean test | landscapes within 1 SE of the best |", "|---|---|---|"]
     head += [f"| {e} | {np.mean(ranks[e]):.2f} | {close[e]} of {len(ranks[e])} |"
              for e in sorted(entries, key=lambda e: np.mean(ranks[e]))]
@@ -392,6 +418,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default runs/landscapes[-quick]")
     parser.add_argument("--every", type=int, default=0,
                         help="also print each method's mean best dev so far every N evaluations")
+    parser.add_argument("--whole-test", action="store_true",
+                        help="with --quick: also score each run's best on the landscape's whole test split")
     parser.add_argument("--report", action="store_true",
                         help="run nothing: the table of the runs already finished (a suite grown in steps)")
     parser.add_argument("--save-hashes", action="store_true",
@@ -425,6 +453,8 @@ def main() -> None:
     text, totals = suite_table(summaries)
     if args.every:
         text += "\n" + curve_table(summaries, args.every)
+    if args.whole_test and args.quick:
+        text += "\n" + whole_test_table(summaries)
     out.mkdir(parents=True, exist_ok=True)
     (out / "suite.md").write_text(text + "\n")
     (out / "suite.json").write_text(json.dumps({"summaries": summaries, **totals}, indent=1))

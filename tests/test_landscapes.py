@@ -34,20 +34,22 @@ def test_the_space_landscapes_are_the_zoo_searching_another_space(tmp_path):
     assert dims == {"zoo-ties": 16, "zoo-filters": 24, "zoo-64": 64, "zoo-128": 128}
 
 
-def test_a_run_made_on_other_models_is_left_out_of_the_report(zoo_tiny, tmp_path, capsys):
-    """Builds of a landscape differ from machine to machine: a run on another build searched another
-    landscape, and a table that mixed them would compare optimizers on different problems."""
+def test_runs_made_on_other_models_are_named_in_the_report(zoo_tiny, tmp_path, capsys):
+    """Builds of a landscape differ from machine to machine, and a run on another build searched
+    another landscape: a table that compares optimizers across builds says which runs those are."""
     from evogm.compare import compare
 
     config, out = zoo_tiny / "run.yaml", tmp_path / "suite"
     overrides = ["search.optimizer=random", "search.options={}", "search.popsize=4", "baselines.methods=[]"]
     compare(str(config), methods="random", seeds=[0, 1], out=out, budget=4, overrides=overrides)
-    assert len(landscapes.finished(config, overrides, "random", 2, 4, out)["methods"]["random"]["runs"]) == 2
+    assert landscapes.finished(config, overrides, "random", 2, 4, out)["other_models"] == []
     capsys.readouterr()
     inputs = out / "runs" / "random" / "seed1" / "inputs.json"
     record = json.loads(inputs.read_text())
     record["files"]["models.base"] = "0" * 64  # seed 1 ran on another build of the base
     inputs.write_text(json.dumps(record))
     summary = landscapes.finished(config, overrides, "random", 2, 4, out)
-    assert [r["seed"] for r in summary["methods"]["random"]["runs"]] == [0]
-    assert "seed1: made on other models (models.base)" in capsys.readouterr().out
+    assert len(summary["methods"]["random"]["runs"]) == 2 and summary["other_models"] == ["random seed 1"]
+    assert "1 of 2 runs were made on other models than the cache's (another build): random seed 1" in capsys.readouterr().out
+    assert "made on another build of the models than the cache's: random seed 1" in landscapes.suite_table(
+        {"tiny": summary})[0]
