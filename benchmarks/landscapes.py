@@ -53,6 +53,8 @@ mean test score over landscapes; and for every landscape whether each optimizer 
 standard error of the best mean test score. A baseline given at both its settings (CMA-ES at the
 paper's P = 20 and at pycma's own population size; BO in batches of P and one candidate at a time)
 is ranked once, at whichever of the two has the higher mean test score on each landscape.
+``--whole-test`` (with ``--quick``) also scores each run's best on every test item of its tasks: a
+quick test split's 50 items per task are noisier than the differences the suite reads.
 """
 
 from __future__ import annotations
