@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.landscapes import FULL, ROOT, landscape_config, quick_overrides
+from benchmarks.landscapes import FULL, ROOT, landscape_config, quick_overrides, run_models
 from evogm.executors import EXECUTORS, LocalExecutor
 from evogm.runlog import Result, RunLog
 
@@ -223,7 +222,8 @@ def landscapes(args) -> None:
         if any(v is None for v in s):
             print(f"| {name} | the suite has no finished EvoGM+ run of every seed: run benchmarks.landscapes first |")
             continue
-        if len({_models(path) for path in sync[name]} | {_models(job.run_dir) for n, job in jobs if n == name}) > 1:
+        made_on = [run_models(path) for path in sync[name]] + [run_models(job.run_dir) for n, job in jobs if n == name]
+        if any(models != made_on[0] for models in made_on):
             print(f"| {name} | the suite's runs were made on other models (another build): run benchmarks.landscapes "
                   "again here |")
             continue
@@ -232,12 +232,6 @@ def landscapes(args) -> None:
         print(f"| {name} | {_mean_sd([d for d, _ in s])} | {_mean_sd([t for _, t in s])} | "
               f"{_mean_sd([d for d, _ in a])} | {_mean_sd([t for _, t in a])} | {diff:+.4f} | "
               f"{'yes' if diff >= -se else 'no'} (SE {se:.4f}) |")
-
-
-def _models(run_dir) -> str:
-    """The hashes of the models a run was made on, as one string."""
-    files = json.loads((Path(run_dir) / "inputs.json").read_text())["files"]
-    return json.dumps({key: value for key, value in files.items() if key.startswith("models.")}, sort_keys=True)
 
 
 def _best(run_dir) -> tuple[float, float] | None:

@@ -246,8 +246,7 @@ def finished(config: Path, overrides: list[str], methods: list[str], seeds: int,
     for job in make_jobs(str(config), overrides, specs, list(range(seeds)), budget, out.resolve(), 1):
         if not (job.run_dir / "final.json").exists():
             continue
-        files = json.loads((job.run_dir / "inputs.json").read_text())["files"]
-        if any(files.get(key) != value for key, value in models.items()):
+        if run_models(job.run_dir) != models:
             elsewhere.append(f"{job.method} seed {job.seed}")
         changed = [key for key in changed_settings(
             RunDir(job.run_dir), resolve(load_config(job.config, list(job.overrides)), job.run_dir))
@@ -323,6 +322,13 @@ def whole_test_table(summaries: dict[str, dict]) -> str:
             lines.append(f"| {landscape} | {name} | {len(quick)} | {'%.4f ± %.4f' % _mean_std(quick)} | "
                          f"{'%.4f ± %.4f' % _mean_std(full)} |")
     return "\n".join(lines)
+
+
+def run_models(run_dir: Path) -> dict[str, str]:
+    """{"models.base" | "models.experts.NAME": hash} of the models a run was made on (its inputs.json),
+    as `build_hashes` gives them for a landscape's cache."""
+    files = json.loads((Path(run_dir) / "inputs.json").read_text())["files"]
+    return {key: value for key, value in files.items() if key.startswith("models.")}
 
 
 def run_inputs(run_dir: Path) -> str:

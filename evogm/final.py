@@ -58,9 +58,10 @@ def final_scoring(cfg: RunConfig, target: str):
     """The final stage's Scoring: on this process's workspace, or, with `search.timeout`, in a worker
     process that is stopped and replaced when a candidate runs past its limit (which is then a
     failure the report lists, and the stage goes on)."""
+    plain = search_space(cfg).plain
     if cfg.search.timeout is None:
         ws = workspace(cfg)
-        yield Scoring(ws.tasks.values(), target, lambda fn, *args, limit: fn(ws, *args), plain=search_space(cfg).plain)
+        yield Scoring(ws.tasks.values(), target, lambda fn, *args, limit: fn(ws, *args), plain=plain)
         return
     import torch
 
@@ -75,7 +76,7 @@ def final_scoring(cfg: RunConfig, target: str):
             return failure(f"{type(exc).__name__}: {exc}")
 
     try:
-        yield Scoring(load_tasks(list(cfg.tasks)), target, run, timeout=cfg.search.timeout, plain=search_space(cfg).plain)
+        yield Scoring(load_tasks(list(cfg.tasks)), target, run, timeout=cfg.search.timeout, plain=plain)
     finally:
         worker.close()
 

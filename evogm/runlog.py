@@ -142,7 +142,7 @@ def record(gen: int, row: int, result: Result) -> dict:
         "row": row,
         "coefficients": [float(v) for v in result.coefficients],
         "metrics": stored_metrics(result.metrics),
-        "loss": _finite(result.loss),  # null: failed (inf); JSON has no infinity
+        "loss": stored_value(result.loss),  # null: failed (inf); JSON has no infinity
         "seconds": round(float(result.seconds), 6),
         "error": result.error,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -198,10 +198,11 @@ def stored_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
     >>> stored_metrics({"judge/score": 0.5, "judge/aux": float("inf")})
     {'judge/score': 0.5, 'judge/aux': None}
     """
-    return {key: _finite(value) for key, value in metrics.items()}
+    return {key: stored_value(value) for key, value in metrics.items()}
 
 
-def _finite(value: float) -> float | None:
+def stored_value(value: float) -> float | None:
+    """A number as the run's files store it: null when it is not finite (JSON has no NaN or infinity)."""
     value = float(value)
     return value if math.isfinite(value) else None
 

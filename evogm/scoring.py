@@ -142,15 +142,14 @@ class Scoring:
     def remember(self, records: list[dict]) -> None:
         """Take the search's full dev evaluations as scored: the best single expert's one-hots and the
         uniform merge are in the first population, so the dev sweeps of the final stage find them here."""
-        for rec in records:
-            if is_full(rec):
-                key = (*(() if self.plain else ("candidate",)), tuple(float(c) for c in rec["coefficients"]), "dev")
-                self._memo.setdefault(key, {"score": -rec["loss"], "metrics": rec["metrics"]})
+        for rec in filter(is_full, records):
+            self._memo.setdefault(self._key(rec["coefficients"], "dev", candidate=True),
+                                  {"score": -rec["loss"], "metrics": rec["metrics"]})
 
     def merged(self, coefficients, split: str) -> dict:
         """The score of a task-arithmetic merge; a merge scored before (the best may be the initial
         best, the best single expert is one of the first population) is not scored again."""
-        key = (tuple(float(c) for c in coefficients), split)
+        key = self._key(coefficients, split)
         if key not in self._memo:
             self._memo[key] = self._run(score_merge, self.target, list(key[0]), split, limit=self.limit(split))
         return self._memo[key]
@@ -160,10 +159,16 @@ class Scoring:
         space it is the task-arithmetic merge of those λ (`merged`); one scored before is not scored again."""
         if self.plain:
             return self.merged(coefficients, split)
-        key = ("candidate", tuple(float(c) for c in coefficients), split)
+        key = self._key(coefficients, split, candidate=True)
         if key not in self._memo:
             self._memo[key] = self._run(score_candidate, self.target, list(key[1]), split, limit=self.limit(split))
         return self._memo[key]
+
+    def _key(self, coefficients, split: str, candidate: bool = False) -> tuple:
+        """The memo's key of a merge: outside the default space a candidate's numbers are not the
+        task-arithmetic λ, so its key says it is a candidate."""
+        values = tuple(float(c) for c in coefficients)
+        return ("candidate", values, split) if candidate and not self.plain else (values, split)
 
     def static(self, method: str, split: str, **options) -> dict:
         """The score of a static merge (`evogm.merge.Merger.static`: TIES, DARE, …)."""

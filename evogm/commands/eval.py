@@ -78,10 +78,10 @@ def parse_vector(text: str | None) -> list[float] | None:
 def as_json(result: Evaluation) -> dict:
     """The result as strict JSON: a value that is not finite (a perplexity that overflowed) is null,
     as the run's files store it."""
-    from evogm.runlog import stored_metrics
+    from evogm.runlog import stored_metrics, stored_value
 
     rows, seconds = result.rows, result.seconds
-    return {"model": result.label, "split": result.split, "score": stored_metrics({"score": result.score})["score"],
+    return {"model": result.label, "split": result.split, "score": stored_value(result.score),
             "tasks": {t.name: {"type": type(t).__name__, "primary": t.primary, "weight": t.weight,
                                "metrics": stored_metrics(rows[t.name]), "seconds": round(seconds[t.name], 4)}
                       for t in result.tasks}}

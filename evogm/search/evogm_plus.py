@@ -113,11 +113,11 @@ class EvoGMPlusRound:
         start = hybrid_population(dim, popsize, self.rng, (-1.0, 1.0), groups)
         known = archive.lookup(start @ basis)  # a later round's one-hots are the elites: known
         self.history_rows, self.history_losses = start[~np.isnan(known)], known[~np.isnan(known)]
-        self.start = start  # round 1 asks the hybrid population
-        if len(self.history_losses):  # a later round starts from its elites, already evaluated, and asks screened rows
-            self.start = start[:0]
+        later = len(self.history_losses) > 0  # a later round starts from its elites, already evaluated
+        self.start = start[:0] if later else start  # round 1 asks the hybrid population; a later one, screened rows
+        if later:
             self.population, self.population_losses = truncate(self.history_rows, self.history_losses, popsize)
-            self.rng.uniform(-1.0, 1.0, size=(len(self.history_losses), dim))  # the draws recorded runs made here
+            self.rng.uniform(-1.0, 1.0, size=(len(self.history_losses), dim))  # keeps the random stream of recorded runs
         self._next_start, self._open_pool, self._told_since_pool, self._fitted = 0, None, 0, 0  # the asynchronous search's place
 
     def ask(self) -> np.ndarray:
