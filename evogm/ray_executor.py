@@ -151,6 +151,7 @@ class RayExecutor:
                 outcome = failed(x, first_line(outcome))
             del self._queued[key]
             self._deaths_of.pop(key, None)
+            self._dispatch()  # the freed worker takes the next waiting candidate before the caller hears of this one
             return key, outcome
 
     def ready(self) -> dict[int, int]:
