@@ -176,18 +176,15 @@ def _mean_sd(values) -> str:
 class SimulatedCluster(LocalExecutor):
     """`workers` workers simulated in one process: each candidate is evaluated here, in turn, and
     answered in the order `workers` workers whose evaluation times follow the spread would answer
-    it (a virtual clock: a candidate starts when it is submitted, or, submitted while every worker is
-    busy, when the first of them frees up)."""
+    it (a virtual clock: a candidate starts when it is submitted, as a freed worker takes it)."""
 
     def __init__(self, make_objective, *, timeout: float | None = None, workers: int = WORKERS, seed: int = 0):
         super().__init__(make_objective, timeout=timeout)
         self.workers, self._rng, self._clock, self._finish = workers, np.random.default_rng(seed), 0.0, {}
-        self._free = [0.0] * workers  # a heap: when each worker is next free
 
     def submit(self, key, x, threshold=None) -> None:
         super().submit(key, x, threshold)
-        self._finish[key] = max(self._clock, heapq.heappop(self._free)) + duration(self._rng)
-        heapq.heappush(self._free, self._finish[key])
+        self._finish[key] = self._clock + duration(self._rng)
 
     def next(self):
         key = min(self._finish, key=self._finish.get)

@@ -168,7 +168,7 @@ def test_evogm_plus_on_two_workers_searches_asynchronously_and_a_resume_replays_
     done = lambda d: sorted((json.loads(line) for line in (d / "evaluations.jsonl").read_text().splitlines()),
                             key=lambda r: r["done"])
     records = done(whole)
-    assert [r["done"] for r in records] == list(range(12)) and [r["inflight"] for r in records] == [3] * 10 + [2, 1]
+    assert [r["done"] for r in records] == list(range(12)) and [r["inflight"] for r in records][:10] == [2] * 10
     cut = tmp_path / "cut"
     cut.mkdir()
     (cut / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:5]))
@@ -177,8 +177,8 @@ def test_evogm_plus_on_two_workers_searches_asynchronously_and_a_resume_replays_
     run(from_dict({**cfg, "output": str(cut)}), run_dir=cut, resume=True)
     resumed = done(cut)
     assert resumed[:5] == records[:5] and len(resumed) == 12
-    asked = {r["asked"]: r["coefficients"] for r in records if r["asked"] < 8}  # the 5 done, 2 in flight, 1 more
-    assert {r["asked"]: r["coefficients"] for r in resumed if r["asked"] < 8} == asked
+    asked = {r["asked"]: r["coefficients"] for r in records if r["asked"] < 7}  # the 5 done, 1 in flight, 1 more
+    assert {r["asked"]: r["coefficients"] for r in resumed if r["asked"] < 7} == asked
 
 
 def test_workers_score_lm_eval_tasks_as_the_local_executor(ray_instance, zoo_tiny, tmp_path: Path):

@@ -7,8 +7,7 @@ the resumed run ends exactly where an uninterrupted one would have.
 With an executor of several workers and an optimizer that can be asked one row at a time
 (`asynchronous`: EvoGM+, random search), the search is asynchronous (`search_async`): every worker
 is kept busy, and a worker that frees up gets a new row at once, asked knowing the rows still being
-evaluated, instead of waiting for its generation's slowest candidate; one row more than the workers
-waits at the executor, so a worker that frees up starts it at once. Its log is in completion
+evaluated, instead of waiting for its generation's slowest candidate. Its log is in completion
 order, and a resume replays it in that order. The other optimizers are asked whole generations
 (their populations are updated a generation at a time), whatever the executor.
 
@@ -32,8 +31,6 @@ from evogm.errors import EvogmError
 from evogm.progress import Progress
 from evogm.runlog import Result, RunLog, record, to_result
 from evogm.search.base import POPSIZE
-
-QUEUED = 1  # rows waiting at the executor beyond its workers: a worker that frees up starts one at once
 
 
 def search(optimizer, executor, log: RunLog, budget: int, *, progress: Progress | None = None,
@@ -90,9 +87,7 @@ def search_async(optimizer, executor, log: RunLog, budget: int, *, progress: Pro
     its result led to were made (`refill`): replaying the log in completion order, asking until
     `inflight` rows are pending before each tell and until `refill` after it, repeats the optimizer's
     asks and tells exactly, wherever the run stopped. Adaptive evaluation's cut-off is taken from the
-    results known when a row is asked. `QUEUED` rows beyond the workers wait at the executor, so a
-    worker that frees up starts the next at once instead of idling while its result is told and the
-    row after is asked."""
+    results known when a row is asked."""
     records = sorted(log.records(), key=lambda rec: rec["done"])
     progress = progress or Progress()
     progress.start(title, budget, len(records))
@@ -133,10 +128,10 @@ def search_async(optimizer, executor, log: RunLog, budget: int, *, progress: Pro
         fill(rec["refill"])
     for number, x in pending.items():  # in flight when the run stopped: evaluated again
         executor.submit(number, x, cutoffs[number])
-    fill(executor.workers + QUEUED, submit=True)
+    fill(executor.workers, submit=True)
     while pending:
         number, result = executor.next()
-        refill = min(executor.workers + QUEUED, len(pending) - 1 + budget - asked())
+        refill = min(executor.workers, len(pending) - 1 + budget - asked())
         rec = {**record(*divmod(number, generation), result), "asked": number, "done": len(history),
                "inflight": len(pending), "refill": refill}
         log.append(rec)
