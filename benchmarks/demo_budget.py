@@ -4,7 +4,9 @@ Measures, on a zoo (default: the packaged one): one search evaluation (merge + e
 split), one test evaluation, the optimizer's own cost over its whole budget (EvoGM's generator
 training, paper settings, on stand-in losses), and the run log's durable append; then projects the
 demo's wall time: budget × evaluation + optimizer + final stage (dev sweeps of the static baselines,
-test evaluations of six candidates).
+test evaluations of six candidates), as one process scores them (`evogm demo executor.workers=1`;
+the demo itself runs two worker processes on a CPU with two threads or more, which
+`python -m benchmarks.executor_scaling` compares).
 
     python -m benchmarks.demo_budget                 # the packaged zoo
     python -m benchmarks.demo_budget my-zoo --evals 3

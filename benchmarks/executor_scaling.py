@@ -1,4 +1,5 @@
-"""Evaluations per minute on the zoo: the local executor against Ray at 1 and 2 workers, side by side.
+"""Evaluations per minute on the zoo: the local executor (in this process, or as worker processes)
+against Ray at 1 and 2 workers, side by side.
 
 Every setting evaluates the same candidates (uniform λ in [0, 1], seeded) after a warm-up (the
 objective built, the tasks tokenized), in alternating rounds so that a load that comes and goes on
@@ -13,7 +14,8 @@ round-trip latency of one candidate (an objective that does nothing).
     python -m benchmarks.executor_scaling --config run.yaml --address auto --gpus-per-worker 1 --workers 1,2,4,8
 
 On a CPU, each Ray worker takes `--cpus-per-worker` cores and as many torch threads; the local
-executor uses `--local-threads` (default: every core). On a GPU machine, a worker holds its own
+executor in this process uses `--local-threads` (default: every core), and as N worker processes
+(`executor.workers`, N > 1 of `--workers`) the cores divided by N each. On a GPU machine, a worker holds its own
 resident model on its GPU (Ray sets CUDA_VISIBLE_DEVICES); `--gpus-per-worker 0.5` puts two workers
 on one GPU. With `--address auto` the Ray settings run on the cluster this machine has joined.
 """
@@ -46,7 +48,9 @@ def main() -> None:
           f"{args.candidates} candidates per setting, {args.rounds} rounds, {os.cpu_count()} CPU cores; "
           f"load average before: {os.getloadavg()[0]:.2f}")
     ray, start_s = start_ray(args)
-    settings = [("local", 1, args.local_threads), ("local", 1, 1)] + [("ray", n, args.cpus_per_worker) for n in args.workers]
+    settings = ([("local", 1, args.local_threads), ("local", 1, 1)]
+                + [("local", n, max(1, args.local_threads // n)) for n in args.workers if n > 1]
+                + [("ray", n, args.cpus_per_worker) for n in args.workers])
     rates, worker_start = measure(settings, factory, xs, args)
     latency_ms = round_trip_ms(args)
     print_table(settings, rates, args)
@@ -101,14 +105,20 @@ def measure(settings, factory, xs, args):
     rates = {s: [] for s in settings}
     worker_start: dict[int, list[float]] = {}
     local = LocalExecutor(factory)
+    torch.set_num_threads(args.local_threads)
+    processes = {s: LocalExecutor(factory, workers=s[1]) for s in settings if s[0] == "local" and s[1] > 1}
     for _ in range(args.rounds):
         for setting in settings:
             kind, workers, threads = setting
-            if kind == "local":
+            if setting in processes:
+                rates[setting].append(per_minute(processes[setting], xs))
+            elif kind == "local":
                 torch.set_num_threads(threads)
                 rates[setting].append(per_minute(local, xs))
             else:
                 rates[setting].append(ray_rate(factory, xs, workers, args, worker_start))
+    for executor in processes.values():
+        executor.close()
     return rates, worker_start
 
 

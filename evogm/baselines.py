@@ -11,45 +11,55 @@ from __future__ import annotations
 import numpy as np
 
 from evogm.config import RunConfig
-from evogm.scoring import Scoring
+from evogm.scoring import Request, Scoring, merge_request, static_request
 
 
 def evaluate(method: str, cfg: RunConfig, scoring: Scoring) -> dict:
-    """A static merge at its best global scale on dev (uniform: 1/N, no choice), then test once."""
-    experts, dim = list(cfg.models.experts), len(cfg.models.experts) * cfg.models.groups
+    """A static merge at its best global scale on dev (uniform: 1/N, no choice; the best single expert:
+    the best expert alone), then test once."""
+    labels, sweep = dev_sweep(method, cfg)
+    scores = [scoring.score(request) for request in sweep]
+    pick = best_of(scores)
+    entry = {"dev": scores[pick], "test": scoring.score(sweep[pick].on("test"))}
     if method == "best_expert":
-        return best_expert(experts, dim, scoring)
-    options = dict(cfg.baselines.options.get(method, {}))
-    if method == "uniform":
-        scales = [1.0 / len(experts)]
+        entry = {"expert": labels[pick], "coefficients": list(sweep[pick].coefficients), **entry}
     else:
-        scales = [options.pop("scale")] if "scale" in options else list(cfg.baselines.scales)
-    linear = method in ("uniform", "task_arithmetic")  # λ = scale · 1: exact and fast through the merger
-
-    def score(scale: float, split: str) -> dict:
-        if linear:
-            return scoring.merged([scale] * dim, split)
-        return scoring.static(method, split, seed=cfg.seed, scale=scale, **options)
-
-    sweep = [score(scale, "dev") for scale in scales]
-    pick = best_of(sweep)
-    entry = {"scale": scales[pick], "options": options, "dev": sweep[pick], "test": score(scales[pick], "test")}
-    if linear:
-        entry["coefficients"] = [scales[pick]] * dim
-    if len(scales) > 1:
-        entry["sweep"] = {f"{s:g}": d["score"] for s, d in zip(scales, sweep)}
+        entry = {"scale": labels[pick], "options": options_of(method, cfg), **entry}
+        if not sweep[pick].method:
+            entry["coefficients"] = list(sweep[pick].coefficients)
+    if len(sweep) > 1:
+        entry["sweep"] = {(label if method == "best_expert" else f"{label:g}"): d["score"] for label, d in zip(labels, scores)}
     return entry
 
 
-def best_expert(experts: list[str], dim: int, scoring: Scoring) -> dict:
-    """Each expert alone (λ = 1 on its every group, 0 elsewhere) on dev; the best one on test, once."""
-    groups = dim // len(experts)
-    one_hots = [np.kron(np.eye(len(experts))[e], np.ones(groups)).tolist() for e in range(len(experts))]
-    sweep = [scoring.merged(x, "dev") for x in one_hots]
-    pick = best_of(sweep)
-    return {"expert": experts[pick], "coefficients": one_hots[pick], "dev": sweep[pick],
-            "test": scoring.merged(one_hots[pick], "test"),
-            "sweep": {name: d["score"] for name, d in zip(experts, sweep)}}
+def pick_on_test(method: str, cfg: RunConfig, scoring: Scoring) -> Request:
+    """What the method's test score will be: its dev pick on test (its dev sweep scored first)."""
+    _, sweep = dev_sweep(method, cfg)
+    return sweep[best_of([scoring.score(request) for request in sweep])].on("test")
+
+
+def dev_sweep(method: str, cfg: RunConfig) -> tuple[list, list[Request]]:
+    """The choices a baseline picks among on dev, as (labels, requests): each expert alone (λ = 1 on
+    its every group, 0 elsewhere) for the best single expert, else each global scale (uniform: 1/N)."""
+    experts, dim = list(cfg.models.experts), len(cfg.models.experts) * cfg.models.groups
+    if method == "best_expert":
+        groups = dim // len(experts)
+        return experts, [merge_request(np.kron(np.eye(len(experts))[e], np.ones(groups)), "dev")
+                         for e in range(len(experts))]
+    given = cfg.baselines.options.get(method, {})
+    if method == "uniform":
+        scales = [1.0 / len(experts)]
+    else:
+        scales = [given["scale"]] if "scale" in given else list(cfg.baselines.scales)
+    if method in ("uniform", "task_arithmetic"):  # λ = scale · 1: exact and fast through the merger
+        return scales, [merge_request([scale] * dim, "dev") for scale in scales]
+    options = options_of(method, cfg)
+    return scales, [static_request(method, "dev", seed=cfg.seed, scale=scale, **options) for scale in scales]
+
+
+def options_of(method: str, cfg: RunConfig) -> dict:
+    """The method's options from the config, its scale aside (the sweep's to choose)."""
+    return {k: v for k, v in cfg.baselines.options.get(method, {}).items() if k != "scale"}
 
 
 def best_of(sweep: list[dict]) -> int:

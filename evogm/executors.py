@@ -21,7 +21,7 @@ import numpy as np
 
 from evogm.errors import EvogmError
 from evogm.runlog import Result
-from evogm.worker import ProcessWorker, WorkerDied, WorkerTimeout
+from evogm.worker import WorkerDied, WorkerPool, WorkerTimeout, evaluate, map_by_submitting
 from evogm.ray_executor import RayExecutor  # imports ray only when one is built
 
 OnResult = Callable[[int, Result], None]
@@ -41,26 +41,25 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-def evaluate(objective, x: np.ndarray, threshold: "Cutoff | None" = None) -> Result:
-    """`objective(x)`, with adaptive evaluation's cut-off when there is one (what a worker runs)."""
-    return objective(x) if threshold is None else objective(x, threshold=threshold)
-
-
 class LocalExecutor:
-    """Evaluates rows one after another on one resident model: in this process, or, with a time
-    limit (`search.timeout`), in one worker process that is stopped and replaced when a row runs
-    past it (`evogm.worker`)."""
+    """Evaluates candidates on this machine. One worker (the default): one after another on one
+    resident model in this process. Several `workers`, or a time limit (`search.timeout`): in that
+    many worker processes (`evogm.worker`), each holding its own model and an equal share of this
+    process's CPU threads, a candidate going to the first free one; a worker past the limit is stopped
+    and replaced. On a CPU small models evaluate faster as several single-threaded workers than as
+    one worker on every thread; several GPUs want one Ray worker each (`executor.kind: ray`)."""
 
-    workers = 1
-
-    def __init__(self, make_objective: ObjectiveFactory, *, timeout: float | None = None):
-        self._make_objective, self._objective, self.timeout = make_objective, None, timeout
-        self._worker = None
-        self._queued: dict = {}  # submitted, not yet evaluated: key → (candidate, threshold), first first
-        if timeout is not None:
+    def __init__(self, make_objective: ObjectiveFactory, *, timeout: float | None = None, workers: int = 1):
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise EvogmError(f"executor.workers is {workers!r}", "the local executor runs a whole number of worker "
+                             "processes, at least 1", "set executor.workers to 1, 2, …")
+        self._make_objective, self._objective, self.timeout, self.workers = make_objective, None, timeout, workers
+        self._queued: dict = {}  # submitted, not yet answered: key → (candidate, threshold), first first
+        self._pool = None
+        if timeout is not None or workers > 1:
             import torch
 
-            self._worker = ProcessWorker(make_objective, timeout, threads=torch.get_num_threads())
+            self._pool = WorkerPool(make_objective, workers, threads=max(1, torch.get_num_threads() // workers))
 
     @property
     def objective(self):
@@ -70,9 +69,12 @@ class LocalExecutor:
 
     def map(self, xs: np.ndarray, on_result: OnResult | None = None, threshold: "Cutoff | None" = None) -> list[Result]:
         """Results in row order; `threshold` (adaptive evaluation's cut-off) goes to the objective when set."""
+        xs = np.asarray(xs, dtype=np.float64)
+        if self._pool is not None:
+            return map_by_submitting(self, xs, on_result, threshold)
         results = []
-        for row, x in enumerate(np.asarray(xs, dtype=np.float64)):
-            result = self._evaluate(x, threshold)
+        for row, x in enumerate(xs):
+            result = evaluate(self.objective, x, threshold)
             if on_result is not None:
                 on_result(row, result)
             results.append(result)
@@ -80,25 +82,25 @@ class LocalExecutor:
 
     def submit(self, key, x: np.ndarray, threshold: "Cutoff | None" = None) -> None:
         self._queued[key] = (np.asarray(x, dtype=np.float64), threshold)
+        if self._pool is not None:
+            self._pool.submit(key, evaluate, *self._queued[key], limit=self.timeout)
 
     def next(self) -> tuple[object, Result]:
-        """The first submitted candidate, evaluated now (one worker: they finish in order)."""
-        key = next(iter(self._queued))
-        return key, self._evaluate(*self._queued.pop(key))
-
-    def _evaluate(self, x: np.ndarray, threshold) -> Result:
-        if self._worker is None:
-            return evaluate(self.objective, x, threshold)
-        try:
-            return self._worker.call(evaluate, x, threshold)
-        except WorkerTimeout as exc:
-            return Result.failed(x, f"TimeoutError: {exc}", seconds=self.timeout)
-        except WorkerDied as exc:
-            return Result.failed(x, f"WorkerDied: {exc}")
+        """The first submitted candidate to finish (in this process: the first submitted, evaluated now)."""
+        if self._pool is None:
+            key = next(iter(self._queued))
+            return key, evaluate(self.objective, *self._queued.pop(key))
+        key, answer = self._pool.next()
+        x, _ = self._queued.pop(key)
+        if isinstance(answer, WorkerTimeout):
+            return key, Result.failed(x, f"TimeoutError: {answer}", seconds=self.timeout)
+        if isinstance(answer, WorkerDied):
+            return key, Result.failed(x, f"WorkerDied: {answer}")
+        return key, answer
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.close()
+        if self._pool is not None:
+            self._pool.close()
 
 
 # kind → executor class; plain dict, so a new executor is one entry (RayExecutor: next to LocalExecutor,

@@ -2,7 +2,9 @@
 
 Dev picks, test reports: the best candidate of the search and the initial best (the best of the
 first population) keep their logged dev scores and are scored on test once; the static baselines
-(`baselines`) pick on dev, then each is scored on test once. Then the best merge is exported and
+(`baselines`) pick on dev, then each is scored on test once. The scorings that do not wait for each
+other go together (on a local executor's worker processes, side by side): the searched candidates'
+test and the baselines' dev sweeps, then the baselines' test. Then the best merge is exported and
 final.json and the report are written.
 
 >>> run_dir = RunDir("runs/zoo")                                                 # doctest: +SKIP
@@ -23,22 +25,25 @@ from evogm.config import RunConfig, search_space, to_dict
 from evogm.errors import EvogmWarning
 from evogm.rundir import RunDir, best_entry
 from evogm.runlog import read_json
-from evogm.scoring import Scoring, failure
-from evogm.worker import ProcessWorker, WorkerDied, WorkerTimeout
+from evogm.scoring import Scoring, failure, merge_request
+from evogm.worker import WorkerDied, WorkerPool, WorkerTimeout
 from evogm.workspace import Workspace, workspace, workspace_of
 
 
 def finalize(cfg: RunConfig, run_dir: RunDir, target: str, records: list[dict], progress) -> None:
     experts = list(cfg.models.experts)
     best = run_dir.write_best(experts, records)
+    initial = best_entry([r for r in records if r["gen"] == 0], experts)
+    methods = list(cfg.baselines.methods)
     with final_scoring(cfg, target) as scoring:
         scoring.remember(records)
-        progress.stage("test: best and initial best")
-        candidates = {"best": searched(best, scoring),
-                      "initial_best": searched(best_entry([r for r in records if r["gen"] == 0], experts), scoring)}
-        for method in cfg.baselines.methods:
-            progress.stage(f"baseline: {method}")
-            candidates[method] = baselines.evaluate(method, cfg, scoring)
+        progress.stage(f"test: best and initial best; dev: {len(methods)} baselines")
+        scoring.ahead([merge_request(entry["coefficients"], "test", candidate=True) for entry in (best, initial)]
+                      + [request for method in methods for request in baselines.dev_sweep(method, cfg)[1]])
+        progress.stage(f"test: {len(methods)} baselines")
+        scoring.ahead([baselines.pick_on_test(method, cfg, scoring) for method in methods])
+        candidates = {"best": searched(best, scoring), "initial_best": searched(initial, scoring),
+                      **{method: baselines.evaluate(method, cfg, scoring) for method in methods}}
     progress.stage("export")
     export(cfg, workspace(cfg), best["coefficients"], run_dir.model)
     space = search_space(cfg)
@@ -55,30 +60,39 @@ def finalize(cfg: RunConfig, run_dir: RunDir, target: str, records: list[dict], 
 
 @contextlib.contextmanager
 def final_scoring(cfg: RunConfig, target: str):
-    """The final stage's Scoring: on this process's workspace, or, with `search.timeout`, in a worker
-    process that is stopped and replaced when a candidate runs past its limit (which is then a
-    failure the report lists, and the stage goes on)."""
-    plain = search_space(cfg).plain
-    if cfg.search.timeout is None:
+    """The final stage's Scoring: on this process's workspace, or, with a local executor's several
+    workers or `search.timeout`, in as many worker processes, side by side, a worker stopped and
+    replaced when a candidate runs past its limit (which is then a failure the report lists, and the
+    stage goes on)."""
+    plain, workers = search_space(cfg).plain, local_workers(cfg)
+    if cfg.search.timeout is None and workers == 1:
         ws = workspace(cfg)
-        yield Scoring(ws.tasks.values(), target, lambda fn, *args, limit: fn(ws, *args), plain=plain)
+        yield Scoring(ws.tasks.values(), target, lambda jobs: [fn(ws, *args) for fn, args, _ in jobs], plain=plain)
         return
     import torch
 
     from evogm.tasks import load_tasks
 
-    worker = ProcessWorker(functools.partial(workspace_of, to_dict(cfg)), None, threads=torch.get_num_threads())
+    pool = WorkerPool(functools.partial(workspace_of, to_dict(cfg)), workers,
+                      threads=max(1, torch.get_num_threads() // workers))
 
-    def run(fn, *args, limit):
-        try:
-            return worker.call(fn, *args, limit=limit)
-        except (WorkerTimeout, WorkerDied) as exc:
-            return failure(f"{type(exc).__name__}: {exc}")
+    def run(jobs):
+        for number, (fn, args, limit) in enumerate(jobs):
+            pool.submit(number, fn, *args, limit=limit)
+        answers = dict(pool.next() for _ in jobs)
+        return [failure(f"{type(a).__name__}: {a}") if isinstance(a, (WorkerTimeout, WorkerDied)) else a
+                for a in (answers[number] for number in range(len(jobs)))]
 
     try:
         yield Scoring(load_tasks(list(cfg.tasks)), target, run, timeout=cfg.search.timeout, plain=plain)
     finally:
-        worker.close()
+        pool.close()
+
+
+def local_workers(cfg: RunConfig) -> int:
+    """The worker processes of a local executor (`executor.workers`), which the final stage scores on
+    too; 1 on any other executor (the final stage runs on this machine)."""
+    return cfg.executor.options.get("workers", 1) if cfg.executor.kind == "local" else 1
 
 
 def export_again(cfg: RunConfig, run_dir: RunDir, progress) -> None:
@@ -91,7 +105,7 @@ def searched(entry: dict, scoring: Scoring) -> dict:
     """A searched candidate: its logged dev score, and its test score."""
     return {"evaluation": entry["evaluation"], "coefficients": entry["coefficients"],
             "dev": {"score": entry["fitness"], "metrics": entry["metrics"]},
-            "test": scoring.candidate(entry["coefficients"], "test")}
+            "test": scoring.score(merge_request(entry["coefficients"], "test", candidate=True))}
 
 
 def export(cfg: RunConfig, ws: Workspace, coefficients, out_dir: Path) -> None:

@@ -41,6 +41,7 @@ import numpy as np
 
 from evogm.errors import EvogmError
 from evogm.errors import EvogmWarning
+from evogm.worker import evaluate, map_by_submitting
 from evogm.runlog import Result
 
 PATIENCE_S = 120  # a wait this long with no answer is worth a line in the log
@@ -68,7 +69,7 @@ class Worker:
         return os.getpid(), ray.get_runtime_context().get_node_id()
 
     def evaluate(self, x: np.ndarray, threshold: "Cutoff | None" = None) -> Result:
-        return self._objective(x) if threshold is None else self._objective(x, threshold=threshold)
+        return evaluate(self._objective, x, threshold)
 
 
 class RayExecutor:
@@ -112,16 +113,7 @@ class RayExecutor:
             threshold: "Cutoff | None" = None) -> list[Result]:
         """Every row evaluated once (a row whose worker died: twice at most); Results in row order.
         `threshold`: adaptive evaluation's cut-off, sent with every row."""
-        xs = np.asarray(xs, dtype=np.float64)
-        for row, x in enumerate(xs):
-            self.submit(row, x, threshold)
-        results = {}
-        while len(results) < len(xs):
-            row, result = self.next()
-            results[row] = result
-            if on_result is not None:
-                on_result(row, result)
-        return [results[row] for row in range(len(xs))]
+        return map_by_submitting(self, np.asarray(xs, dtype=np.float64), on_result, threshold)
 
     def submit(self, key, x: np.ndarray, threshold: "Cutoff | None" = None) -> None:
         """Queue one candidate under `key` (hashable, not None, unique among those in flight); it goes to

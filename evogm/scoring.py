@@ -23,6 +23,8 @@ primary metric alone, whatever its weight).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from typing import Callable, Sequence
 
@@ -123,12 +125,37 @@ def scaled_weights(weights: Sequence[float]) -> np.ndarray:
     return np.ldexp(values, -math.frexp(float(values.max()))[1])
 
 
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One scoring of the final stage, on `split`: the task-arithmetic merge of `coefficients`, a
+    candidate of the search space (`candidate`: outside the default space its numbers are not λ), or
+    the static merge `method` with its `options` (JSON, so that a request is hashable: the memo's key)."""
+
+    split: str
+    coefficients: tuple[float, ...] = ()
+    candidate: bool = False
+    method: str = ""
+    options: str = "{}"
+
+    def on(self, split: str) -> "Request":
+        return dataclasses.replace(self, split=split)
+
+
+def merge_request(coefficients, split: str, candidate: bool = False) -> Request:
+    return Request(split, tuple(float(c) for c in coefficients), candidate)
+
+
+def static_request(method: str, split: str, **options) -> Request:
+    return Request(split, method=method, options=json.dumps(options, sort_keys=True))
+
+
 class Scoring:
-    """The final stage's scorer: a merge, or a static merge, scored on dev or test. `run(fn, *args,
-    limit=seconds)` calls `fn(ws, *args)` on a workspace (its resident model and tasks; `evogm.workspace`),
-    here or in a worker process with a time limit (`evogm.final`), and turns a failure into data.
-    `tasks` are the run's tasks (`evogm.tasks`), `timeout` the search's seconds per dev evaluation: a
-    test evaluation gets as much more as its split has more items."""
+    """The final stage's scorer: requests (a merge, a candidate or a static merge on dev or test)
+    scored once each. `run([(fn, args, limit), …])` calls each `fn(ws, *args)` on a workspace (its
+    resident model and tasks; `evogm.workspace`): here, or in worker processes side by side and with
+    a time limit (`evogm.final`), a failure turned into data. `tasks` are the run's tasks
+    (`evogm.tasks`), `timeout` the search's seconds per dev evaluation: a test evaluation gets as
+    much more as its split has more items."""
 
     def __init__(self, tasks, target: str, run: Callable, timeout: float | None = None, plain: bool = True):
         self.tasks, self.target, self.timeout, self.plain = scored_tasks(tasks, target), target, timeout, plain
@@ -143,36 +170,32 @@ class Scoring:
         """Take the search's full dev evaluations as scored: the best single expert's one-hots and the
         uniform merge are in the first population, so the dev sweeps of the final stage find them here."""
         for rec in filter(is_full, records):
-            self._memo.setdefault(self._key(rec["coefficients"], "dev", candidate=True),
+            self._memo.setdefault(self._key(merge_request(rec["coefficients"], "dev", candidate=True)),
                                   {"score": -rec["loss"], "metrics": rec["metrics"]})
 
-    def merged(self, coefficients, split: str) -> dict:
-        """The score of a task-arithmetic merge; a merge scored before (the best may be the initial
-        best, the best single expert is one of the first population) is not scored again."""
-        key = self._key(coefficients, split)
-        if key not in self._memo:
-            self._memo[key] = self._run(score_merge, self.target, list(key[0]), split, limit=self.limit(split))
-        return self._memo[key]
+    def score(self, request: Request) -> dict:
+        """{"score", "metrics"} of a request; one scored before (the best may be the initial best, the
+        best single expert is one of the first population) is not scored again."""
+        self.ahead([request])
+        return self._memo[self._key(request)]
 
-    def candidate(self, coefficients, split: str) -> dict:
-        """The score of a candidate of the search space (a vector the search logged); in the default
-        space it is the task-arithmetic merge of those λ (`merged`); one scored before is not scored again."""
-        if self.plain:
-            return self.merged(coefficients, split)
-        key = self._key(coefficients, split, candidate=True)
-        if key not in self._memo:
-            self._memo[key] = self._run(score_candidate, self.target, list(key[1]), split, limit=self.limit(split))
-        return self._memo[key]
+    def ahead(self, requests: list[Request]) -> None:
+        """Score the requests not scored yet, all in one go: side by side where the stage has several
+        workers. `score` then finds them."""
+        missing = list(dict.fromkeys(key for key in map(self._key, requests) if key not in self._memo))
+        for key, scored in zip(missing, self._run([self._job(key) for key in missing])):
+            self._memo[key] = scored
 
-    def _key(self, coefficients, split: str, candidate: bool = False) -> tuple:
-        """The memo's key of a merge: outside the default space a candidate's numbers are not the
-        task-arithmetic λ, so its key says it is a candidate."""
-        values = tuple(float(c) for c in coefficients)
-        return ("candidate", values, split) if candidate and not self.plain else (values, split)
+    def _key(self, request: Request) -> Request:
+        """In the default space a candidate is the task-arithmetic merge of its λ: one memo key for both."""
+        return dataclasses.replace(request, candidate=False) if self.plain else request
 
-    def static(self, method: str, split: str, **options) -> dict:
-        """The score of a static merge (`evogm.merge.Merger.static`: TIES, DARE, …)."""
-        return self._run(score_static, self.target, method, options, split, limit=self.limit(split))
+    def _job(self, key: Request) -> tuple[Callable, tuple, float | None]:
+        if key.method:
+            args = (score_static, (self.target, key.method, json.loads(key.options), key.split))
+        else:
+            args = (score_candidate if key.candidate else score_merge, (self.target, list(key.coefficients), key.split))
+        return (*args, self.limit(key.split))
 
     def limit(self, split: str) -> float | None:
         """Seconds for one evaluation on `split`: the timeout, times the split's items over dev's."""

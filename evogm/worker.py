@@ -1,10 +1,12 @@
-"""A worker process with a time limit: the only way to stop an evaluation that does not want to stop.
+"""Worker processes: candidates scored side by side on one machine, and a time limit that holds.
 
-A hung user fitness, one that catches every exception, or a generation that never emits its stop
-token cannot be interrupted from inside its own process (a signal only reaches Python code in the
-main thread, and `except Exception` swallows what it raises). So an evaluation with a time limit runs
-in a child process that holds its own resident model: past the limit the child is killed, the call
-fails with `WorkerTimeout`, and the next call starts a fresh child (which loads the model again).
+Several workers, each a process with its own resident model and a share of the CPU threads, score
+candidates at once: on a CPU a small model scores more candidates a second so than as one process on
+every thread. And a hung user fitness, one that catches every exception, or a generation that never
+emits its stop token cannot be interrupted from inside its own process (a signal only reaches Python
+code in the main thread, and `except Exception` swallows what it raises); in a worker process past
+its limit it is killed, the call answers `WorkerTimeout`, and a fresh worker (which loads the model
+again) takes the next call.
 
 The child is built by `setup()` (a picklable zero-argument factory: the objective, or the run's
 workspace) once, before the first timed call, so loading a model never counts against the limit;
@@ -12,15 +14,19 @@ each call sends `fn` (a module-level function, pickled by reference) and its arg
 `fn(context, *args)` back. Children are spawned (never forked: CUDA and thread pools do not survive
 a fork) and die with their parent.
 
->>> worker = ProcessWorker(functools.partial(dict, a=1), timeout=5.0)     # doctest: +SKIP
->>> worker.call(operator.getitem, "a")                                   # doctest: +SKIP
-1
+>>> pool = WorkerPool(functools.partial(dict, a=1), size=2)              # doctest: +SKIP
+>>> pool.submit("first", operator.getitem, "a", limit=5.0)               # doctest: +SKIP
+>>> pool.next()                                                          # doctest: +SKIP
+('first', 1)
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import signal
+import time
+from multiprocessing.connection import wait
 from typing import Any, Callable
 
 from evogm.errors import EvogmError
@@ -34,30 +40,138 @@ class WorkerDied(Exception):
     """The worker process ended without answering (killed, out of memory, os._exit in user code)."""
 
 
-class ProcessWorker:
-    """One child process holding `setup()`'s context; `call(fn, *args)` runs `fn(context, *args)` there,
-    for at most `timeout` seconds (None: no limit)."""
+def evaluate(objective, x, threshold=None):
+    """`objective(x)`, with adaptive evaluation's cut-off (`evogm.adaptive.Cutoff`) when there is one:
+    what a worker runs."""
+    return objective(x) if threshold is None else objective(x, threshold=threshold)
 
-    def __init__(self, setup: Callable[[], Any], timeout: float | None, threads: int | None = None):
-        self.setup, self.timeout, self.threads = setup, timeout, threads
+
+def map_by_submitting(executor, xs, on_result: Callable | None, threshold) -> list:
+    """An executor's `map` through its `submit` and `next`: every row of `xs` submitted, the Results
+    in row order, each reported to `on_result(row, result)` as it arrives."""
+    for row, x in enumerate(xs):
+        executor.submit(row, x, threshold)
+    results = {}
+    while len(results) < len(xs):
+        row, result = executor.next()
+        results[row] = result
+        if on_result is not None:
+            on_result(row, result)
+    return [results[row] for row in range(len(xs))]
+
+
+class WorkerPool:
+    """`size` worker processes holding `setup()`'s context, each on `threads` torch threads: a call
+    submitted goes to the first free worker, in the order submitted, and `next` answers the first to
+    finish. A call past its `limit` (seconds, None: none) stops its worker, which a fresh one replaces."""
+
+    def __init__(self, setup: Callable[[], Any], size: int, threads: int | None = None):
+        self.processes = [ProcessWorker(setup, threads) for _ in range(size)]
+        self._waiting: dict = {}  # key → (fn, args, limit), first first: submitted, not yet sent
+        self._running: dict[int, tuple[object, float]] = {}  # worker → (key, deadline)
+        self._sent: dict[int, float] = {}  # worker → when its call was sent
+        self._answered: list[tuple[object, Exception]] = []  # calls whose worker died before they were sent
+
+    @property
+    def replaced(self) -> int:
+        return sum(process.replaced for process in self.processes)
+
+    def submit(self, key, fn: Callable, *args, limit: float | None = None) -> None:
+        """Queue `fn(context, *args)` under `key` (hashable, unique among the calls not yet answered)."""
+        self._waiting[key] = (fn, args, limit)
+        self._dispatch()
+
+    def next(self) -> tuple[object, Any]:
+        """(key, answer) of the first call to finish: its value, or a WorkerTimeout or WorkerDied;
+        an exception of `fn` itself is raised here. The freed worker takes the next waiting call
+        before the caller hears of this one."""
+        self._dispatch()
+        if self._answered:
+            return self._answered.pop(0)
+        deadline = min(d for _, d in self._running.values())
+        ready = wait([self.processes[i].connection for i in self._running],
+                     timeout=None if deadline == math.inf else max(0.0, deadline - time.monotonic()))
+        slot = (next(i for i in self._running if self.processes[i].connection in ready) if ready
+                else min(self._running, key=lambda i: self._running[i][1]))
+        key, deadline = self._running.pop(slot)
+        try:
+            if not ready:
+                self.processes[slot].stop()
+                return key, WorkerTimeout(timed_out(deadline - self._sent[slot]))
+            return key, self.processes[slot].answer()
+        except WorkerDied as exc:
+            return key, exc
+        finally:
+            self._dispatch()
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.close()
+
+    def _dispatch(self) -> None:
+        free = [i for i in range(len(self.processes)) if i not in self._running]
+        if self._waiting:
+            for i in free:
+                self.processes[i].launch()  # every free worker at once: they build their contexts side by side
+        for i in free:
+            if not self._waiting:
+                break
+            key = next(iter(self._waiting))
+            fn, args, limit = self._waiting.pop(key)
+            try:
+                self.processes[i].send(fn, *args)  # the deadline runs from here: building the context is not timed
+            except WorkerDied as exc:  # it died building its context: the call's answer
+                self._answered.append((key, exc))
+                continue
+            self._sent[i] = time.monotonic()
+            self._running[i] = (key, math.inf if limit is None else self._sent[i] + limit)
+
+
+class ProcessWorker:
+    """One child process holding `setup()`'s context: `send(fn, *args)` runs `fn(context, *args)` there,
+    `answer()` waits for what it returned."""
+
+    def __init__(self, setup: Callable[[], Any], threads: int | None = None):
+        self.setup, self.threads = setup, threads
         self.replaced = 0  # children killed or lost and started again
         self._process = self._conn = None
+        self._ready = False  # the child has built its context
 
-    def call(self, fn: Callable, *args, limit: float | None = None):
-        """`fn(context, *args)` in the child; its exceptions come back as they are. Raises WorkerTimeout
-        past the limit (`limit`, else the worker's timeout) and WorkerDied if the child ends without an
-        answer (it is replaced either way)."""
-        limit = self.timeout if limit is None else limit
+    def launch(self) -> None:
+        """Start the child if none is running, without waiting for it to build its context (several
+        workers launched one after another build theirs at once)."""
+        if self._process is not None and self._process.is_alive():
+            return
+        if self._process is not None:  # it ended on its own since the last call
+            self._stop()
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=serve, args=(child, self.setup, self.threads), daemon=True)
+        self._process.start()
+        child.close()
+        self._ready = False
+
+    def send(self, fn: Callable, *args) -> None:
+        """Start `fn(context, *args)` in the child, once its context is built; `answer` waits for it."""
         self._start()
         self._conn.send((fn, args))
-        if limit is not None and not self._conn.poll(limit):
-            self._stop()
-            raise WorkerTimeout(f"it took longer than {limit:g} s (search.timeout); its worker process "
-                                "was stopped and a fresh one takes the next candidate")
+
+    def answer(self):
+        """The answer to the call `send` started: its value, or its exception raised here; WorkerDied if
+        the child ended without one."""
         ok, value = self._receive()
         if not ok:
             raise value
         return value
+
+    @property
+    def connection(self):
+        """The pipe an answer arrives on (for `multiprocessing.connection.wait`); None before a launch."""
+        return self._conn
+
+    def stop(self) -> None:
+        """Kill the child (a call past its limit); the next call starts a fresh one."""
+        self._stop()
 
     def close(self) -> None:
         if self._process is not None:
@@ -71,19 +185,13 @@ class ProcessWorker:
     # --- the child -----------------------------------------------------------------------------------
 
     def _start(self) -> None:
-        if self._process is not None and self._process.is_alive():
-            return
-        if self._process is not None:  # it ended on its own since the last call
-            self._stop()
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=serve, args=(child, self.setup, self.threads), daemon=True)
-        self._process.start()
-        child.close()
-        ok, value = self._receive()  # the context is built: loading models is not timed
-        if not ok:
-            self._stop()
-            raise value
+        self.launch()
+        if not self._ready:
+            ok, value = self._receive()  # the context is built: loading models is not timed
+            if not ok:
+                self._stop()
+                raise value
+            self._ready = True
 
     def _receive(self) -> tuple[bool, Any]:
         try:
@@ -101,6 +209,11 @@ class ProcessWorker:
             self._conn.close()
             self.replaced += 1
         self._process = self._conn = None
+
+
+def timed_out(limit: float) -> str:
+    return (f"it took longer than {limit:g} s (search.timeout); its worker process was stopped and a fresh one "
+            "takes the next candidate")
 
 
 def serve(conn, setup: Callable[[], Any], threads: int | None) -> None:

@@ -99,20 +99,21 @@ def test_the_final_stage_takes_the_searchs_full_dev_scores_which_equal_scoring_a
     """The best single expert's dev sweep and the uniform merge come from the log (the first population
     holds them), and they are what scoring those merges again gives."""
     from evogm import baselines
-    from evogm.scoring import MULTI_TASK, Scoring
+    from evogm.scoring import MULTI_TASK, Scoring, merge_request
     from evogm.workspace import workspace
 
     cfg, log = load_config(multi / "config.yaml"), records(multi)
     ws = workspace(cfg)
     scored = []
 
-    def run(fn, *args, limit):
-        scored.append((args[-2], args[-1]))  # (coefficients, split)
-        return fn(ws, *args)
+    def run(jobs):
+        scored.extend((args[-2], args[-1]) for _, args, _ in jobs)  # (coefficients, split)
+        return [fn(ws, *args) for fn, args, _ in jobs]
 
     fresh = Scoring(ws.tasks.values(), MULTI_TASK, run)
     for rec in [r for r in log if r["gen"] == 0][:3]:
-        assert fresh.merged(rec["coefficients"], "dev") == {"score": -rec["loss"], "metrics": rec["metrics"]}
+        scored_again = fresh.score(merge_request(rec["coefficients"], "dev"))
+        assert scored_again == {"score": -rec["loss"], "metrics": rec["metrics"]}
     scored.clear()
     remembering = Scoring(ws.tasks.values(), MULTI_TASK, run)
     remembering.remember(log)
