@@ -17,9 +17,7 @@ from evogm.scoring import Request, Scoring, merge_request, static_request
 def evaluate(method: str, cfg: RunConfig, scoring: Scoring) -> dict:
     """A static merge at its best global scale on dev (uniform: 1/N, no choice; the best single expert:
     the best expert alone), then test once."""
-    labels, sweep = dev_sweep(method, cfg)
-    scores = [scoring.score(request) for request in sweep]
-    pick = best_of(scores)
+    labels, sweep, scores, pick = picked(method, cfg, scoring)
     entry = {"dev": scores[pick], "test": scoring.score(sweep[pick].on("test"))}
     if method == "best_expert":
         entry = {"expert": labels[pick], "coefficients": list(sweep[pick].coefficients), **entry}
@@ -34,8 +32,15 @@ def evaluate(method: str, cfg: RunConfig, scoring: Scoring) -> dict:
 
 def pick_on_test(method: str, cfg: RunConfig, scoring: Scoring) -> Request:
     """What the method's test score will be: its dev pick on test (its dev sweep scored first)."""
-    _, sweep = dev_sweep(method, cfg)
-    return sweep[best_of([scoring.score(request) for request in sweep])].on("test")
+    _, sweep, _, pick = picked(method, cfg, scoring)
+    return sweep[pick].on("test")
+
+
+def picked(method: str, cfg: RunConfig, scoring: Scoring) -> tuple[list, list[Request], list[dict], int]:
+    """The method's dev sweep scored, and which of it is picked: (labels, requests, scores, index)."""
+    labels, sweep = dev_sweep(method, cfg)
+    scores = [scoring.score(request) for request in sweep]
+    return labels, sweep, scores, best_of(scores)
 
 
 def dev_sweep(method: str, cfg: RunConfig) -> tuple[list, list[Request]]:

@@ -57,9 +57,7 @@ class LocalExecutor:
         self._queued: dict = {}  # submitted, not yet answered: key → (candidate, threshold), first first
         self._pool = None
         if timeout is not None or workers > 1:
-            import torch
-
-            self._pool = WorkerPool(make_objective, workers, threads=max(1, torch.get_num_threads() // workers))
+            self._pool = WorkerPool(make_objective, workers)
 
     @property
     def objective(self):

@@ -25,7 +25,7 @@ from evogm.config import RunConfig, search_space, to_dict
 from evogm.errors import EvogmWarning
 from evogm.rundir import RunDir, best_entry
 from evogm.runlog import read_json
-from evogm.scoring import Scoring, failure, merge_request
+from evogm.scoring import Request, Scoring, failure, merge_request
 from evogm.worker import WorkerDied, WorkerPool, WorkerTimeout
 from evogm.workspace import Workspace, workspace, workspace_of
 
@@ -38,7 +38,7 @@ def finalize(cfg: RunConfig, run_dir: RunDir, target: str, records: list[dict], 
     with final_scoring(cfg, target) as scoring:
         scoring.remember(records)
         progress.stage(f"test: best and initial best; dev: {len(methods)} baselines")
-        scoring.ahead([merge_request(entry["coefficients"], "test", candidate=True) for entry in (best, initial)]
+        scoring.ahead([on_test(best), on_test(initial)]
                       + [request for method in methods for request in baselines.dev_sweep(method, cfg)[1]])
         progress.stage(f"test: {len(methods)} baselines")
         scoring.ahead([baselines.pick_on_test(method, cfg, scoring) for method in methods])
@@ -69,12 +69,9 @@ def final_scoring(cfg: RunConfig, target: str):
         ws = workspace(cfg)
         yield Scoring(ws.tasks.values(), target, lambda jobs: [fn(ws, *args) for fn, args, _ in jobs], plain=plain)
         return
-    import torch
-
     from evogm.tasks import load_tasks
 
-    pool = WorkerPool(functools.partial(workspace_of, to_dict(cfg)), workers,
-                      threads=max(1, torch.get_num_threads() // workers))
+    pool = WorkerPool(functools.partial(workspace_of, to_dict(cfg)), workers)
 
     def run(jobs):
         for number, (fn, args, limit) in enumerate(jobs):
@@ -105,7 +102,12 @@ def searched(entry: dict, scoring: Scoring) -> dict:
     """A searched candidate: its logged dev score, and its test score."""
     return {"evaluation": entry["evaluation"], "coefficients": entry["coefficients"],
             "dev": {"score": entry["fitness"], "metrics": entry["metrics"]},
-            "test": scoring.score(merge_request(entry["coefficients"], "test", candidate=True))}
+            "test": scoring.score(on_test(entry))}
+
+
+def on_test(entry: dict) -> Request:
+    """A searched candidate (a best.json-shaped entry) scored on test."""
+    return merge_request(entry["coefficients"], "test", candidate=True)
 
 
 def export(cfg: RunConfig, ws: Workspace, coefficients, out_dir: Path) -> None:

@@ -61,20 +61,18 @@ def map_by_submitting(executor, xs, on_result: Callable | None, threshold) -> li
 
 
 class WorkerPool:
-    """`size` worker processes holding `setup()`'s context, each on `threads` torch threads: a call
-    submitted goes to the first free worker, in the order submitted, and `next` answers the first to
-    finish. A call past its `limit` (seconds, None: none) stops its worker, which a fresh one replaces."""
+    """`size` worker processes holding `setup()`'s context, each on an equal share of this process's
+    torch threads: a call submitted goes to the first free worker, in the order submitted, and `next`
+    answers the first to finish. A call past its `limit` (seconds, None: none) stops its worker, which
+    a fresh one replaces."""
 
-    def __init__(self, setup: Callable[[], Any], size: int, threads: int | None = None):
-        self.processes = [ProcessWorker(setup, threads) for _ in range(size)]
+    def __init__(self, setup: Callable[[], Any], size: int):
+        import torch
+
+        self.processes = [ProcessWorker(setup, max(1, torch.get_num_threads() // size)) for _ in range(size)]
         self._waiting: dict = {}  # key → (fn, args, limit), first first: submitted, not yet sent
-        self._running: dict[int, tuple[object, float]] = {}  # worker → (key, deadline)
-        self._sent: dict[int, float] = {}  # worker → when its call was sent
+        self._running: dict[int, tuple[object, float, float | None]] = {}  # worker → (key, deadline, limit)
         self._answered: list[tuple[object, Exception]] = []  # calls whose worker died before they were sent
-
-    @property
-    def replaced(self) -> int:
-        return sum(process.replaced for process in self.processes)
 
     def submit(self, key, fn: Callable, *args, limit: float | None = None) -> None:
         """Queue `fn(context, *args)` under `key` (hashable, unique among the calls not yet answered)."""
@@ -88,16 +86,16 @@ class WorkerPool:
         self._dispatch()
         if self._answered:
             return self._answered.pop(0)
-        deadline = min(d for _, d in self._running.values())
+        deadline = min(d for _, d, _ in self._running.values())
         ready = wait([self.processes[i].connection for i in self._running],
                      timeout=None if deadline == math.inf else max(0.0, deadline - time.monotonic()))
         slot = (next(i for i in self._running if self.processes[i].connection in ready) if ready
                 else min(self._running, key=lambda i: self._running[i][1]))
-        key, deadline = self._running.pop(slot)
+        key, _, limit = self._running.pop(slot)
         try:
             if not ready:
                 self.processes[slot].stop()
-                return key, WorkerTimeout(timed_out(deadline - self._sent[slot]))
+                return key, WorkerTimeout(timed_out(limit))
             return key, self.processes[slot].answer()
         except WorkerDied as exc:
             return key, exc
@@ -123,8 +121,7 @@ class WorkerPool:
             except WorkerDied as exc:  # it died building its context: the call's answer
                 self._answered.append((key, exc))
                 continue
-            self._sent[i] = time.monotonic()
-            self._running[i] = (key, math.inf if limit is None else self._sent[i] + limit)
+            self._running[i] = (key, math.inf if limit is None else time.monotonic() + limit, limit)
 
 
 class ProcessWorker:
@@ -133,7 +130,6 @@ class ProcessWorker:
 
     def __init__(self, setup: Callable[[], Any], threads: int | None = None):
         self.setup, self.threads = setup, threads
-        self.replaced = 0  # children killed or lost and started again
         self._process = self._conn = None
         self._ready = False  # the child has built its context
 
@@ -143,7 +139,7 @@ class ProcessWorker:
         if self._process is not None and self._process.is_alive():
             return
         if self._process is not None:  # it ended on its own since the last call
-            self._stop()
+            self.stop()
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._process = context.Process(target=serve, args=(child, self.setup, self.threads), daemon=True)
@@ -169,10 +165,6 @@ class ProcessWorker:
         """The pipe an answer arrives on (for `multiprocessing.connection.wait`); None before a launch."""
         return self._conn
 
-    def stop(self) -> None:
-        """Kill the child (a call past its limit); the next call starts a fresh one."""
-        self._stop()
-
     def close(self) -> None:
         if self._process is not None:
             try:
@@ -180,7 +172,7 @@ class ProcessWorker:
                 self._process.join(timeout=10)
             except (OSError, EOFError):
                 pass
-            self._stop()
+            self.stop()
 
     # --- the child -----------------------------------------------------------------------------------
 
@@ -189,7 +181,7 @@ class ProcessWorker:
         if not self._ready:
             ok, value = self._receive()  # the context is built: loading models is not timed
             if not ok:
-                self._stop()
+                self.stop()
                 raise value
             self._ready = True
 
@@ -198,16 +190,16 @@ class ProcessWorker:
             return self._conn.recv()
         except (EOFError, OSError):
             code = self._process.exitcode if self._process is not None else None
-            self._stop()
+            self.stop()
             raise WorkerDied(f"its worker process ended without answering (exit code {code})") from None
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
+        """Kill the child, if any (a call past its limit); the next call starts a fresh one."""
         if self._process is not None:
             if self._process.is_alive():
                 self._process.kill()
             self._process.join()
             self._conn.close()
-            self.replaced += 1
         self._process = self._conn = None
 
 
