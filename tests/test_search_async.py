@@ -128,22 +128,6 @@ def test_the_gp_believing_pending_rows_draws_elsewhere():
     assert np.allclose(gp.predict(pending)[1], before[1])  # the fit itself is unchanged
 
 
-def test_a_gp_updated_with_new_results_keeps_its_hyperparameters_and_learns_the_results():
-    """Between pools the asynchronous search conditions the GP on each result without refitting it:
-    the hyperparameters stay, and the posterior now ranks the new rows as their losses do."""
-    from evogm.search.surrogate import GaussianProcess, _rank_correlation
-
-    rng = np.random.default_rng(1)
-    X = rng.uniform(-1, 1, size=(40, 3))
-    y = np.sum((X - 0.3) ** 2, axis=1) + np.sin(4 * X[:, 0])
-    gp = GaussianProcess().fit(X[:15], y[:15])
-    raw, before = gp.raw.clone(), _rank_correlation(gp.predict(X[15:])[0], y[15:])
-    gp.update(X, y)
-    after = _rank_correlation(gp.predict(X[15:])[0], y[15:])
-    assert gp.raw.equal(raw) and len(gp.X) == 40
-    assert after > max(before, 0.9)
-
-
 def test_each_asynchronous_row_is_drawn_from_a_gp_that_knows_every_result_told():
     opt = optimizer("evogm-plus")
     pending, screened = [opt.ask_one(np.empty((0, 4))) for _ in range(4)], 0

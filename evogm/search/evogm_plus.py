@@ -149,12 +149,11 @@ class EvoGMPlusRound:
         """One row (round coordinates) while the rows `pending` (original coordinates) are evaluated:
         the start's rows in order, then rows of a pool made as a synchronous generation makes it, and
         made again after every `batch` results (the generators trained as often as the synchronous
-        search trains them). Each row is the minimizer of one Thompson draw from the GP, conditioned
-        on every result told so far and believing the pending rows score its mean there
-        (`GaussianProcess.believing`); the row leaves the pool. The GP's hyperparameters are fitted
-        with each pool, as often as a synchronous search fits them; between pools the posterior takes
-        in each result under them (`GaussianProcess.update`), which keeps the ask short: a freed
-        worker waits for it."""
+        search trains them). Each row is the minimizer of one Thompson draw from the GP, fitted again
+        to every result told so far and believing the pending rows score its mean there
+        (`GaussianProcess.believing`); the row leaves the pool. (Fitted only with each pool, the GP
+        would miss up to `batch` + workers results at a draw, against at most `batch` in a synchronous
+        generation.)"""
         if self._next_start < len(self.start):
             self._next_start += 1
             return self.start[self._next_start - 1]
@@ -164,7 +163,7 @@ class EvoGMPlusRound:
             self._open_pool, self._told_since_pool, self._fitted = self._candidates(), 0, len(self.archive.losses)
         pool, screened = self._open_pool
         if screened and len(self.archive.losses) > self._fitted:
-            self.gp.update(self.archive.rows, self.archive.losses)
+            self.gp.fit(self.archive.rows, self.archive.losses)
             self._fitted = len(self.archive.losses)
         if screened:
             pick = int(self.gp.believing(pending).thompson(pool, 1, self.rng)[0])

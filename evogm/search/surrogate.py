@@ -91,28 +91,12 @@ class GaussianProcess:
             vars(self).update(max(fits, key=lambda fit: fit[1])[0])
         return self
 
-    def update(self, X: np.ndarray, y: np.ndarray) -> "GaussianProcess":
-        """Condition on (X, y) with the fitted hyperparameters kept: the posterior holds every row at
-        the cost of one Cholesky factorization, where a fit optimizes the hyperparameters too."""
-        finite = np.isfinite(y)
-        X, y = np.asarray(X, dtype=np.float64)[finite], np.asarray(y, dtype=np.float64)[finite]
-        self.X = self._inputs(torch.as_tensor(X))
-        self._set_targets(y)
-        with torch_threads(self.threads):
-            self._factorize()
-        return self
-
-    def _set_targets(self, y: np.ndarray) -> None:
-        """The GP's targets: y's rank scores, standardized."""
-        z = normal_scores(y)
-        self.shift, self.scale = float(z.mean()), float(z.std()) or 1.0
-        self.y = torch.as_tensor((z - self.shift) / self.scale)
-
     def _fit_to(self, y: np.ndarray, prior_loc: float) -> dict:
         """Fit the GP to y's rank scores, its length scales' prior centred on exp(prior_loc); returns
         the fitted state."""
-        self._set_targets(y)
-        self.prior_loc = prior_loc
+        z = normal_scores(y)
+        self.shift, self.scale, self.prior_loc = float(z.mean()), float(z.std()) or 1.0, prior_loc
+        self.y = torch.as_tensor((z - self.shift) / self.scale)
         dim = self.X.shape[1]
         starts = [torch.tensor([loc] * dim + [0.0, math.log(noise)], dtype=torch.float64)
                   for loc, noise in ((prior_loc, 0.1), (0.0, 0.01))]  # the prior's centre, and short length scales
