@@ -60,6 +60,12 @@ class LocalExecutor:
             self._pool = WorkerPool(make_objective, workers)
 
     @property
+    def pool(self) -> WorkerPool | None:
+        """The worker processes (None: candidates are evaluated in this process); the final stage
+        goes on on them (`evogm.final`)."""
+        return self._pool
+
+    @property
     def objective(self):
         if self._objective is None:
             self._objective = self._make_objective()

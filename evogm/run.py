@@ -65,15 +65,21 @@ def run_one(cfg: RunConfig, run_dir: RunDir, target: str, progress: Progress) ->
             final.export_again(cfg, run_dir, progress)  # its model/ was removed: made again, nothing re-scored
         return
     log = run_dir.runlog()
-    if len(log.records()) < cfg.search.budget:  # else only the final stage was cut short: no replay needed
-        run_search(cfg, run_dir, target, log, progress)
-    final.finalize(cfg, run_dir, target, log.records(), progress)
+    if len(log.records()) >= cfg.search.budget:  # only the final stage was cut short: no replay needed
+        final.finalize(cfg, run_dir, target, log.records(), progress)
+    else:
+        executor = make_executor(cfg.executor.kind, objective_factory(cfg, target), timeout=cfg.search.timeout,
+                                 **cfg.executor.options)
+        try:
+            run_search(cfg, run_dir, target, log, executor, progress)
+            # on the search's worker processes, if it had any: their models are loaded
+            final.finalize(cfg, run_dir, target, log.records(), progress, pool=getattr(executor, "pool", None))
+        finally:
+            executor.close()
     progress.finish()
 
 
-def run_search(cfg: RunConfig, run_dir: RunDir, target: str, log: RunLog, progress: Progress) -> None:
-    executor = make_executor(cfg.executor.kind, objective_factory(cfg, target), timeout=cfg.search.timeout,
-                             **cfg.executor.options)
+def run_search(cfg: RunConfig, run_dir: RunDir, target: str, log: RunLog, executor, progress: Progress) -> None:
     experts = list(cfg.models.experts)
     try:
         search(build_optimizer(cfg), executor, log, cfg.search.budget, progress=progress,
@@ -83,4 +89,3 @@ def run_search(cfg: RunConfig, run_dir: RunDir, target: str, log: RunLog, progre
                generation=cfg.search.popsize or POPSIZE, asynchronous_ok=cfg.search.asynchronous)
     finally:
         log.close()
-        executor.close()

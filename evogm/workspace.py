@@ -64,6 +64,13 @@ def workspace_of(cfg_data: dict) -> Workspace:
     return workspace(from_dict(cfg_data))
 
 
+def on_workspace(_context, cfg_data: dict, fn, *args):
+    """`fn(workspace, *args)` on this process's workspace for the config (given as plain data), whatever
+    the worker's own context: a search worker built that workspace with its objective, so the final
+    stage scores and exports on the resident model the search left there."""
+    return fn(workspace_of(cfg_data), *args)
+
+
 def objective_factory(cfg: RunConfig, target: str):
     """A zero-argument, picklable maker of the objective an executor calls on its worker."""
     return functools.partial(make_objective, to_dict(cfg), target)

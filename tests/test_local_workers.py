@@ -66,7 +66,15 @@ def test_local_workers_score_candidates_as_this_process_does(zoo_tiny):
     assert [r.metrics for r in there] == [r.metrics for r in here]
 
 
-def test_evogm_plus_on_two_local_workers_searches_asynchronously(zoo_tiny, tmp_path: Path):
+def test_evogm_plus_on_two_local_workers_searches_asynchronously(zoo_tiny, tmp_path: Path, monkeypatch):
+    """Both workers kept busy; and one pool for the whole run: the final stage scores and exports on
+    the workers whose models the search loaded, so this process never loads a model."""
+    from evogm import workspace
+    from evogm.worker import WorkerPool
+
+    pools, build = [], WorkerPool.__init__
+    monkeypatch.setattr(WorkerPool, "__init__", lambda self, *a, **k: (pools.append(self), build(self, *a, **k))[1])
+    workspace._CACHE.clear()
     out = tmp_path / "run"
     small = '{rounds: 2, iterations: 1, steps: 3, hidden_sizes: [8], pool: 40, batch: 2}'
     assert cli(["run", str(zoo_tiny / "run.yaml"), "search.optimizer=evogm-plus", "search.budget=12",
@@ -76,7 +84,9 @@ def test_evogm_plus_on_two_local_workers_searches_asynchronously(zoo_tiny, tmp_p
                      key=lambda r: r["done"])
     assert [r["done"] for r in records] == list(range(12)) and sorted(r["asked"] for r in records) == list(range(12))
     assert [r["inflight"] for r in records] == [2] * 11 + [1]  # both workers busy until the budget is sent
-    assert json.loads((out / "final.json").read_text())["evaluations"] == 12
+    final = json.loads((out / "final.json").read_text())
+    assert final["evaluations"] == 12 and final["candidates"]["uniform"]["test"]["score"] is not None
+    assert len(pools) == 1 and not workspace._CACHE and (out / "model" / "model.safetensors").is_file()
 
 
 def test_a_worker_count_that_is_not_a_whole_number_is_refused_in_one_line(zoo_tiny, tmp_path: Path, capsys):
@@ -85,3 +95,4 @@ def test_a_worker_count_that_is_not_a_whole_number_is_refused_in_one_line(zoo_ti
                 "executor.workers=0", f"output={out}", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "executor.workers is 0" in err and "set executor.workers" in err
+
