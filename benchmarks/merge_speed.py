@@ -100,7 +100,7 @@ def worker(shape: str, method: str, experts: int, switches: int, device: str, th
     del experts_  # the reference keeps its dense copies; evogm keeps the stacked factors
     rng = np.random.default_rng(0)
     merger(rng.uniform(-1, 1, experts))  # warm-up
-    times, device_times = [], []
+    times = []
     for _ in range(switches):
         lam = rng.uniform(-1, 1, experts)
         start = time.perf_counter()

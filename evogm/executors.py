@@ -15,7 +15,7 @@ whatever order the rows finish in. `map` returns the Results in row order. A `th
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from evogm.errors import EvogmError
 from evogm.runlog import Result
 from evogm.worker import WorkerDied, WorkerPool, WorkerTimeout, evaluate, map_by_submitting
 from evogm.ray_executor import RayExecutor  # imports ray only when one is built
+
+if TYPE_CHECKING:
+    from evogm.adaptive import Cutoff
 
 OnResult = Callable[[int, Result], None]
 ObjectiveFactory = Callable[[], Callable[[np.ndarray], Result]]

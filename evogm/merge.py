@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np

@@ -35,14 +35,16 @@ import os
 import time
 import warnings
 from collections import Counter, deque
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from evogm.errors import EvogmError
-from evogm.errors import EvogmWarning
+from evogm.errors import EvogmError, EvogmWarning
 from evogm.worker import evaluate, map_by_submitting
 from evogm.runlog import Result
+
+if TYPE_CHECKING:
+    from evogm.adaptive import Cutoff
 
 PATIENCE_S = 120  # a wait this long with no answer is worth a line in the log
 RETRIES = 1  # a candidate whose worker died is tried once more, elsewhere; a second death records it as failed

@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from evogm.errors import EvogmError
-from evogm.runlog import RunLog, flip, is_full, read_json, write_atomic, write_json
+from evogm.runlog import RunLog, flip, is_full, read_json, write_json
 
 CONFIG, LOG, BEST, FINAL = "config.yaml", "evaluations.jsonl", "best.json", "final.json"
 REPORT, MODEL, PLOTS, SUMMARY, INPUTS = "report.md", "model", "plots", "summary.json", "inputs.json"

@@ -231,11 +231,13 @@ def serve(conn, setup: Callable[[], Any], threads: int | None) -> None:
 
 
 def _sendable(exc: BaseException) -> BaseException:
-    """The exception itself if it pickles, else its text in an EvogmError."""
+    """The exception itself if it makes the trip (pickled here, unpickled in the parent: an exception
+    whose __init__ takes other arguments than its args pickles but does not unpickle), else its text in
+    an EvogmError."""
     import pickle
 
     try:
-        pickle.dumps(exc)
+        pickle.loads(pickle.dumps(exc))
         return exc
     except Exception:  # noqa: BLE001
         return EvogmError(f"{type(exc).__name__}: {exc}")

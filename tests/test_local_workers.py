@@ -96,3 +96,31 @@ def test_a_worker_count_that_is_not_a_whole_number_is_refused_in_one_line(zoo_ti
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "executor.workers is 0" in err and "set executor.workers" in err
 
+
+
+class Unpicklable(Exception):
+    """Pickles, but its __init__ takes two arguments where its args hold one: it does not unpickle."""
+
+    def __init__(self, what, why):
+        super().__init__(f"{what}: {why}")
+
+
+def raising(_context, what):
+    raise Unpicklable(what, "disk full")
+
+
+def test_an_exception_that_does_not_unpickle_reaches_the_caller_as_its_text():
+    from evogm.errors import EvogmError
+    from evogm.worker import WorkerPool
+
+    pool = WorkerPool(make_napping, 1)
+    try:
+        pool.submit("a", raising, "cannot write out")
+        try:
+            pool.next()
+            raised = None
+        except EvogmError as exc:
+            raised = str(exc)
+    finally:
+        pool.close()
+    assert raised == "Unpicklable: cannot write out: disk full"

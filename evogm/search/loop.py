@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evogm.adaptive import cutoff
+from evogm.adaptive import Cutoff, cutoff
 from evogm.errors import EvogmError
 from evogm.progress import Progress
 from evogm.runlog import Result, RunLog, record, to_result

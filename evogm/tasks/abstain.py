@@ -12,12 +12,17 @@ reliability: (answered correctly − answered wrongly) / total.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from evogm.tasks.data import TaskData
 from evogm.tasks.multiple_choice import MultipleChoiceTask
 from evogm.tasks.prompts import REFLECTION, answer_separator
 from evogm.tasks.text import effective_reliability, says_false
+
+if TYPE_CHECKING:
+    from evogm.tasks.scoring import OptionInputs
 
 TRUE, FALSE = ("true", "True"), ("false", "False")
 _MEMO_LIMIT = 100_000  # tokenized reflection prompts kept; the memo restarts past this many
