@@ -64,8 +64,8 @@ class LocalExecutor:
 
     @property
     def pool(self) -> WorkerPool | None:
-        """The worker processes (None: candidates are evaluated in this process); the final stage
-        goes on on them (`evogm.final`)."""
+        """The worker processes (None: candidates are evaluated in this process); the run's final
+        stage scores and exports on them too (`evogm.final`)."""
         return self._pool
 
     @property

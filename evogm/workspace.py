@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import pickle
 from dataclasses import dataclass
 
 from evogm.config import RunConfig, from_dict, search_space, to_dict
@@ -60,8 +61,14 @@ def build_workspace(cfg: RunConfig) -> Workspace:
 
 
 def workspace_of(cfg_data: dict) -> Workspace:
-    """The workspace of a config given as plain data (what a worker process builds)."""
-    return workspace(from_dict(cfg_data))
+    """The workspace of a config given as plain data (what a worker process builds). The config is
+    checked once per process, not at every call: checking it loads every task's items."""
+    return workspace(_config_of(pickle.dumps(cfg_data)))
+
+
+@functools.lru_cache(maxsize=1)
+def _config_of(cfg_data: bytes) -> RunConfig:
+    return from_dict(pickle.loads(cfg_data))
 
 
 def on_workspace(_context, cfg_data: dict, fn, *args):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from evogm.cli import main as cli
 from evogm.config import load_config
@@ -116,11 +117,7 @@ def test_an_exception_that_does_not_unpickle_reaches_the_caller_as_its_text():
     pool = WorkerPool(make_napping, 1)
     try:
         pool.submit("a", raising, "cannot write out")
-        try:
+        with pytest.raises(EvogmError, match="^Unpicklable: cannot write out: disk full$"):
             pool.next()
-            raised = None
-        except EvogmError as exc:
-            raised = str(exc)
     finally:
         pool.close()
-    assert raised == "Unpicklable: cannot write out: disk full"

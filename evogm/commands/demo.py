@@ -58,4 +58,3 @@ def two_workers(overrides: list[str]) -> list[str]:
         return []
     return ["executor.workers=2", *([] if any(o.startswith("search.asynchronous=") for o in overrides)
                                     else ["search.asynchronous=false"])]
-
