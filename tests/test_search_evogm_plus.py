@@ -175,7 +175,19 @@ def test_a_later_round_starts_from_its_elites_and_spends_nothing_on_random_rows(
     assert len(asked) == 10 and not np.isclose(asked, np.full(4, 0.25) @ opt.basis).all(axis=1).any()
 
 
-@pytest.mark.parametrize("options", [dict(batch=0), dict(batch=2.5), dict(pool=0), dict(winner_portion=0.0)])
+def test_where_the_elites_would_be_half_a_round_it_runs_one_round_of_both_lengths():
+    """K = N = 8 elites of a round of P·(1 + 1) = 16 evaluations would be half of it: one round of
+    32 instead, asking what `rounds=1` at twice the round's length asks; given rounds, it keeps them."""
+    default = EvoGMPlus(8, popsize=8, seed=0, iterations=1, batch=8, **SMALL)
+    assert (default.rounds, default.budget) == (1, 32)
+    one_round = EvoGMPlus(8, popsize=8, seed=0, rounds=1, iterations=3, batch=8, **SMALL)
+    np.testing.assert_array_equal(drive(default, 40)[0], drive(one_round, 40)[0])
+    assert EvoGMPlus(8, popsize=8, iterations=1, rounds=2, **SMALL).rounds == 2
+    assert EvoGMPlus(7, popsize=8, iterations=1, **SMALL).rounds == 2  # 7 elites of 16: a selection
+
+
+@pytest.mark.parametrize("options", [dict(batch=0), dict(batch=2.5), dict(pool=0), dict(winner_portion=0.0),
+                                     dict(rounds=0)])
 def test_option_values_are_checked(options):
-    with pytest.raises(EvogmError, match="(batch|pool|winner_portion)=.* is not"):
+    with pytest.raises(EvogmError, match="(batch|pool|winner_portion|rounds)=.* is not"):
         EvoGMPlus(4, **options)

@@ -24,6 +24,8 @@ become the next round's experts. What it adds (docs/algorithm.md says why):
    (λ scaled as a whole, or shifted by one amount).
 3. **No evaluation is spent twice.** A later round starts from its elites, whose losses are known;
    the GP lives in the original coordinates and keeps every round's evaluations.
+4. **One round in large spaces.** Where the K elites would be half a round's evaluations or more,
+   the schedule is one round of the same length (``EvoGMPlus``).
 
 Failed evaluations (inf) are never winners, elites or GP data. ``screen=False`` draws each batch
 from the pool at random instead (the generators and local steps alone: an ablation).
@@ -56,7 +58,7 @@ class EvoGMPlusOptions:
     """EvoGM+'s options. The generator options are EvoGM's, with smaller generators trained with a
     larger learning rate (warm across a round's iterations)."""
 
-    rounds: int = 2
+    rounds: int | None = None  # None: 2, or in large spaces 1 as long as both (EvoGMPlus says when)
     iterations: int = 3  # a round spends P·(1 + iterations) evaluations
     top_k: int | None = None  # elites kept as the next round's experts; None: N
     winner_portion: float = 0.3
@@ -72,8 +74,8 @@ class EvoGMPlusOptions:
     groups: int = 1
 
     def __post_init__(self):
-        check_positive(iterations=self.iterations, steps=self.steps, pool=self.pool, threads=self.threads,
-                       batch=self.batch)
+        check_positive(rounds=self.rounds, iterations=self.iterations, steps=self.steps, pool=self.pool,
+                       threads=self.threads, batch=self.batch)
         check_fraction(winner_portion=self.winner_portion)
 
 
@@ -257,7 +259,16 @@ class EvoGMPlusRound:
 
 
 class EvoGMPlus(Rounds):
-    """EvoGM+ with its defaults; ``options`` are the fields of ``EvoGMPlusOptions``."""
+    """EvoGM+ with its defaults; ``options`` are the fields of ``EvoGMPlusOptions``.
+
+    Unless ``rounds`` is given it runs two rounds of P·(1 + iterations) evaluations, or, where the
+    K elites would be half a round's evaluations or more (K = N ≥ 40 at P = 20), one round of the
+    same 2·P·(1 + iterations): elites that are most of the round are no selection, and a later round
+    would only search a skewed box over them, far outside the original one, instead of going on.
+
+    >>> EvoGMPlus(8).rounds, EvoGMPlus(64).rounds, EvoGMPlus(64).budget, EvoGMPlus(64, rounds=2).rounds
+    (2, 1, 160, 2)
+    """
 
     Options = EvoGMPlusOptions
 
@@ -267,7 +278,10 @@ class EvoGMPlus(Rounds):
         check_positive(popsize=popsize)
         o = self.options = EvoGMPlusOptions(**options)
         self.archive = Archive(dim)
-        round_budget = popsize * (1 + o.iterations)
+        round_budget, rounds = popsize * (1 + o.iterations), o.rounds
+        if rounds is None:
+            rounds = 2 if 2 * (o.top_k or dim) < round_budget else 1
+            round_budget *= 2 // rounds
 
         def start_round(k: int, round_seed: int) -> EvoGMPlusRound:
             make_generators = lambda s: GeneratorPair(k, seed=s, hidden_sizes=tuple(o.hidden_sizes), lr=o.lr,
@@ -277,7 +291,7 @@ class EvoGMPlus(Rounds):
                                   options=o, make_generators=make_generators, groups=self.round_groups,
                                   round_budget=round_budget)
 
-        super().__init__(dim, seed=seed, rounds=o.rounds, top_k=o.top_k, groups=o.groups,
+        super().__init__(dim, seed=seed, rounds=rounds, top_k=o.top_k, groups=o.groups,
                          round_budget=round_budget, start_round=start_round)
 
     def _finish_generation(self) -> None:
