@@ -42,7 +42,7 @@ CONFIGS = {  # name -> method spec, as evogm compare reads it; the paper's P = 2
     "de": "de",
     "random": "random",
     "evogm-plus": "evogm-plus",
-    "evogm-plus 2 rounds": "evogm-plus:rounds=2",  # what its default was at d = 40 (one round from 40 coefficients)
+    "evogm-plus 2 rounds": "evogm-plus:rounds=2",  # against its default's one round from 40 coefficients
     "evogm-plus-noscreen": VARIANTS["evogm-plus-noscreen"],
     "bo": "bo",
     "tpe": "tpe",

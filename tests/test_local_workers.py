@@ -98,7 +98,6 @@ def test_a_worker_count_that_is_not_a_whole_number_is_refused_in_one_line(zoo_ti
     assert len(err.splitlines()) == 1 and "executor.workers is 0" in err and "set executor.workers" in err
 
 
-
 class Unpicklable(Exception):
     """Pickles, but its __init__ takes two arguments where its args hold one: it does not unpickle."""
 

@@ -278,10 +278,9 @@ class EvoGMPlus(Rounds):
         check_positive(popsize=popsize)
         o = self.options = EvoGMPlusOptions(**options)
         self.archive = Archive(dim)
-        round_budget, rounds = popsize * (1 + o.iterations), o.rounds
-        if rounds is None:
-            rounds = 2 if 2 * (o.top_k or dim) < round_budget else 1
-            round_budget *= 2 // rounds
+        rounds, round_budget = o.rounds or 2, popsize * (1 + o.iterations)
+        if o.rounds is None and 2 * (o.top_k or dim) >= round_budget:  # the elites would be no selection
+            rounds, round_budget = 1, 2 * round_budget
 
         def start_round(k: int, round_seed: int) -> EvoGMPlusRound:
             make_generators = lambda s: GeneratorPair(k, seed=s, hidden_sizes=tuple(o.hidden_sizes), lr=o.lr,
