@@ -8,8 +8,9 @@ candidates are scored in full.
 A candidate is scored in `chunks` looks; each look scores one chunk of every task that can be cut
 (`evogm.tasks.chunks`: the same seeded permutation of the dev items for every candidate), the others
 in full at the first look. After every look but the last, an upper confidence bound is compared with
-the cut-off; below it, scoring stops and the Result is partial, its loss −(weighted mean of the items
-seen). Either bound is taken at level δ = (1 − confidence) / (chunks − 1), a union bound over the looks.
+the cut-off; below it, scoring stops and the Result is partial: each task's score is `estimate`d from
+the items seen, with the cut-off's outcomes on every item as a control variate. Either bound is taken
+at level δ = (1 − confidence) / (chunks − 1), a union bound over the looks.
 
 - `paired` (default): a bound on the candidate's full fitness minus the cut-off's. Every evaluation
   keeps its per-item outcomes (`Result.outcomes`), so on the items seen so far the candidate is
@@ -125,6 +126,27 @@ def thresholds(records: Sequence[dict], keep: int) -> dict[int, float | None]:
     return {g: (c.fitness if (c := cutoff([r for r in records if r["gen"] < g], keep)) else None) for g in gens}
 
 
+def estimate(seen: Sequence, reference: np.ndarray | None = None) -> float:
+    """A task's score from the outcomes on the first items of its seeded order: their mean, or, given
+    a reference merge's outcomes on every item (the cut-off's), the regression estimator that uses it
+    as a control variate: mean + β·(the reference's mean over all items − its mean over the items
+    seen), β fitted on the items seen. Merges of the same experts answer most items alike, so the
+    correction removes most of the sample's noise; clipped to [0, 1].
+
+    >>> estimate([1, 0, 0, 0])
+    0.25
+    >>> estimate([1, 0, 0, 0], np.array([1, 0, 0, 0, 1, 1, 1, 1]))   # the reference did better on the unseen half
+    0.625
+    """
+    mine = np.asarray(seen, dtype=float)
+    if reference is None or len(mine) >= len(reference):
+        return float(mine.mean())
+    theirs = reference[: len(mine)]
+    spread = float(np.var(theirs))
+    beta = float(np.mean((mine - mine.mean()) * (theirs - theirs.mean()))) / spread if spread > 0 else 0.0
+    return float(np.clip(mine.mean() + beta * (reference.mean() - theirs.mean()), 0.0, 1.0))
+
+
 def encode(outcomes: Sequence) -> str:
     """Per-item 0/1 outcomes as a compact string for the log."""
     return "".join("1" if o else "0" for o in outcomes)
@@ -160,7 +182,7 @@ class ChunkedScorer:
         for look in range(self.looks):
             self._look(model, tokenizer, [self._chunk(t, look) for t in range(len(self.tasks))], seen, metrics)
             if look < self.looks - 1 and self._below(seen, metrics, threshold):
-                return self._result(seen, metrics, True)
+                return self._result(seen, metrics, True, threshold)
         return self._result(seen, metrics, False)
 
     def _chunk(self, t: int, look: int):
@@ -194,9 +216,12 @@ class ChunkedScorer:
                    else primary_key(task) in cut.metrics
                    for task, parts, total in zip(self.tasks, self.parts, self.totals))
 
-    def _result(self, seen: list, metrics: dict, partial: bool) -> tuple[dict, dict, bool, dict]:
+    def _result(self, seen: list, metrics: dict, partial: bool,
+                threshold: Cutoff | None = None) -> tuple[dict, dict, bool, dict]:
         cut = [(t, task) for t, task in enumerate(self.tasks) if self.parts[t] is not None]
-        metrics = {**metrics, **{primary_key(task): float(np.mean(seen[t])) for t, task in cut}}
+        known = threshold if partial and threshold is not None and self._pairable(threshold) else None
+        metrics = {**metrics, **{primary_key(task): estimate(seen[t], decode(known.outcomes[task.name]) if known else None)
+                                 for t, task in cut}}
         items = {task.name: (len(seen[t]) if self.parts[t] is not None else self.totals[t])
                  for t, task in enumerate(self.tasks) if dev_size(task) is not None}
         return metrics, items, partial, {task.name: encode(seen[t]) for t, task in cut}

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evogm.adaptive import ChunkedScorer, Cutoff, cutoff, decode, items_scored, paired_bound, thresholds, upper_bound
+from evogm.adaptive import (ChunkedScorer, Cutoff, cutoff, decode, estimate, items_scored, paired_bound, thresholds,
+                            upper_bound)
 from evogm.config import load_config, to_dict
 from evogm.errors import EvogmError
 from evogm.executors import LocalExecutor
@@ -182,6 +183,30 @@ def test_the_paired_rule_stops_a_clear_loser_and_never_the_cut_off_itself(object
     assert cut.fitness - loser.fitness > 0.1 and loser.partial and max(loser.items.values()) < 24
     same = adaptive(good, threshold=cut)
     assert not same.partial and same.outcomes == cut.outcomes
+    for task, seen in loser.outcomes.items():  # a stopped candidate's score: the control-variate estimate
+        assert loser.metrics[f"{task}/accuracy"] == estimate(decode(seen), decode(cut.outcomes[task]))
+
+
+def test_the_control_variate_estimate_is_unbiased_and_far_tighter_than_the_plain_mean():
+    """Two merges that answer most items alike (the items' own difficulty decides most answers): over
+    random orders, the first 40 of 400 items corrected with the reference's outcomes on every item
+    estimate the candidate's full score without bias and with the regression estimator's error: the plain
+    mean's times √(1 − ρ²), ρ the two merges' correlation over items."""
+    rng = np.random.default_rng(0)
+    difficulty = rng.random(400)
+    reference = (difficulty < 0.6).astype(float)
+    mine = np.where(rng.random(400) < 0.08, 1.0 - (difficulty < 0.45), difficulty < 0.45).astype(float)
+    plain, corrected = [], []
+    for _ in range(2000):
+        order = rng.permutation(400)
+        plain.append(estimate(mine[order][:40]) - mine.mean())
+        corrected.append(estimate(mine[order][:40], reference[order]) - mine.mean())
+    plain, corrected = np.array(plain), np.array(corrected)
+    assert abs(corrected.mean()) < 0.005
+    rho = np.corrcoef(mine, reference)[0, 1]
+    assert 0.5 < rho < 0.8
+    assert np.sqrt(np.mean(corrected ** 2)) < (np.sqrt(1 - rho ** 2) + 0.05) * np.sqrt(np.mean(plain ** 2))
+    assert estimate(mine[:40], mine) == mine.mean()  # its own outcomes as the reference: the full score
 
 
 # --- runs ------------------------------------------------------------------------------------------
