@@ -139,7 +139,7 @@ def estimate(seen: Sequence, reference: np.ndarray | None = None) -> float:
     0.625
     """
     mine = np.asarray(seen, dtype=float)
-    if reference is None or len(mine) >= len(reference):
+    if reference is None:
         return float(mine.mean())
     theirs = reference[: len(mine)]
     spread = float(np.var(theirs))
@@ -178,12 +178,12 @@ class ChunkedScorer:
         seen, metrics = [[] for _ in self.tasks], {}  # per cut task: its outcomes so far; the uncut tasks' metrics
         if threshold is None:
             self._look(model, tokenizer, self.whole, seen, metrics)
-            return self._result(seen, metrics, False)
+            return self._result(seen, metrics)
         for look in range(self.looks):
             self._look(model, tokenizer, [self._chunk(t, look) for t in range(len(self.tasks))], seen, metrics)
             if look < self.looks - 1 and self._below(seen, metrics, threshold):
-                return self._result(seen, metrics, True, threshold)
-        return self._result(seen, metrics, False)
+                return self._result(seen, metrics, stopped_by=threshold)
+        return self._result(seen, metrics)
 
     def _chunk(self, t: int, look: int):
         parts = self.parts[t]
@@ -216,12 +216,13 @@ class ChunkedScorer:
                    else primary_key(task) in cut.metrics
                    for task, parts, total in zip(self.tasks, self.parts, self.totals))
 
-    def _result(self, seen: list, metrics: dict, partial: bool,
-                threshold: Cutoff | None = None) -> tuple[dict, dict, bool, dict]:
+    def _result(self, seen: list, metrics: dict, stopped_by: Cutoff | None = None) -> tuple[dict, dict, bool, dict]:
+        """(metrics, items, partial, outcomes); a candidate `stopped_by` a cut-off is partial, its cut tasks'
+        scores estimated with the cut-off's outcomes where it has them."""
         cut = [(t, task) for t, task in enumerate(self.tasks) if self.parts[t] is not None]
-        known = threshold if partial and threshold is not None and self._pairable(threshold) else None
-        metrics = {**metrics, **{primary_key(task): estimate(seen[t], decode(known.outcomes[task.name]) if known else None)
-                                 for t, task in cut}}
+        paired = stopped_by is not None and self._pairable(stopped_by)
+        metrics = {**metrics, **{primary_key(task): estimate(seen[t], decode(stopped_by.outcomes[task.name]) if paired
+                                                             else None) for t, task in cut}}
         items = {task.name: (len(seen[t]) if self.parts[t] is not None else self.totals[t])
                  for t, task in enumerate(self.tasks) if dev_size(task) is not None}
-        return metrics, items, partial, {task.name: encode(seen[t]) for t, task in cut}
+        return metrics, items, stopped_by is not None, {task.name: encode(seen[t]) for t, task in cut}

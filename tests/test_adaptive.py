@@ -187,7 +187,7 @@ def test_the_paired_rule_stops_a_clear_loser_and_never_the_cut_off_itself(object
         assert loser.metrics[f"{task}/accuracy"] == estimate(decode(seen), decode(cut.outcomes[task]))
 
 
-def test_the_control_variate_estimate_is_unbiased_and_far_tighter_than_the_plain_mean():
+def test_the_control_variate_estimate_is_unbiased_and_tighter_than_the_plain_mean():
     """Two merges that answer most items alike (the items' own difficulty decides most answers): over
     random orders, the first 40 of 400 items corrected with the reference's outcomes on every item
     estimate the candidate's full score without bias and with the regression estimator's error: the plain

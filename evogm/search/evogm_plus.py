@@ -40,7 +40,7 @@ import numpy as np
 
 from evogm.search.base import POPSIZE, check_fraction, check_positive, child_seed, failed_as_inf, hybrid_population
 from evogm.search.evogm import split_winners_losers, truncate
-from evogm.search.rounds import Rounds
+from evogm.search.rounds import Rounds, elite_count
 
 # A screened generation's pool of n candidates (the rest of it: uniform draws in the box)
 POOL_PER_MEMBER = 50  # n = 50·P unless options.pool says otherwise
@@ -279,7 +279,7 @@ class EvoGMPlus(Rounds):
         o = self.options = EvoGMPlusOptions(**options)
         self.archive = Archive(dim)
         rounds, round_budget = o.rounds or 2, popsize * (1 + o.iterations)
-        if o.rounds is None and 2 * (o.top_k or dim) >= round_budget:  # the elites would be no selection
+        if o.rounds is None and 2 * elite_count(o.top_k, dim) >= round_budget:  # the elites would be no selection
             rounds, round_budget = 1, 2 * round_budget
 
         def start_round(k: int, round_seed: int) -> EvoGMPlusRound:

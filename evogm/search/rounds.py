@@ -47,6 +47,11 @@ from evogm.search.base import Strategy, check_positive, child_seed, failed_as_in
 StartRound = Callable[[int, int], Strategy]  # (round dimension k, round seed) -> a fresh strategy
 
 
+def elite_count(top_k: int | None, dim: int) -> int:
+    """K, the elites a round hands to the next as its experts: `top_k`, or N (the paper's default)."""
+    return top_k or dim
+
+
 class Rounds:
     """The ask/tell optimizer every entry of OPTIMIZERS is: a strategy run for ``rounds`` rounds."""
 
@@ -57,7 +62,7 @@ class Rounds:
             raise EvogmError(f"groups={groups} does not divide the {dim} coefficients",
                              "each expert has one coefficient per layer group", "set groups to models.groups")
         self.dim, self.rounds, self.round_budget, self.groups = dim, rounds, round_budget, groups
-        self.top_k = top_k or dim  # K = N by default (the paper)
+        self.top_k = elite_count(top_k, dim)
         self.seed = seed
         self._start_round = start_round
         self.round = 0
